@@ -1,0 +1,289 @@
+//! The command line: `serve` (the default) and operator commands that work on the same data
+//! directory as the server, which notices their changes within a second.
+//!
+//! Commands print JSON on stdout, for people and scripts alike; errors go to stderr with a
+//! non-zero exit status.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use aws_lc_rs::rand::SystemRandom;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use crate::clock::{Clock, SystemClock, rfc3339};
+use crate::config::Config;
+use crate::http::admin::KeyView;
+use crate::keys::{Alg, KeyState};
+use crate::signer::{MAX_TOKEN_TTL, SigningKey, TokenClaims};
+use crate::startup::{self, Application};
+use crate::store::{self, Store};
+use crate::{clients, http};
+
+/// keyhost: partner keys, JWKS and Partner JWTs for AIR Kit.
+#[derive(Debug, Parser)]
+#[command(name = "keyhost", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (public JWKS listener and internal API listener).
+    Serve,
+    /// List, rotate, retire, revoke and import signing keys.
+    Keys {
+        /// Key command.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Create, list and disable API clients.
+    Clients {
+        /// Client command.
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Mint tokens locally (operators).
+    Token {
+        /// Token command.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+}
+
+/// `keyhost keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List every key with its state and timestamps.
+    List,
+    /// Start a rotation: a new pending key that signs after the publish lead.
+    Rotate {
+        /// Algorithm to rotate (default: KEYHOST_DEFAULT_ALG).
+        #[arg(long)]
+        alg: Option<Alg>,
+        /// Compromise: activate the new key at once and revoke the current one.
+        #[arg(long)]
+        emergency: bool,
+    },
+    /// Retire a pending key.
+    Retire {
+        /// Key id.
+        kid: String,
+    },
+    /// Revoke a key now: it leaves the JWKS and its private key is destroyed.
+    Revoke {
+        /// Key id.
+        kid: String,
+    },
+    /// Import a private key (PKCS#8, PKCS#1 or SEC1 PEM; RSA >= 2048 bits or P-256).
+    Import {
+        /// PEM file.
+        #[arg(long)]
+        pem: PathBuf,
+        /// Key id to publish it under (default: its RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+}
+
+/// `keyhost clients ...`
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Create a client; its API key is printed once.
+    Create {
+        /// Name of the application.
+        #[arg(long)]
+        name: String,
+        /// Allowed scope (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List clients.
+    List,
+    /// Disable a client; its key stops working.
+    Disable {
+        /// Client id.
+        id: String,
+    },
+}
+
+/// `keyhost token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a Partner JWT on behalf of a client, without the HTTP API.
+    Mint {
+        /// Client id.
+        #[arg(long)]
+        client: String,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+        /// Scope (must be one of the client's).
+        #[arg(long, default_value = http::tokens::DEFAULT_SCOPE)]
+        scope: String,
+        /// Algorithm (default: KEYHOST_DEFAULT_ALG).
+        #[arg(long)]
+        alg: Option<Alg>,
+        /// Lifetime in seconds (at most 300).
+        #[arg(long, default_value_t = MAX_TOKEN_TTL)]
+        ttl: i64,
+    },
+}
+
+fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+fn print(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON serialises")
+    );
+}
+
+/// Runs a parsed command line with a loaded configuration.
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => Application::build(config).await?.run_until_stopped().await,
+        other => tokio::task::spawn_blocking(move || run_offline(other, config)).await?,
+    }
+}
+
+fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if let Command::Migrate = command {
+        let db = config.database_path();
+        Store::open(&db).with_context(|| format!("migrating {}", db.display()))?;
+        print(&json!({"database": db, "migrated": true}));
+        return Ok(());
+    }
+    let opened = startup::open(&config, clock.clone(), false)?;
+    let (store, keys) = (opened.store, opened.keys);
+    let actor = actor();
+    match command {
+        Command::Serve | Command::Migrate => unreachable!("handled above"),
+        Command::Keys { command } => match command {
+            KeysCommand::List => {
+                let list = keys.list()?;
+                let views: Vec<KeyView> = list.iter().map(KeyView::from).collect();
+                print(&json!({ "keys": views }));
+            }
+            KeysCommand::Rotate { alg, emergency } => {
+                let r = keys.rotate(alg.unwrap_or(config.default_alg), emergency, &actor)?;
+                let mut out = json!({ "key": KeyView::from(&r.key), "revoked": r.revoked });
+                if let Some(w) = r.warning {
+                    out["warning"] = json!(w);
+                }
+                print(&out);
+            }
+            KeysCommand::Retire { kid } => {
+                print(&json!({ "key": KeyView::from(&keys.retire(&kid, &actor)?) }));
+            }
+            KeysCommand::Revoke { kid } => {
+                let (key, warning) = keys.revoke(&kid, &actor)?;
+                print(&json!({ "key": KeyView::from(&key), "warning": warning }));
+            }
+            KeysCommand::Import { pem, kid } => {
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&pem)
+                        .with_context(|| format!("reading {}", pem.display()))?,
+                );
+                let key = keys.import(&text, kid.as_deref(), &actor)?;
+                print(&json!({ "key": KeyView::from(&key) }));
+            }
+        },
+        Command::Clients { command } => match command {
+            ClientsCommand::Create { name, scopes } => {
+                let (view, api_key) = clients::create(&store, clock.now(), &name, &scopes, &actor)?;
+                let mut out = serde_json::to_value(&view)?;
+                out["apiKey"] = json!(api_key.expose_secret());
+                print(&out);
+            }
+            ClientsCommand::List => print(&json!({ "clients": clients::list(&store)? })),
+            ClientsCommand::Disable { id } => {
+                print(&json!({ "client": clients::disable(&store, clock.now(), &id, &actor)? }));
+            }
+        },
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    client,
+                    email,
+                    scope,
+                    alg,
+                    ttl,
+                },
+        } => {
+            let partner_id = config
+                .partner_id
+                .as_deref()
+                .context("KEYHOST_PARTNER_ID is not set")?;
+            http::tokens::validate_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
+                bail!("--ttl must be between 1 and {MAX_TOKEN_TTL}");
+            }
+            let row = store
+                .with(|c| store::clients::get(c, &client))?
+                .with_context(|| format!("no client with id {client:?}"))?;
+            if row.disabled_at.is_some() {
+                bail!("client {client} is disabled");
+            }
+            if !row.scopes.contains(&scope) {
+                bail!(
+                    "client {client} may not request scope {scope:?}; allowed: {}",
+                    row.scopes.join(", ")
+                );
+            }
+            let alg = alg.unwrap_or(config.default_alg);
+            let now = clock.now();
+            let list = keys.list()?;
+            let Some(rec) = list
+                .iter()
+                .find(|k| k.alg == alg && k.state == KeyState::Active)
+                .filter(|k| k.signable_at.is_some_and(|t| t <= now))
+            else {
+                bail!("no {alg} key may sign yet");
+            };
+            let pair = keys.open(&[rec])?.pop().expect("one key");
+            let minted = SigningKey::new(rec, pair).mint(
+                &SystemRandom::new(),
+                now,
+                TokenClaims {
+                    partner_id,
+                    scope: &scope,
+                    email: &email,
+                    ttl,
+                },
+            )?;
+            store.with(|c| {
+                store::audit::record(
+                    c,
+                    now,
+                    &actor,
+                    "token.mint",
+                    &client,
+                    &json!({"kid": rec.kid, "jti": minted.jti}),
+                )
+            })?;
+            print(&json!({
+                "token": minted.token,
+                "tokenType": "JWT",
+                "alg": alg,
+                "kid": rec.kid,
+                "expiresAt": rfc3339(minted.exp),
+                "expiresIn": minted.exp - minted.iat,
+            }));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! API clients: creation (the key is shown once), listing and disabling, with their rules.
+//! Shared by the admin API and the CLI.
+
+use secrecy::SecretString;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::issue_client_key;
+use crate::clock::{UnixTime, rfc3339};
+use crate::store::clients::ClientRow;
+use crate::store::{self, Store, StoreError};
+
+/// A client as the API shows it (never its secret or hash).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientView {
+    /// Client id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Allowed scopes.
+    pub scopes: Vec<String>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Disabling time, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<String>,
+}
+
+impl From<&ClientRow> for ClientView {
+    fn from(r: &ClientRow) -> Self {
+        Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            scopes: r.scopes.clone(),
+            created_at: rfc3339(r.created_at),
+            disabled_at: r.disabled_at.map(rfc3339),
+        }
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A value breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such client.
+    #[error("no client with id {0:?}")]
+    NotFound(String),
+    /// Already disabled.
+    #[error("client {0} is already disabled")]
+    AlreadyDisabled(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks a scope string: 1 to 100 characters, no control characters, no leading or trailing
+/// space (AIR Kit scopes may contain inner spaces, e.g. `issue on-behalf`).
+pub fn validate_scope(scope: &str) -> Result<(), String> {
+    if scope.is_empty() || scope.chars().count() > 100 {
+        return Err("a scope must be 1 to 100 characters".into());
+    }
+    if scope.chars().any(char::is_control) || scope.trim() != scope {
+        return Err(format!(
+            "scope {scope:?} has control characters or surrounding spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a client; returns it and its API key (the only time the key exists in the clear).
+pub fn create(
+    store: &Store,
+    now: UnixTime,
+    name: &str,
+    scopes: &[String],
+    actor: &str,
+) -> Result<(ClientView, SecretString), ClientError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ClientError::Invalid(
+            "name must be 1 to 100 printable characters".into(),
+        ));
+    }
+    if scopes.is_empty() || scopes.len() > 16 {
+        return Err(ClientError::Invalid(
+            "scopes must list 1 to 16 scopes, e.g. [\"issue\"]".into(),
+        ));
+    }
+    let mut unique: Vec<String> = Vec::new();
+    for s in scopes {
+        validate_scope(s).map_err(ClientError::Invalid)?;
+        if !unique.contains(s) {
+            unique.push(s.clone());
+        }
+    }
+    let issued = issue_client_key();
+    let row = ClientRow {
+        id: issued.id.clone(),
+        name: name.to_owned(),
+        scopes: unique,
+        secret_hash: issued.secret_hash.to_vec(),
+        created_at: now,
+        disabled_at: None,
+    };
+    store.with(|c| {
+        let tx = c.transaction()?;
+        store::clients::insert(&tx, &row)?;
+        store::audit::record(
+            &tx,
+            now,
+            actor,
+            "client.create",
+            &row.id,
+            &json!({"name": row.name, "scopes": row.scopes}),
+        )?;
+        tx.commit()?;
+        Ok::<_, StoreError>(())
+    })?;
+    Ok((ClientView::from(&row), issued.api_key))
+}
+
+/// Every client.
+pub fn list(store: &Store) -> Result<Vec<ClientView>, ClientError> {
+    let rows = store.with(|c| store::clients::list(c))?;
+    Ok(rows.iter().map(ClientView::from).collect())
+}
+
+/// Disables a client at once; its key stops working.
+pub fn disable(
+    store: &Store,
+    now: UnixTime,
+    id: &str,
+    actor: &str,
+) -> Result<ClientView, ClientError> {
+    store.with(|c| {
+        let tx = c.transaction().map_err(StoreError::from)?;
+        let Some(_) = store::clients::get(&tx, id)? else {
+            return Err(ClientError::NotFound(id.to_owned()));
+        };
+        if !store::clients::disable(&tx, id, now)? {
+            return Err(ClientError::AlreadyDisabled(id.to_owned()));
+        }
+        store::audit::record(&tx, now, actor, "client.disable", id, &json!({}))?;
+        let row = store::clients::get(&tx, id)?.expect("exists");
+        tx.commit().map_err(StoreError::from)?;
+        Ok(ClientView::from(&row))
+    })
+}

@@ -1,0 +1,333 @@
+//! Configuration: typed, layered (defaults → optional TOML file named by `KEYHOST_CONFIG` →
+//! `KEYHOST_*` environment variables), and validated before anything starts.
+//!
+//! Validation refuses policies under which a verifier could meet a key it has not fetched yet
+//! (`publish_lead` shorter than the JWKS `max-age`) or lose a key while tokens signed by it are
+//! still valid (`retire_grace` shorter than the longest token lifetime plus `max-age`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+
+use crate::keys::{Alg, Policy};
+use crate::signer::MAX_TOKEN_TTL;
+
+/// Environment variable naming an optional TOML configuration file.
+pub const CONFIG_FILE_VAR: &str = "KEYHOST_CONFIG";
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting of the server; field names are the environment names without `KEYHOST_`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the SQLite database.
+    pub data_dir: PathBuf,
+    /// Directory of the master key file and the first-start admin token file.
+    pub keys_dir: PathBuf,
+    /// Listener for the JWKS (the only one meant to face the internet).
+    pub public_addr: SocketAddr,
+    /// Listener for token minting and administration.
+    pub internal_addr: SocketAddr,
+    /// The `partnerId` claim of every minted token.
+    pub partner_id: Option<String>,
+    /// Admin bearer token; when absent one is generated on first start.
+    pub admin_token: Option<SecretString>,
+    /// Base64 of the 32-byte master key; when absent `keys_dir/master.key` is used.
+    pub master_key: Option<SecretString>,
+    /// Algorithms that each keep an active key.
+    #[serde(deserialize_with = "algorithms")]
+    pub algorithms: Vec<Alg>,
+    /// Algorithm of tokens whose request names none.
+    pub default_alg: Alg,
+    /// Modulus size of generated RSA keys.
+    pub rsa_bits: u32,
+    /// How long a key is published before it may sign.
+    #[serde(with = "humantime_serde")]
+    pub publish_lead: Duration,
+    /// How long a key signs before its successor takes over.
+    #[serde(with = "humantime_serde")]
+    pub rotation_period: Duration,
+    /// Whether keys rotate on schedule.
+    pub auto_rotate: bool,
+    /// How long a key stays published after it stops signing.
+    #[serde(with = "humantime_serde")]
+    pub retire_grace: Duration,
+    /// `Cache-Control: max-age` of the JWKS.
+    #[serde(with = "humantime_serde")]
+    pub jwks_max_age: Duration,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            keys_dir: PathBuf::from("./keys"),
+            public_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            partner_id: None,
+            admin_token: None,
+            master_key: None,
+            algorithms: vec![Alg::ES256, Alg::RS256],
+            default_alg: Alg::ES256,
+            rsa_bits: 2048,
+            publish_lead: Duration::from_secs(24 * 3600),
+            rotation_period: Duration::from_secs(30 * 24 * 3600),
+            auto_rotate: true,
+            retire_grace: Duration::from_secs(3600),
+            jwks_max_age: Duration::from_secs(300),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable could not be read or has the wrong type.
+    #[error("cannot read the configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values are readable but unsafe or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file named by `KEYHOST_CONFIG` (if set), then `KEYHOST_*`
+    /// variables, and validates the result.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = std::env::var_os(CONFIG_FILE_VAR) {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "{CONFIG_FILE_VAR} names {}, which is not a readable file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("KEYHOST_").ignore(&["config"]));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A default configuration rooted in `dir` (data in `dir/data`, keys in `dir/keys`) with both
+    /// listeners on ephemeral loopback ports; the base of tests and tools.
+    pub fn rooted_at(dir: &Path) -> Self {
+        Self {
+            data_dir: dir.join("data"),
+            keys_dir: dir.join("keys"),
+            public_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            internal_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the rules that keep every minted token verifiable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.algorithms.is_empty() {
+            return invalid(
+                "KEYHOST_ALGORITHMS names no algorithm; use ES256, RS256 or both".into(),
+            );
+        }
+        if !self.algorithms.contains(&self.default_alg) {
+            return invalid(format!(
+                "KEYHOST_DEFAULT_ALG is {} but KEYHOST_ALGORITHMS is {}; add it there or pick one of those",
+                self.default_alg,
+                self.algorithms
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        if ![2048, 3072, 4096].contains(&self.rsa_bits) {
+            return invalid(format!(
+                "KEYHOST_RSA_BITS is {}; use 2048, 3072 or 4096",
+                self.rsa_bits
+            ));
+        }
+        if let Some(id) = &self.partner_id
+            && (id.trim().is_empty() || id.len() > 256 || id.chars().any(char::is_control))
+        {
+            return invalid(
+                "KEYHOST_PARTNER_ID must be 1 to 256 printable characters (your AIR Kit partner id)"
+                    .into(),
+            );
+        }
+        let (lead, max_age) = (self.publish_lead, self.jwks_max_age);
+        if max_age.is_zero() {
+            return invalid("KEYHOST_JWKS_MAX_AGE must be at least 1s".into());
+        }
+        if lead < max_age {
+            return invalid(format!(
+                "KEYHOST_PUBLISH_LEAD ({}) is shorter than KEYHOST_JWKS_MAX_AGE ({}): a verifier \
+                 holding a cached JWKS would meet keys it has never seen; raise the lead or lower max-age",
+                humantime::format_duration(lead),
+                humantime::format_duration(max_age)
+            ));
+        }
+        let min_grace = Duration::from_secs(MAX_TOKEN_TTL as u64) + max_age;
+        if self.retire_grace < min_grace {
+            return invalid(format!(
+                "KEYHOST_RETIRE_GRACE ({}) is shorter than the longest token lifetime plus \
+                 KEYHOST_JWKS_MAX_AGE ({}): tokens would outlive their key in the JWKS",
+                humantime::format_duration(self.retire_grace),
+                humantime::format_duration(min_grace)
+            ));
+        }
+        if self.rotation_period <= lead {
+            return invalid(format!(
+                "KEYHOST_ROTATION_PERIOD ({}) must be longer than KEYHOST_PUBLISH_LEAD ({})",
+                humantime::format_duration(self.rotation_period),
+                humantime::format_duration(lead)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lifecycle policy these settings describe.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            algorithms: self.algorithms.clone(),
+            publish_lead: secs(self.publish_lead),
+            rotation_period: secs(self.rotation_period),
+            auto_rotate: self.auto_rotate,
+            retire_grace: secs(self.retire_grace),
+            rsa_bits: self.rsa_bits,
+        }
+    }
+
+    /// Path of the SQLite database.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("keyhost.db")
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+/// Accepts `"ES256,RS256"` (the environment form) or `["ES256", "RS256"]` (the TOML form).
+fn algorithms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Alg>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    let names = match Form::deserialize(d)? {
+        Form::List(v) => v,
+        Form::Text(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    let mut out = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let alg = name.parse::<Alg>().map_err(serde::de::Error::custom)?;
+        if !out.contains(&alg) {
+            out.push(alg);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut Config)) -> Result<(), ConfigError> {
+        let mut c = Config::default();
+        f(&mut c);
+        c.validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn lead_shorter_than_max_age_is_refused() {
+        let err = with(|c| {
+            c.publish_lead = Duration::from_secs(60);
+            c.jwks_max_age = Duration::from_secs(300);
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("KEYHOST_PUBLISH_LEAD"), "{err}");
+    }
+
+    #[test]
+    fn grace_shorter_than_ttl_plus_max_age_is_refused() {
+        let err = with(|c| c.retire_grace = Duration::from_secs(599)).unwrap_err();
+        assert!(err.to_string().contains("KEYHOST_RETIRE_GRACE"), "{err}");
+        with(|c| c.retire_grace = Duration::from_secs(600)).unwrap();
+    }
+
+    #[test]
+    fn default_alg_must_be_enabled() {
+        let err = with(|c| c.algorithms = vec![Alg::RS256]).unwrap_err();
+        assert!(err.to_string().contains("KEYHOST_DEFAULT_ALG"), "{err}");
+    }
+
+    #[test]
+    fn rotation_period_must_exceed_lead() {
+        assert!(with(|c| c.rotation_period = c.publish_lead).is_err());
+    }
+
+    #[test]
+    fn unusual_rsa_sizes_are_refused() {
+        assert!(with(|c| c.rsa_bits = 1024).is_err());
+        with(|c| c.rsa_bits = 4096).unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_file_and_parses_lists_and_durations() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "k.toml",
+                "publish_lead = \"2h\"\nalgorithms = [\"RS256\"]\ndefault_alg = \"RS256\"\n",
+            )?;
+            jail.set_env("KEYHOST_CONFIG", "k.toml");
+            jail.set_env("KEYHOST_PUBLISH_LEAD", "90m");
+            jail.set_env("KEYHOST_PARTNER_ID", "partner-1");
+            let c = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(c.publish_lead, Duration::from_secs(90 * 60));
+            assert_eq!(c.algorithms, vec![Alg::RS256]);
+            assert_eq!(c.partner_id.as_deref(), Some("partner-1"));
+            jail.set_env("KEYHOST_ALGORITHMS", "ES256, RS256");
+            jail.set_env("KEYHOST_DEFAULT_ALG", "ES256");
+            let c = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(c.algorithms, vec![Alg::ES256, Alg::RS256]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_algorithm_is_a_clear_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_ALGORITHMS", "HS256");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(err.contains("HS256"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,295 @@
+//! `/admin/...`: keys (list, rotate, retire, revoke, import), clients (create, list, disable) and
+//! the audit trail. Every route requires the admin token; every change is audited with the actor
+//! `admin-api` and followed by a lifecycle round, so the JWKS and signers reflect it at once.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{AdminAuth, JsonBody, QueryParams};
+use crate::clients::{self, ClientError};
+use crate::clock::rfc3339;
+use crate::keys::{Alg, KeyRecord};
+use crate::store;
+
+const ACTOR: &str = "admin-api";
+
+/// Admin routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/keys", get(list_keys))
+        .route("/admin/keys/rotate", post(rotate))
+        .route("/admin/keys/import", post(import))
+        .route("/admin/keys/{kid}/retire", post(retire))
+        .route("/admin/keys/{kid}/revoke", post(revoke))
+        .route("/admin/clients", get(list_clients).post(create_client))
+        .route("/admin/clients/{id}/disable", post(disable_client))
+        .route("/admin/audit", get(audit))
+}
+
+/// A key as the admin API shows it: state and timestamps, the public JWK, never private parts.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    kid: String,
+    alg: Alg,
+    state: &'static str,
+    origin: &'static str,
+    bits: u32,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    published_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signable_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activated_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retired_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+    public_jwk: crate::jwks::PublicJwk,
+}
+
+impl From<&KeyRecord> for KeyView {
+    fn from(k: &KeyRecord) -> Self {
+        Self {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            state: k.state.as_str(),
+            origin: k.origin.as_str(),
+            bits: k.bits,
+            created_at: rfc3339(k.created_at),
+            published_at: k.published_at.map(rfc3339),
+            signable_at: k.signable_at.map(rfc3339),
+            activated_at: k.activated_at.map(rfc3339),
+            retired_at: k.retired_at.map(rfc3339),
+            expires_at: k.expires_at.map(rfc3339),
+            revoked_at: k.revoked_at.map(rfc3339),
+            public_jwk: k.public_jwk.clone(),
+        }
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Invalid(m) => ApiError::validation(m),
+            ClientError::NotFound(id) => ApiError::not_found(format!("no client with id {id:?}")),
+            e @ ClientError::AlreadyDisabled(_) => ApiError::conflict(e.to_string()),
+            ClientError::Store(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    ApiError: From<E>,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(ApiError::from)
+}
+
+/// After a change: apply what it made due and rebuild the views.
+async fn settle(state: &AppState) -> Result<(), ApiError> {
+    state.lifecycle.settle(ACTOR).await?;
+    state.lifecycle.wake();
+    Ok(())
+}
+
+async fn list_keys(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let keys = state.keys.clone();
+    let list = blocking(move || keys.list()).await?;
+    let views: Vec<KeyView> = list.iter().map(KeyView::from).collect();
+    Ok(Json(json!({ "keys": views })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    alg: Option<String>,
+    emergency: Option<bool>,
+}
+
+async fn rotate(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<RotateRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let alg = match req.alg.as_deref() {
+        None => return Err(ApiError::missing_value("alg is required (ES256 or RS256)")),
+        Some(a) => a.parse::<Alg>().map_err(ApiError::bad_value)?,
+    };
+    let emergency = req.emergency.unwrap_or(false);
+    let keys = state.keys.clone();
+    let rotated = blocking(move || keys.rotate(alg, emergency, ACTOR)).await?;
+    settle(&state).await?;
+    if let Some(w) = &rotated.warning {
+        tracing::warn!(kid = %rotated.key.kid, warning = %w, "emergency rotation");
+    }
+    let mut body = json!({ "key": KeyView::from(&rotated.key) });
+    if emergency {
+        body["revoked"] = json!(rotated.revoked);
+    }
+    if let Some(w) = rotated.warning {
+        body["warning"] = json!(w);
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn retire(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(kid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let keys = state.keys.clone();
+    let key = blocking(move || keys.retire(&kid, ACTOR)).await?;
+    settle(&state).await?;
+    Ok(Json(json!({ "key": KeyView::from(&key) })))
+}
+
+async fn revoke(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(kid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let keys = state.keys.clone();
+    let (key, warning) = blocking(move || keys.revoke(&kid, ACTOR)).await?;
+    settle(&state).await?;
+    let mut body = json!({ "key": KeyView::from(&key) });
+    if let Some(w) = warning {
+        body["warning"] = json!(w);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRequest {
+    pem: Option<String>,
+    kid: Option<String>,
+}
+
+async fn import(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<ImportRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let pem = req
+        .pem
+        .ok_or_else(|| ApiError::missing_value("pem is required (the private key in PEM form)"))?;
+    let keys = state.keys.clone();
+    let kid = req.kid;
+    let key = blocking(move || keys.import(&pem, kid.as_deref(), ACTOR)).await?;
+    settle(&state).await?;
+    let mut body = json!({ "key": KeyView::from(&key) });
+    if key.kid != key.public_jwk.thumbprint() {
+        body["note"] = json!(
+            "an explicit kid can name only one published key at a time: a successor needs another kid"
+        );
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateClientRequest {
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+}
+
+async fn create_client(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<CreateClientRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = req
+        .name
+        .ok_or_else(|| ApiError::missing_value("name is required"))?;
+    let scopes = req
+        .scopes
+        .ok_or_else(|| ApiError::missing_value("scopes is required, e.g. [\"issue\"]"))?;
+    let (store, now) = (state.store.clone(), state.clock.now());
+    let (view, api_key) =
+        blocking(move || clients::create(&store, now, &name, &scopes, ACTOR)).await?;
+    reload_clients(&state).await?;
+    let mut body = serde_json::to_value(&view).expect("serialises");
+    body["apiKey"] = json!(secrecy::ExposeSecret::expose_secret(&api_key));
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn reload_clients(state: &AppState) -> Result<(), ApiError> {
+    let (clients, store) = (state.clients.clone(), state.store.clone());
+    blocking(move || clients.reload(&store)).await
+}
+
+async fn list_clients(
+    _: AdminAuth,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let list = blocking(move || clients::list(&store)).await?;
+    Ok(Json(json!({ "clients": list })))
+}
+
+async fn disable_client(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (store, now) = (state.store.clone(), state.clock.now());
+    let view = blocking(move || clients::disable(&store, now, &id, ACTOR)).await?;
+    reload_clients(&state).await?;
+    Ok(Json(json!({ "client": view })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+async fn audit(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_value("limit must be between 1 and 1000"));
+    }
+    let store = state.store.clone();
+    let entries = blocking(move || store.with(|c| store::audit::list(c, limit, q.before))).await?;
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "at": rfc3339(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                "subject": e.subject,
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "entries": entries })))
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::internal(&e)
+    }
+}

@@ -1,0 +1,247 @@
+//! The one error shape of the API: `{"identifier": "...", "message": "..."}`, with the
+//! identifiers of iDenfy's error reference (plus `NOT_FOUND` and `CONFLICT`) and the matching
+//! status. Internal failures are logged with their whole cause chain; the client gets a generic
+//! message that never carries key material or SQL.
+
+use std::any::Any;
+use std::error::Error as StdError;
+
+use axum::Json;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::keys::KeyError;
+use crate::keys::material::ImportError;
+
+/// An API error: status, identifier and message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    identifier: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    identifier: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, identifier: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            identifier,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `BAD_VALUE`: a parameter has an invalid value or type.
+    pub fn bad_value(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BAD_VALUE", message)
+    }
+    /// 400 `MISSING_VALUE`: a required parameter is absent.
+    pub fn missing_value(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "MISSING_VALUE", message)
+    }
+    /// 400 `JSON_ERROR`: the body is not JSON.
+    pub fn json_error(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "JSON_ERROR", message)
+    }
+    /// 400 `ENCODING_ERROR`: the body is not UTF-8.
+    pub fn encoding_error(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ENCODING_ERROR", message)
+    }
+    /// 400 `VALIDATION_ERROR`: well-formed values that break a rule.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message)
+    }
+    /// 401 `UNAUTHORIZED` (with `WWW-Authenticate`).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+    /// 403 `PERMISSIONS_ERROR`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "PERMISSIONS_ERROR", message)
+    }
+    /// 404 `NOT_FOUND`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+    /// 405 `METHOD_NOT_ALLOWED`.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "the HTTP method is not supported for this endpoint",
+        )
+    }
+    /// 409 `CONFLICT`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "CONFLICT", message)
+    }
+    /// 413 `BAD_VALUE`: the body exceeds the limit.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BAD_VALUE",
+            format!("the request body exceeds {limit} bytes"),
+        )
+    }
+    /// 415 `BAD_VALUE`: the body is not declared as JSON.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_VALUE",
+            "send the body as JSON with Content-Type: application/json",
+        )
+    }
+    /// 503 `INTERNAL_ERROR` with `Retry-After`: temporarily unable, nothing wrong with the request.
+    pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL_ERROR", message)
+        }
+    }
+    /// 500 `INTERNAL_ERROR`; logs the cause chain and tells the client nothing more.
+    pub fn internal(err: &(dyn StdError + 'static)) -> Self {
+        let mut chain = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        tracing::error!(error = %chain, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "an unexpected error occurred; it has been logged",
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// The identifier.
+    pub fn identifier(&self) -> &'static str {
+        self.identifier
+    }
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (
+            self.status,
+            Json(Body {
+                identifier: self.identifier,
+                message: &self.message,
+            }),
+        )
+            .into_response();
+        let headers = res.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keyhost\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::NotFound(kid) => ApiError::not_found(format!("no key with kid {kid:?}")),
+            KeyError::Conflict(m) => ApiError::conflict(m),
+            KeyError::Invalid(m) => ApiError::validation(m),
+            KeyError::Import(e) => match e {
+                ImportError::RsaTooSmall(_)
+                | ImportError::RsaTooLarge
+                | ImportError::Unsupported(_)
+                | ImportError::Encrypted
+                | ImportError::Several(_)
+                | ImportError::NotPrivate(_) => ApiError::validation(e.to_string()),
+                ImportError::NotPem | ImportError::UnknownLabel(_) | ImportError::Malformed(..) => {
+                    ApiError::bad_value(format!("pem: {e}"))
+                }
+            },
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+/// The identifier used for a bare status produced outside the handlers.
+fn identifier_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+        StatusCode::FORBIDDEN => "PERMISSIONS_ERROR",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::CONFLICT => "CONFLICT",
+        StatusCode::TOO_MANY_REQUESTS => "TOO_MANY_REQUESTS",
+        s if s.is_server_error() => "INTERNAL_ERROR",
+        _ => "BAD_VALUE",
+    }
+}
+
+/// Guarantees the error shape for responses made outside the handlers (routing, body limits,
+/// the HTTP layer): any error response that is not JSON gets the standard body; headers such as
+/// `Allow` are kept.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (mut parts, _) = res.into_parts();
+    let message = match status {
+        StatusCode::NOT_FOUND => "no such endpoint".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "the HTTP method is not supported for this endpoint".to_owned()
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_owned(),
+        s => s.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let body = ApiError::new(status, identifier_for(status), message).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, body.into_body())
+}
+
+/// Turns a panic in a handler into a 500 with the standard body.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL_ERROR",
+        "an unexpected error occurred; it has been logged",
+    )
+    .into_response()
+}

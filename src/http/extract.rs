@@ -1,0 +1,235 @@
+//! Request extractors that fail with the API's error shape.
+//!
+//! [`JsonBody`] checks, in order: content type (415), size (413), UTF-8 (`ENCODING_ERROR`),
+//! JSON syntax (`JSON_ERROR`), that the body is an object (`BAD_VALUE`; `null` is
+//! `MISSING_VALUE`, as in iDenfy's reference), then field types with the field's path in the
+//! message. Credentials are checked by [`AdminAuth`] and [`ClientAuth`], which handlers list
+//! first so that unauthenticated requests learn nothing about body validation.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::{AuthError, Client};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON object body deserialised into `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Deserialises a JSON object from raw bytes with the API's error mapping.
+pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::json_error(
+            "An error occurred while parsing/constructing JSON: the body is empty",
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::encoding_error(format!(
+            "the request body is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::json_error(format!("the request body is not valid JSON: {e}")))?;
+    match &value {
+        serde_json::Value::Object(_) => {}
+        serde_json::Value::Null => {
+            return Err(ApiError::missing_value(
+                "Some of required values are missing",
+            ));
+        }
+        other => {
+            let kind = match other {
+                serde_json::Value::Array(_) => "list",
+                serde_json::Value::String(_) => "str",
+                serde_json::Value::Bool(_) => "bool",
+                _ => "number",
+            };
+            return Err(ApiError::bad_value(format!(
+                "Invalid data. Expected a dictionary, but got {kind}."
+            )));
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if let Some(field) = inner.strip_prefix("missing field ") {
+            ApiError::missing_value(format!("{} is required", field.trim_matches('`')))
+        } else if path == "." {
+            ApiError::bad_value(inner)
+        } else {
+            ApiError::bad_value(format!("{path}: {inner}"))
+        }
+    })
+}
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large(BODY_LIMIT)
+            } else {
+                ApiError::bad_value(format!("the request body could not be read: {e}"))
+            }
+        })?;
+        parse_json_object(&bytes).map(JsonBody)
+    }
+}
+
+/// Query parameters deserialised into `T`; errors are `BAD_VALUE`.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|e| ApiError::bad_value(format!("query: {}", e.body_text())))
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, AuthError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Invalid)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token.trim())
+}
+
+/// Proof that the request carries the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        if state.admin.verify(token) {
+            Ok(AdminAuth)
+        } else {
+            tracing::warn!("admin request with an invalid token");
+            Err(ApiError::unauthorized("invalid admin token"))
+        }
+    }
+}
+
+/// The API client that sent the request.
+#[derive(Debug, Clone)]
+pub struct ClientAuth(pub Arc<Client>);
+
+impl FromRequestParts<AppState> for ClientAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        state
+            .clients
+            .authenticate(token)
+            .map(ClientAuth)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct T {
+        email: String,
+        ttl: Option<u32>,
+    }
+
+    #[test]
+    fn each_kind_of_bad_body_gets_its_identifier() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "JSON_ERROR"),
+            (b"   ", "JSON_ERROR"),
+            (b"\xff\xfe", "ENCODING_ERROR"),
+            (b"{\"email\":", "JSON_ERROR"),
+            (b"null", "MISSING_VALUE"),
+            (b"[1]", "BAD_VALUE"),
+            (b"\"x\"", "BAD_VALUE"),
+            (b"{}", "MISSING_VALUE"),
+            (b"{\"email\": 5}", "BAD_VALUE"),
+            (b"{\"email\": \"a@b.c\", \"ttl\": -1}", "BAD_VALUE"),
+            (b"{\"email\": \"a@b.c\", \"nope\": 1}", "BAD_VALUE"),
+        ];
+        for (body, want) in cases {
+            let err = parse_json_object::<T>(body).unwrap_err();
+            assert_eq!(
+                err.identifier(),
+                *want,
+                "{:?}: {}",
+                String::from_utf8_lossy(body),
+                err.message()
+            );
+        }
+        let err = parse_json_object::<T>(b"{\"email\": 5}").unwrap_err();
+        assert!(err.message().starts_with("email:"), "{}", err.message());
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let v = |s: &'static str| header::HeaderValue::from_static(s);
+        assert!(is_json(Some(&v("application/json"))));
+        assert!(is_json(Some(&v("application/json; charset=utf-8"))));
+        assert!(is_json(Some(&v("Application/JSON"))));
+        assert!(is_json(Some(&v("application/merge-patch+json"))));
+        assert!(!is_json(Some(&v("text/plain"))));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,50 @@
+//! Liveness (`/healthz`, both listeners) and readiness (`/readyz`, internal).
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Public health route.
+pub fn public_routes() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz))
+}
+
+/// Internal health and readiness routes.
+pub fn internal_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the store answers and every enabled algorithm has a signing key.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    let db_ok = tokio::task::spawn_blocking(move || store.ping())
+        .await
+        .unwrap_or(false);
+    if !db_ok {
+        return ApiError::unavailable("the database does not answer", 5).into_response();
+    }
+    let signers = state.live.signers();
+    let missing: Vec<&str> = state
+        .config
+        .algorithms
+        .iter()
+        .filter(|a| !signers.active.contains_key(a))
+        .map(|a| a.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return ApiError::unavailable(format!("no signing key yet for {}", missing.join(", ")), 5)
+            .into_response();
+    }
+    Json(json!({"status": "ready", "kids": state.live.jwks().kids})).into_response()
+}

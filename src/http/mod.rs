@@ -1,0 +1,96 @@
+//! HTTP surface: two routers on two listeners, so that only the JWKS faces the internet.
+//!
+//! - public: `GET /.well-known/jwks.json`, `GET /healthz`;
+//! - internal: `POST /v1/tokens` (client API key), `/admin/...` (admin token), `GET /healthz`,
+//!   `GET /readyz`.
+//!
+//! Both wrap their routes in the same layers: panics become 500s, any error response without
+//! the standard body gets one, and bodies are capped.
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod jwks;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use aws_lc_rs::rand::SystemRandom;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::middleware;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{AdminToken, ClientRegistry};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::keys::KeyService;
+use crate::keys::live::LiveKeys;
+use crate::lifecycle::Lifecycle;
+use crate::store::Store;
+use error::ApiError;
+
+/// Everything a handler may need.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Source of "now" for tokens and lifecycle decisions.
+    pub clock: Arc<dyn Clock>,
+    /// The database (admin paths only; never the hot paths).
+    pub store: Arc<Store>,
+    /// Key lifecycle operations.
+    pub keys: Arc<KeyService>,
+    /// Serialised JWKS and parsed signing keys.
+    pub live: Arc<LiveKeys>,
+    /// Applies transitions and refreshes the in-memory views.
+    pub lifecycle: Arc<Lifecycle>,
+    /// API clients, in memory.
+    pub clients: Arc<ClientRegistry>,
+    /// The admin credential.
+    pub admin: Arc<AdminToken>,
+    /// Randomness for signatures and token ids.
+    pub rng: Arc<SystemRandom>,
+    /// `Cache-Control` of the JWKS, built once.
+    pub jwks_cache_control: HeaderValue,
+}
+
+fn common_layers(router: Router<AppState>, state: AppState) -> Router {
+    router
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Routes of the public listener.
+pub fn public_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(jwks::routes())
+        .merge(health::public_routes());
+    common_layers(routes, state)
+}
+
+/// Routes of the internal listener.
+pub fn internal_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(tokens::routes())
+        .merge(admin::routes())
+        .merge(health::internal_routes())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    common_layers(routes, state)
+}

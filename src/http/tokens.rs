@@ -1,0 +1,167 @@
+//! `POST /v1/tokens`: mints a Partner JWT for an authenticated client.
+//!
+//! The hot path reads only memory: the client registry, the active signing key of the
+//! algorithm, the clock. The key must be past its `signable_at` even if the lifecycle task is
+//! late, so no token is ever signed by a key a verifier may not have fetched.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ClientAuth, JsonBody};
+use crate::clock::rfc3339;
+use crate::keys::Alg;
+use crate::signer::{MAX_TOKEN_TTL, TokenClaims};
+
+/// Scope of a token whose request names none.
+pub const DEFAULT_SCOPE: &str = "issue";
+
+/// The token route.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/tokens", post(mint))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TokenRequest {
+    email: Option<String>,
+    scope: Option<String>,
+    ttl_seconds: Option<i64>,
+    alg: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    token: String,
+    token_type: &'static str,
+    alg: Alg,
+    kid: String,
+    expires_at: String,
+    expires_in: i64,
+}
+
+/// Checks an email address the way AIR Kit will use it: a real address, no display name.
+pub fn validate_email(email: &str) -> Result<(), ApiError> {
+    if email.len() > 254 || email.trim() != email {
+        return Err(ApiError::bad_value(
+            "email must be an address of at most 254 characters without surrounding spaces",
+        ));
+    }
+    match email.parse::<email_address::EmailAddress>() {
+        Ok(a) if a.as_str() == email && a.domain().contains('.') && !email.contains('<') => Ok(()),
+        _ => Err(ApiError::bad_value(format!(
+            "email {email:?} is not a valid address (expected user@example.com)"
+        ))),
+    }
+}
+
+async fn mint(
+    State(state): State<AppState>,
+    ClientAuth(client): ClientAuth,
+    JsonBody(req): JsonBody<TokenRequest>,
+) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    let email = req
+        .email
+        .ok_or_else(|| ApiError::missing_value("email is required"))?;
+    validate_email(&email)?;
+    let scope = req.scope.as_deref().unwrap_or(DEFAULT_SCOPE);
+    crate::clients::validate_scope(scope).map_err(ApiError::bad_value)?;
+    let ttl = req.ttl_seconds.unwrap_or(MAX_TOKEN_TTL);
+    if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
+        return Err(ApiError::bad_value(format!(
+            "ttlSeconds must be between 1 and {MAX_TOKEN_TTL} (AIR Kit recommends 5-minute tokens)"
+        )));
+    }
+    let alg = match req.alg.as_deref() {
+        None => state.config.default_alg,
+        Some(name) => name.parse::<Alg>().map_err(ApiError::bad_value)?,
+    };
+    if !state.config.algorithms.contains(&alg) {
+        return Err(ApiError::bad_value(format!(
+            "alg {alg} is not enabled on this server (KEYHOST_ALGORITHMS)"
+        )));
+    }
+    if !client.scopes.iter().any(|s| s == scope) {
+        return Err(ApiError::forbidden(format!(
+            "client {} may not request scope {scope:?}; allowed: {}",
+            client.id,
+            client.scopes.join(", ")
+        )));
+    }
+    let Some(partner_id) = state.config.partner_id.as_deref() else {
+        return Err(ApiError::unavailable(
+            "KEYHOST_PARTNER_ID is not set on this server, so it cannot mint Partner JWTs",
+            60,
+        ));
+    };
+    let now = state.clock.now();
+    let signers = state.live.signers();
+    let key = match signers.active.get(&alg) {
+        Some(k) if k.signable_at <= now => k,
+        _ => {
+            let next = signers.next_signable.get(&alg).copied();
+            let msg = match next {
+                Some(t) => format!(
+                    "no {alg} key may sign yet; the next one becomes signable at {}",
+                    rfc3339(t)
+                ),
+                None => format!("no {alg} key may sign yet; one is being prepared"),
+            };
+            let retry = next.map_or(5, |t| (t - now).clamp(1, 3600) as u64);
+            return Err(ApiError::unavailable(msg, retry));
+        }
+    };
+    let minted = key
+        .mint(
+            &state.rng,
+            now,
+            TokenClaims {
+                partner_id,
+                scope,
+                email: &email,
+                ttl,
+            },
+        )
+        .map_err(|e| ApiError::internal(&e))?;
+    tracing::debug!(client = %client.id, kid = %key.kid, jti = %minted.jti, "token minted");
+    Ok((
+        StatusCode::OK,
+        Json(TokenResponse {
+            token: minted.token,
+            token_type: "JWT",
+            alg,
+            kid: key.kid.clone(),
+            expires_at: rfc3339(minted.exp),
+            expires_in: minted.exp - minted.iat,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked() {
+        for ok in ["a@example.com", "first.last+tag@sub.example.org"] {
+            assert!(validate_email(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.com",
+            "a@b",
+            " a@b.com",
+            "A <a@b.com>",
+            "a@@b.com",
+        ] {
+            assert!(validate_email(bad).is_err(), "{bad}");
+        }
+    }
+}

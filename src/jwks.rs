@@ -1,0 +1,190 @@
+//! The public projection of keys: JWK entries and the JWKS document.
+//!
+//! Entries are built from [`PublicJwk`], a type that has no field for private parameters, so no
+//! code path can publish `d`, `p`, `q` and the like (a public JWKS template in the wild serves its
+//! JWKS from the private key and does exactly that). Deserialisation rejects unknown members, so a
+//! tampered store cannot smuggle them in either.
+//!
+//! The document is serialised once per key-set change; requests are answered from those bytes.
+
+use aws_lc_rs::digest::{SHA256, digest};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{Alg, KeyRecord, KeyState};
+
+/// The public parameters of a key, as JWK members (RFC 7518 §6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kty", deny_unknown_fields)]
+pub enum PublicJwk {
+    /// An elliptic-curve public key.
+    #[serde(rename = "EC")]
+    Ec {
+        /// Curve name (`P-256`).
+        crv: String,
+        /// base64url x coordinate.
+        x: String,
+        /// base64url y coordinate.
+        y: String,
+    },
+    /// An RSA public key.
+    #[serde(rename = "RSA")]
+    Rsa {
+        /// base64url modulus.
+        n: String,
+        /// base64url public exponent.
+        e: String,
+    },
+}
+
+impl PublicJwk {
+    /// The P-256 key whose uncompressed point is `point` (`0x04 || x || y`).
+    pub fn from_p256_point(point: &[u8]) -> Option<Self> {
+        if point.len() != 65 || point[0] != 0x04 {
+            return None;
+        }
+        Some(PublicJwk::Ec {
+            crv: "P-256".into(),
+            x: URL_SAFE_NO_PAD.encode(&point[1..33]),
+            y: URL_SAFE_NO_PAD.encode(&point[33..]),
+        })
+    }
+
+    /// The RSA key with big-endian modulus `n` and exponent `e`.
+    pub fn from_rsa_components(n: &[u8], e: &[u8]) -> Self {
+        let trim = |b: &[u8]| {
+            let start = b
+                .iter()
+                .position(|&x| x != 0)
+                .unwrap_or(b.len().saturating_sub(1));
+            URL_SAFE_NO_PAD.encode(&b[start..])
+        };
+        PublicJwk::Rsa {
+            n: trim(n),
+            e: trim(e),
+        }
+    }
+
+    /// The RFC 7638 thumbprint: base64url SHA-256 of the required members in lexical order.
+    pub fn thumbprint(&self) -> String {
+        let canonical = match self {
+            PublicJwk::Ec { crv, x, y } => {
+                format!(r#"{{"crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}"#)
+            }
+            PublicJwk::Rsa { n, e } => format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
+        };
+        URL_SAFE_NO_PAD.encode(digest(&SHA256, canonical.as_bytes()))
+    }
+
+    /// The algorithm this key type signs with.
+    pub fn alg(&self) -> Alg {
+        match self {
+            PublicJwk::Ec { .. } => Alg::ES256,
+            PublicJwk::Rsa { .. } => Alg::RS256,
+        }
+    }
+}
+
+/// One entry of the JWKS.
+#[derive(Clone, Debug, Serialize)]
+pub struct JwkEntry<'a> {
+    /// Key id.
+    pub kid: &'a str,
+    /// Always `sig`.
+    #[serde(rename = "use")]
+    pub use_: &'static str,
+    /// Signing algorithm.
+    pub alg: Alg,
+    /// The public parameters, with `kty`.
+    #[serde(flatten)]
+    pub key: &'a PublicJwk,
+}
+
+#[derive(Serialize)]
+struct JwksBody<'a> {
+    keys: Vec<JwkEntry<'a>>,
+}
+
+/// The serialised JWKS and its validator.
+#[derive(Clone, Debug)]
+pub struct JwksDocument {
+    /// The exact bytes served.
+    pub body: Bytes,
+    /// A strong ETag (quoted) derived from the bytes.
+    pub etag: String,
+    /// Key ids in the document, in order.
+    pub kids: Vec<String>,
+}
+
+impl JwksDocument {
+    /// Builds the document from every published key; active keys come first.
+    pub fn build<'a>(keys: impl IntoIterator<Item = &'a KeyRecord>) -> Self {
+        let mut published: Vec<&KeyRecord> =
+            keys.into_iter().filter(|k| k.is_published()).collect();
+        let rank = |s: KeyState| match s {
+            KeyState::Active => 0,
+            KeyState::Pending => 1,
+            _ => 2,
+        };
+        published.sort_by_key(|k| (rank(k.state), k.alg, k.created_at, k.id));
+        let body = JwksBody {
+            keys: published
+                .iter()
+                .map(|k| JwkEntry {
+                    kid: &k.kid,
+                    use_: "sig",
+                    alg: k.alg,
+                    key: &k.public_jwk,
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&body).expect("a JWKS always serialises");
+        let hash = digest(&SHA256, &body);
+        let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&hash.as_ref()[..18]));
+        Self {
+            body: Bytes::from(body),
+            etag,
+            kids: published.iter().map(|k| k.kid.clone()).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7638_example_thumbprint_matches() {
+        // RFC 7638 §3.1.
+        let jwk = PublicJwk::Rsa {
+            n: "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw".into(),
+            e: "AQAB".into(),
+        };
+        assert_eq!(
+            jwk.thumbprint(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn private_members_cannot_be_represented() {
+        let with_d = r#"{"kty":"EC","crv":"P-256","x":"a","y":"b","d":"secret"}"#;
+        assert!(serde_json::from_str::<PublicJwk>(with_d).is_err());
+        let with_p = r#"{"kty":"RSA","n":"a","e":"AQAB","p":"secret"}"#;
+        assert!(serde_json::from_str::<PublicJwk>(with_p).is_err());
+    }
+
+    #[test]
+    fn rsa_components_drop_leading_zeros() {
+        let jwk = PublicJwk::from_rsa_components(&[0, 0, 1, 2], &[0, 1, 0, 1]);
+        assert_eq!(
+            jwk,
+            PublicJwk::Rsa {
+                n: "AQI".into(),
+                e: "AQAB".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The in-memory view of the key set that the hot paths read: the serialised JWKS and the parsed
+//! signing keys, each swapped atomically when the store changes.
+//!
+//! Refreshing reads the store and opens only keys it has not opened before; requests only load an
+//! `Arc`. Pending keys are opened ahead of time so that activation costs nothing at the switch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::{Alg, KeyError, KeyRecord, KeyService, KeyState};
+use crate::clock::UnixTime;
+use crate::jwks::JwksDocument;
+use crate::signer::SigningKey;
+
+/// Signing keys by algorithm.
+#[derive(Debug, Default)]
+pub struct SignerSet {
+    /// The active key of each algorithm.
+    pub active: HashMap<Alg, Arc<SigningKey>>,
+    /// When each algorithm's pending key may sign, for error messages.
+    pub next_signable: HashMap<Alg, UnixTime>,
+}
+
+/// The published key set.
+pub struct LiveKeys {
+    jwks: ArcSwap<JwksDocument>,
+    signers: ArcSwap<SignerSet>,
+    opened: Mutex<HashMap<i64, Arc<SigningKey>>>,
+}
+
+impl std::fmt::Debug for LiveKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveKeys")
+            .field("kids", &self.jwks.load().kids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LiveKeys {
+    fn default() -> Self {
+        Self {
+            jwks: ArcSwap::from_pointee(JwksDocument::build(&[])),
+            signers: ArcSwap::from_pointee(SignerSet::default()),
+            opened: Mutex::default(),
+        }
+    }
+}
+
+impl LiveKeys {
+    /// The current JWKS.
+    pub fn jwks(&self) -> Arc<JwksDocument> {
+        self.jwks.load_full()
+    }
+
+    /// The current signing keys.
+    pub fn signers(&self) -> Arc<SignerSet> {
+        self.signers.load_full()
+    }
+
+    /// Rebuilds both views from the store.
+    pub fn refresh(&self, service: &KeyService) -> Result<(), KeyError> {
+        let records = service.list()?;
+        let wanted: Vec<&KeyRecord> = records
+            .iter()
+            .filter(|k| matches!(k.state, KeyState::Pending | KeyState::Active))
+            .collect();
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        opened.retain(|id, _| wanted.iter().any(|k| k.id == *id));
+        let missing: Vec<&KeyRecord> = wanted
+            .iter()
+            .copied()
+            .filter(|k| !opened.contains_key(&k.id))
+            .collect();
+        for (rec, pair) in missing.iter().zip(service.open(&missing)?) {
+            opened.insert(rec.id, Arc::new(SigningKey::new(rec, pair)));
+        }
+        let mut set = SignerSet::default();
+        for rec in &wanted {
+            // Re-wrap when a pending key gained its signing time since it was opened.
+            let key = opened.get(&rec.id).cloned().expect("opened above");
+            let key = if Some(key.signable_at) != rec.signable_at {
+                let pair = service.open(&[rec])?.pop().expect("one key");
+                let fresh = Arc::new(SigningKey::new(rec, pair));
+                opened.insert(rec.id, fresh.clone());
+                fresh
+            } else {
+                key
+            };
+            match rec.state {
+                KeyState::Active => {
+                    set.active.insert(rec.alg, key);
+                }
+                _ => {
+                    if let Some(t) = rec.signable_at {
+                        set.next_signable.insert(rec.alg, t);
+                    }
+                }
+            }
+        }
+        drop(opened);
+        let doc = JwksDocument::build(&records);
+        if doc.body != self.jwks.load().body {
+            tracing::info!(kids = ?doc.kids, etag = %doc.etag, "JWKS updated");
+            self.jwks.store(Arc::new(doc));
+        }
+        self.signers.store(Arc::new(set));
+        Ok(())
+    }
+}

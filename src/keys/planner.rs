@@ -1,0 +1,643 @@
+//! The key lifecycle as a pure function.
+//!
+//! [`plan`] looks at the time, the keys and the policy and says which transitions are due; it never
+//! reads a clock or a database, so every rule is testable with made-up times. The service applies
+//! a plan in one transaction and plans again until nothing is due.
+//!
+//! The rules, which together guarantee that a verifier holding any JWKS it fetched within
+//! `max-age` can verify every unexpired token:
+//! - a key is published before it signs: it becomes active only once `signable_at` (publication +
+//!   `publish_lead`) has passed; a key added while no server ran is published (and its lead starts)
+//!   when a server first plans with it;
+//! - the first key of an empty store is active at once (nobody can have cached a JWKS yet);
+//! - a signable pending key replaces the active key of its algorithm, which retires;
+//! - with automatic rotation, the successor is generated `publish_lead` before the active key's
+//!   `rotation_period` ends; a late planner (server down, clock jump) never shortens the lead, it
+//!   only keeps the old key signing longer;
+//! - a retired key stays published for `retire_grace` after it last signed, then expires;
+//! - keys of algorithms no longer enabled retire;
+//! - a clock that jumps backwards delays transitions and never undoes one.
+
+use crate::clock::UnixTime;
+use crate::keys::{Alg, KeyRecord, KeyState};
+
+/// The lifecycle settings, in seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Algorithms that each keep an active key.
+    pub algorithms: Vec<Alg>,
+    /// Publication time before a key may sign.
+    pub publish_lead: i64,
+    /// Signing time of a key before its successor takes over.
+    pub rotation_period: i64,
+    /// Whether rotation happens on schedule.
+    pub auto_rotate: bool,
+    /// Publication time after a key stops signing.
+    pub retire_grace: i64,
+    /// Modulus size of generated RSA keys.
+    pub rsa_bits: u32,
+}
+
+/// One change to the key set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Publish a key that was added while no server ran; it may sign at `signable_at`.
+    Publish {
+        /// Row id.
+        id: i64,
+        /// Earliest signing time.
+        signable_at: UnixTime,
+    },
+    /// Create a key for `alg`.
+    Generate {
+        /// Algorithm of the new key.
+        alg: Alg,
+        /// Active at once (only on an empty store) rather than pending.
+        activate_now: bool,
+        /// Why, for the audit trail.
+        reason: &'static str,
+    },
+    /// A signable pending key starts signing.
+    Activate {
+        /// Row id.
+        id: i64,
+    },
+    /// A key stops signing and stays published until `expires_at`.
+    Retire {
+        /// Row id.
+        id: i64,
+        /// When it leaves the JWKS.
+        expires_at: UnixTime,
+        /// Why, for the audit trail.
+        reason: &'static str,
+    },
+    /// A retired key leaves the JWKS and its private key is destroyed.
+    Expire {
+        /// Row id.
+        id: i64,
+    },
+}
+
+/// What is due now, and when to look again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Transitions to apply now, in order.
+    pub transitions: Vec<Transition>,
+    /// The earliest future time at which something else falls due, if any.
+    pub next_due: Option<UnixTime>,
+}
+
+impl Plan {
+    fn due(&mut self, at: UnixTime) {
+        self.next_due = Some(self.next_due.map_or(at, |t| t.min(at)));
+    }
+}
+
+/// Decides which transitions are due at `now`.
+pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy) -> Plan {
+    let mut plan = Plan::default();
+    let lead = policy.publish_lead;
+
+    for key in keys {
+        match key.state {
+            KeyState::Pending if key.published_at.is_none() => {
+                let signable_at = now + lead;
+                plan.transitions.push(Transition::Publish {
+                    id: key.id,
+                    signable_at,
+                });
+                plan.due(signable_at);
+            }
+            KeyState::Retired => {
+                let expires_at = key
+                    .expires_at
+                    .unwrap_or(key.retired_at.unwrap_or(key.created_at) + policy.retire_grace);
+                if expires_at <= now {
+                    plan.transitions.push(Transition::Expire { id: key.id });
+                } else {
+                    plan.due(expires_at);
+                }
+            }
+            KeyState::Pending | KeyState::Active if !policy.algorithms.contains(&key.alg) => {
+                plan.transitions.push(Transition::Retire {
+                    id: key.id,
+                    expires_at: now + policy.retire_grace,
+                    reason: "algorithm no longer enabled",
+                });
+            }
+            _ => {}
+        }
+    }
+
+    for &alg in &policy.algorithms {
+        let of_alg = || keys.iter().filter(move |k| k.alg == alg);
+        let active = of_alg().find(|k| k.state == KeyState::Active);
+        let pending: Vec<&KeyRecord> = of_alg().filter(|k| k.state == KeyState::Pending).collect();
+        let ready = pending
+            .iter()
+            .filter(|k| k.signable_at.is_some_and(|t| t <= now))
+            .max_by_key(|k| (k.signable_at, k.id));
+
+        if let Some(successor) = ready {
+            if let Some(active) = active {
+                plan.transitions.push(Transition::Retire {
+                    id: active.id,
+                    expires_at: now + policy.retire_grace,
+                    reason: "superseded by a signable successor",
+                });
+            }
+            plan.transitions
+                .push(Transition::Activate { id: successor.id });
+            if policy.auto_rotate {
+                plan.due(now + policy.rotation_period - lead);
+            }
+            continue;
+        }
+
+        for p in &pending {
+            if let Some(t) = p.signable_at {
+                plan.due(t);
+            }
+        }
+        match active {
+            None if pending.is_empty() => plan.transitions.push(Transition::Generate {
+                alg,
+                activate_now: keys.is_empty(),
+                reason: if keys.is_empty() {
+                    "first key of an empty store"
+                } else {
+                    "no active or pending key"
+                },
+            }),
+            Some(active) if pending.is_empty() && policy.auto_rotate => {
+                let since = active
+                    .activated_at
+                    .or(active.signable_at)
+                    .unwrap_or(active.created_at);
+                let generate_at = since + policy.rotation_period - lead;
+                if now >= generate_at {
+                    plan.transitions.push(Transition::Generate {
+                        alg,
+                        activate_now: false,
+                        reason: "scheduled rotation",
+                    });
+                } else {
+                    plan.due(generate_at);
+                }
+            }
+            _ => {}
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::PublicJwk;
+    use crate::keys::Origin;
+
+    const H: i64 = 3600;
+    const D: i64 = 24 * H;
+    const T0: i64 = 1_800_000_000;
+
+    fn policy() -> Policy {
+        Policy {
+            algorithms: vec![Alg::ES256, Alg::RS256],
+            publish_lead: D,
+            rotation_period: 30 * D,
+            auto_rotate: true,
+            retire_grace: H,
+            rsa_bits: 2048,
+        }
+    }
+
+    fn es256_only() -> Policy {
+        Policy {
+            algorithms: vec![Alg::ES256],
+            ..policy()
+        }
+    }
+
+    /// A toy store that applies transitions the way the real one does.
+    #[derive(Default)]
+    struct Sim {
+        keys: Vec<KeyRecord>,
+        next_id: i64,
+    }
+
+    impl Sim {
+        fn apply(&mut self, now: UnixTime, p: &Policy) -> Vec<Transition> {
+            let plan = plan(now, &self.keys, p);
+            for t in &plan.transitions {
+                match *t {
+                    Transition::Publish { id, signable_at } => {
+                        let k = self.get(id);
+                        k.published_at = Some(now);
+                        k.signable_at = Some(signable_at);
+                    }
+                    Transition::Generate {
+                        alg, activate_now, ..
+                    } => {
+                        self.next_id += 1;
+                        self.keys.push(KeyRecord {
+                            id: self.next_id,
+                            kid: format!("k{}", self.next_id),
+                            alg,
+                            state: if activate_now {
+                                KeyState::Active
+                            } else {
+                                KeyState::Pending
+                            },
+                            origin: Origin::Generated,
+                            bits: 256,
+                            public_jwk: PublicJwk::Ec {
+                                crv: "P-256".into(),
+                                x: String::new(),
+                                y: String::new(),
+                            },
+                            created_at: now,
+                            published_at: Some(now),
+                            signable_at: Some(if activate_now {
+                                now
+                            } else {
+                                now + p.publish_lead
+                            }),
+                            activated_at: activate_now.then_some(now),
+                            retired_at: None,
+                            expires_at: None,
+                            revoked_at: None,
+                        });
+                    }
+                    Transition::Activate { id } => {
+                        let k = self.get(id);
+                        k.state = KeyState::Active;
+                        k.activated_at = Some(now);
+                    }
+                    Transition::Retire { id, expires_at, .. } => {
+                        let k = self.get(id);
+                        k.state = KeyState::Retired;
+                        k.retired_at = Some(now);
+                        k.expires_at = Some(expires_at);
+                    }
+                    Transition::Expire { id } => self.get(id).state = KeyState::Expired,
+                }
+            }
+            plan.transitions
+        }
+
+        /// Plans and applies until nothing is due, as the service does.
+        fn settle(&mut self, now: UnixTime, p: &Policy) -> Vec<Transition> {
+            let mut all = Vec::new();
+            for _ in 0..10 {
+                let ts = self.apply(now, p);
+                if ts.is_empty() {
+                    return all;
+                }
+                all.extend(ts);
+            }
+            panic!("plan did not settle at {now}: {all:?}");
+        }
+
+        fn get(&mut self, id: i64) -> &mut KeyRecord {
+            self.keys.iter_mut().find(|k| k.id == id).unwrap()
+        }
+
+        fn active(&self, alg: Alg) -> Option<&KeyRecord> {
+            self.keys
+                .iter()
+                .find(|k| k.alg == alg && k.state == KeyState::Active)
+        }
+
+        fn state_of(&self, id: i64) -> KeyState {
+            self.keys.iter().find(|k| k.id == id).unwrap().state
+        }
+    }
+
+    fn started(p: &Policy) -> Sim {
+        let mut sim = Sim::default();
+        sim.settle(T0, p);
+        sim
+    }
+
+    #[test]
+    fn first_keys_of_an_empty_store_are_active_at_once() {
+        let sim = started(&policy());
+        for alg in Alg::ALL {
+            let k = sim.active(alg).expect("active key");
+            assert_eq!(k.activated_at, Some(T0));
+            assert_eq!(k.signable_at, Some(T0));
+        }
+        assert_eq!(sim.keys.len(), 2);
+    }
+
+    #[test]
+    fn nothing_is_due_between_events_and_next_due_names_the_successor_generation() {
+        let p = policy();
+        let sim = started(&p);
+        let plan = plan(T0 + 10, &sim.keys, &p);
+        assert!(plan.transitions.is_empty());
+        assert_eq!(plan.next_due, Some(T0 + 30 * D - D));
+    }
+
+    #[test]
+    fn successor_is_generated_one_lead_before_the_period_ends_and_signs_only_after_the_lead() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+
+        assert!(sim.settle(T0 + 29 * D - 1, &p).is_empty());
+        let ts = sim.settle(T0 + 29 * D, &p);
+        assert!(matches!(
+            ts[..],
+            [Transition::Generate {
+                activate_now: false,
+                ..
+            }]
+        ));
+        let successor = sim.keys.last().unwrap().clone();
+        assert_eq!(successor.state, KeyState::Pending);
+        assert_eq!(successor.signable_at, Some(T0 + 30 * D));
+
+        assert!(sim.settle(T0 + 30 * D - 1, &p).is_empty());
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, first);
+
+        sim.settle(T0 + 30 * D, &p);
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, successor.id);
+        assert_eq!(sim.state_of(first), KeyState::Retired);
+    }
+
+    #[test]
+    fn retired_key_stays_published_until_grace_ends_then_expires() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+        sim.settle(T0 + 29 * D, &p);
+        sim.settle(T0 + 30 * D, &p);
+        let retired = sim.keys.iter().find(|k| k.id == first).unwrap().clone();
+        assert_eq!(retired.expires_at, Some(T0 + 30 * D + H));
+        assert_eq!(
+            plan(T0 + 30 * D + 10, &sim.keys, &p).next_due,
+            Some(T0 + 30 * D + H)
+        );
+
+        sim.settle(T0 + 30 * D + H - 1, &p);
+        assert_eq!(sim.state_of(first), KeyState::Retired);
+        sim.settle(T0 + 30 * D + H, &p);
+        assert_eq!(sim.state_of(first), KeyState::Expired);
+    }
+
+    #[test]
+    fn manual_pending_key_takes_over_as_soon_as_it_is_signable() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+        // An operator rotation at T0 + 5d: a pending key published now.
+        sim.next_id += 1;
+        let mut k = sim.keys[0].clone();
+        k.id = sim.next_id;
+        k.state = KeyState::Pending;
+        k.activated_at = None;
+        k.created_at = T0 + 5 * D;
+        k.published_at = Some(T0 + 5 * D);
+        k.signable_at = Some(T0 + 6 * D);
+        sim.keys.push(k);
+
+        assert!(sim.settle(T0 + 6 * D - 1, &p).is_empty());
+        assert_eq!(plan(T0 + 5 * D, &sim.keys, &p).next_due, Some(T0 + 6 * D));
+        sim.settle(T0 + 6 * D, &p);
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, sim.next_id);
+        assert_eq!(sim.state_of(first), KeyState::Retired);
+    }
+
+    #[test]
+    fn key_added_while_no_server_ran_is_published_first_and_waits_a_full_lead() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        sim.next_id += 1;
+        let mut k = sim.keys[0].clone();
+        k.id = sim.next_id;
+        k.state = KeyState::Pending;
+        k.activated_at = None;
+        k.published_at = None;
+        k.signable_at = None;
+        k.created_at = T0 + D;
+        sim.keys.push(k);
+
+        // The server comes back ten days later: the lead starts now, not at creation.
+        let back = T0 + 10 * D;
+        let ts = sim.settle(back, &p);
+        assert_eq!(
+            ts,
+            vec![Transition::Publish {
+                id: sim.next_id,
+                signable_at: back + D
+            }]
+        );
+        assert!(sim.settle(back + D - 1, &p).is_empty());
+        sim.settle(back + D, &p);
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, sim.next_id);
+    }
+
+    #[test]
+    fn server_down_longer_than_a_period_keeps_the_old_key_until_a_successor_had_its_lead() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+        // Down from T0 + 1d to T0 + 75d: more than two whole periods.
+        let back = T0 + 75 * D;
+        let ts = sim.settle(back, &p);
+        assert!(matches!(
+            ts[..],
+            [Transition::Generate {
+                activate_now: false,
+                ..
+            }]
+        ));
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, first, "no lead skipped");
+        let successor = sim.keys.last().unwrap().id;
+
+        assert!(sim.settle(back + D - 1, &p).is_empty());
+        sim.settle(back + D, &p);
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, successor);
+        let old = sim.keys.iter().find(|k| k.id == first).unwrap();
+        assert_eq!(
+            old.retired_at,
+            Some(back + D),
+            "retired when it last signed"
+        );
+        assert_eq!(old.expires_at, Some(back + D + H));
+    }
+
+    #[test]
+    fn server_down_across_a_switch_retires_the_old_key_from_the_restart_not_the_due_time() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+        sim.settle(T0 + 29 * D, &p);
+        // Down from just after the successor was generated until long after it became signable.
+        let back = T0 + 40 * D;
+        sim.settle(back, &p);
+        let old = sim.keys.iter().find(|k| k.id == first).unwrap();
+        assert_eq!(old.state, KeyState::Retired);
+        assert_eq!(
+            old.expires_at,
+            Some(back + H),
+            "it signed until the restart"
+        );
+    }
+
+    #[test]
+    fn clock_jumping_backwards_delays_and_never_undoes_transitions() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        sim.settle(T0 + 29 * D, &p);
+        let before = sim.keys.clone();
+        // The clock jumps back a week: nothing due, nothing reversed.
+        assert!(sim.settle(T0 + 22 * D, &p).is_empty());
+        assert_eq!(sim.keys, before);
+        // The successor still waits for its full lead measured on the clock.
+        assert!(sim.settle(T0 + 30 * D - 1, &p).is_empty());
+        sim.settle(T0 + 30 * D, &p);
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, before[1].id);
+    }
+
+    #[test]
+    fn clock_jumping_forwards_never_activates_a_key_that_was_not_published_for_the_lead() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+        // A jump of a year: the successor is generated now and waits its lead.
+        sim.settle(T0 + 365 * D, &p);
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, first);
+        assert_eq!(sim.keys.last().unwrap().signable_at, Some(T0 + 366 * D));
+    }
+
+    #[test]
+    fn automatic_rotation_can_be_switched_off() {
+        let p = Policy {
+            auto_rotate: false,
+            ..es256_only()
+        };
+        let mut sim = started(&p);
+        assert!(sim.settle(T0 + 400 * D, &p).is_empty());
+        assert_eq!(plan(T0 + 400 * D, &sim.keys, &p).next_due, None);
+    }
+
+    #[test]
+    fn an_algorithm_enabled_later_gets_a_pending_key_not_an_active_one() {
+        let mut sim = started(&es256_only());
+        let ts = sim.settle(T0 + D, &policy());
+        assert_eq!(
+            ts,
+            vec![Transition::Generate {
+                alg: Alg::RS256,
+                activate_now: false,
+                reason: "no active or pending key"
+            }]
+        );
+        assert!(sim.active(Alg::RS256).is_none());
+        sim.settle(T0 + 2 * D, &policy());
+        assert!(sim.active(Alg::RS256).is_some());
+    }
+
+    #[test]
+    fn keys_of_a_disabled_algorithm_retire_and_later_expire() {
+        let mut sim = started(&policy());
+        let rs = sim.active(Alg::RS256).unwrap().id;
+        let p = es256_only();
+        sim.settle(T0 + D, &p);
+        assert_eq!(sim.state_of(rs), KeyState::Retired);
+        sim.settle(T0 + D + H, &p);
+        assert_eq!(sim.state_of(rs), KeyState::Expired);
+    }
+
+    #[test]
+    fn revoked_active_key_is_replaced_by_a_pending_key_with_a_full_lead() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        sim.keys[0].state = KeyState::Revoked;
+        let ts = sim.settle(T0 + H, &p);
+        assert!(matches!(
+            ts[..],
+            [Transition::Generate {
+                activate_now: false,
+                ..
+            }]
+        ));
+        assert_eq!(sim.keys.last().unwrap().signable_at, Some(T0 + H + D));
+    }
+
+    /// Runs a year of operation with an irregular planner (late, early, clock jumps) and checks the
+    /// invariants a verifier depends on after every step.
+    #[test]
+    fn a_year_of_irregular_ticks_keeps_every_invariant() {
+        let p = Policy {
+            publish_lead: 6 * H,
+            rotation_period: 3 * D,
+            retire_grace: 2 * H,
+            ..policy()
+        };
+        const BACK: i64 = 600;
+        let mut sim = started(&p);
+        let mut now = T0;
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rotations = 0;
+        let mut first_published: std::collections::HashMap<i64, UnixTime> = Default::default();
+        let mut last_signed: std::collections::HashMap<i64, UnixTime> = Default::default();
+        while now < T0 + 365 * D {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Mostly small steps, sometimes an outage of up to five days, sometimes a step back
+            // of up to ten minutes (an NTP correction).
+            let step = match seed % 100 {
+                0..=79 => (seed >> 8) as i64 % (2 * H),
+                80..=94 => (seed >> 8) as i64 % (5 * D),
+                _ => -((seed >> 8) as i64 % BACK),
+            };
+            now += step;
+            let before: Vec<i64> = Alg::ALL
+                .iter()
+                .filter_map(|a| sim.active(*a).map(|k| k.id))
+                .collect();
+            sim.settle(now, &p);
+            for k in &sim.keys {
+                if k.is_published() {
+                    first_published.entry(k.id).or_insert(now);
+                }
+            }
+            for alg in Alg::ALL {
+                let active: Vec<_> = sim
+                    .keys
+                    .iter()
+                    .filter(|k| k.alg == alg && k.state == KeyState::Active)
+                    .collect();
+                assert_eq!(active.len(), 1, "exactly one active {alg} key at {now}");
+                let k = active[0];
+                assert!(k.signable_at.unwrap() <= now.max(k.activated_at.unwrap()));
+                if k.created_at != T0 {
+                    assert!(
+                        k.activated_at.unwrap() - first_published[&k.id] >= p.publish_lead,
+                        "key {} signed before its lead",
+                        k.kid
+                    );
+                }
+                let last = last_signed.entry(k.id).or_insert(now);
+                *last = (*last).max(now);
+                if !before.contains(&k.id) {
+                    rotations += 1;
+                }
+            }
+            // A step back can shorten publication by at most its own length.
+            for k in &sim.keys {
+                if let Some(&t) = last_signed.get(&k.id)
+                    && now < t + p.retire_grace - BACK
+                {
+                    assert!(k.is_published(), "key {} left the JWKS too early", k.kid);
+                }
+            }
+        }
+        assert!(rotations > 50, "only {rotations} rotations in a year");
+    }
+}

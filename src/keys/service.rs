@@ -1,0 +1,591 @@
+//! Applies lifecycle transitions and admin actions to the store.
+//!
+//! Every change is one `BEGIN IMMEDIATE` transaction that re-reads the keys it depends on, writes
+//! the new states and the audit rows together, and commits; a crash at any point leaves either the
+//! old or the new key set, never a mix. Key generation (RSA takes tens of milliseconds) happens
+//! outside the write lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior};
+use serde_json::json;
+
+use super::master::{MasterKey, MasterKeyError};
+use super::material::{self, ImportError, KeyMaterial, KeyMaterialError, KeyPair};
+use super::planner::{self, Policy, Transition};
+use super::{Alg, KeyRecord, KeyState, Origin};
+use crate::clock::{Clock, UnixTime, rfc3339};
+use crate::store::{self, Store, StoreError};
+
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Key material could not be produced or parsed.
+    #[error(transparent)]
+    Material(#[from] KeyMaterialError),
+    /// An imported PEM was refused.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// A sealed key could not be opened.
+    #[error(transparent)]
+    Master(#[from] MasterKeyError),
+    /// No key has this kid.
+    #[error("no key with kid {0:?}")]
+    NotFound(String),
+    /// The action conflicts with the key's state or another key.
+    #[error("{0}")]
+    Conflict(String),
+    /// A request value is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for KeyError {
+    fn from(e: rusqlite::Error) -> Self {
+        KeyError::Store(StoreError::Sqlite(e))
+    }
+}
+
+/// What a planning round did.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// Transitions applied, with the kid each concerned.
+    pub applied: Vec<(Transition, String)>,
+    /// When to plan again.
+    pub next_due: Option<UnixTime>,
+}
+
+/// The result of a rotation.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The new key.
+    pub key: KeyRecord,
+    /// Kids revoked by an emergency rotation.
+    pub revoked: Vec<String>,
+    /// Something the operator must know.
+    pub warning: Option<String>,
+}
+
+/// Applies the lifecycle to the store.
+pub struct KeyService {
+    store: Arc<Store>,
+    master: Arc<MasterKey>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    serving: bool,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService")
+            .field("policy", &self.policy)
+            .field("serving", &self.serving)
+            .finish_non_exhaustive()
+    }
+}
+
+fn envelope_context(alg: Alg, kid: &str, created_at: UnixTime) -> Vec<u8> {
+    format!("keyhost/v1/{alg}/{kid}/{created_at}").into_bytes()
+}
+
+/// Checks an operator-chosen kid: 1 to 128 visible ASCII characters, no quotes or backslashes.
+pub fn validate_kid(kid: &str) -> Result<(), KeyError> {
+    let ok = !kid.is_empty()
+        && kid.len() <= 128
+        && kid
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::Invalid(
+            "kid must be 1 to 128 visible ASCII characters without quotes or backslashes".into(),
+        ))
+    }
+}
+
+impl KeyService {
+    /// A service over `store`. `serving` is true in the server, which publishes what it writes at
+    /// once; the CLI passes false, and keys it adds are published when a server next plans.
+    pub fn new(
+        store: Arc<Store>,
+        master: Arc<MasterKey>,
+        clock: Arc<dyn Clock>,
+        policy: Policy,
+        serving: bool,
+    ) -> Self {
+        Self {
+            store,
+            master,
+            clock,
+            policy,
+            serving,
+        }
+    }
+
+    /// The lifecycle policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The clock decisions are made with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Every key, oldest first.
+    pub fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
+        Ok(self.store.with(|c| store::keys::list(c))?)
+    }
+
+    /// Plans and applies until nothing is due now.
+    pub fn tick(&self, actor: &str) -> Result<TickReport, KeyError> {
+        let mut report = TickReport::default();
+        let mut spare: HashMap<Alg, KeyMaterial> = HashMap::new();
+        for _ in 0..16 {
+            let now = self.clock.now();
+            let missing: Vec<Alg> = self.store.with(|c| {
+                let keys = store::keys::list(c)?;
+                let plan = planner::plan(now, &keys, &self.policy);
+                Ok::<_, KeyError>(
+                    plan.transitions
+                        .iter()
+                        .filter_map(|t| match t {
+                            Transition::Generate { alg, .. } if !spare.contains_key(alg) => {
+                                Some(*alg)
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            })?;
+            for alg in missing {
+                spare.insert(alg, material::generate(alg, self.policy.rsa_bits)?);
+            }
+            let done = self.store.with(|c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let keys = store::keys::list(&tx)?;
+                let plan = planner::plan(now, &keys, &self.policy);
+                if plan.transitions.is_empty() {
+                    report.next_due = plan.next_due;
+                    return Ok::<_, KeyError>(true);
+                }
+                for t in &plan.transitions {
+                    if let Transition::Generate { alg, .. } = t
+                        && !spare.contains_key(alg)
+                    {
+                        return Ok(false); // another writer changed the picture: plan again
+                    }
+                }
+                for t in plan.transitions {
+                    let kid = self.apply(&tx, now, &keys, &t, &mut spare, actor)?;
+                    report.applied.push((t, kid));
+                }
+                tx.commit()?;
+                Ok(false)
+            })?;
+            if done {
+                return Ok(report);
+            }
+        }
+        Err(KeyError::Conflict(
+            "the key lifecycle did not settle; another writer keeps changing the store".into(),
+        ))
+    }
+
+    fn apply(
+        &self,
+        tx: &Connection,
+        now: UnixTime,
+        keys: &[KeyRecord],
+        t: &Transition,
+        spare: &mut HashMap<Alg, KeyMaterial>,
+        actor: &str,
+    ) -> Result<String, KeyError> {
+        let kid_of = |id: i64| {
+            keys.iter()
+                .find(|k| k.id == id)
+                .map(|k| k.kid.clone())
+                .unwrap_or_default()
+        };
+        let (action, kid, detail) = match *t {
+            Transition::Publish { id, signable_at } => {
+                store::keys::publish(tx, id, now, signable_at)?;
+                (
+                    "key.publish",
+                    kid_of(id),
+                    json!({"signableAt": rfc3339(signable_at)}),
+                )
+            }
+            Transition::Generate {
+                alg,
+                activate_now,
+                reason,
+            } => {
+                let m = spare
+                    .remove(&alg)
+                    .expect("material generated before the transaction");
+                let state = if activate_now {
+                    KeyState::Active
+                } else {
+                    KeyState::Pending
+                };
+                let rec = self.insert(tx, &m, None, Origin::Generated, state, now)?;
+                (
+                    "key.generate",
+                    rec.kid,
+                    json!({"alg": alg, "state": state, "reason": reason}),
+                )
+            }
+            Transition::Activate { id } => {
+                store::keys::activate(tx, id, now)?;
+                ("key.activate", kid_of(id), json!({}))
+            }
+            Transition::Retire {
+                id,
+                expires_at,
+                reason,
+            } => {
+                store::keys::retire(tx, id, now, expires_at)?;
+                (
+                    "key.retire",
+                    kid_of(id),
+                    json!({"reason": reason, "expiresAt": rfc3339(expires_at)}),
+                )
+            }
+            Transition::Expire { id } => {
+                store::keys::expire(tx, id, now)?;
+                ("key.expire", kid_of(id), json!({"privateKey": "destroyed"}))
+            }
+        };
+        store::audit::record(tx, now, actor, action, &kid, &detail)?;
+        tracing::info!(action, kid = %kid, %detail, "key transition");
+        Ok(kid)
+    }
+
+    /// Seals and inserts key material; the row's timestamps follow from `state`.
+    fn insert(
+        &self,
+        tx: &Connection,
+        m: &KeyMaterial,
+        kid: Option<&str>,
+        origin: Origin,
+        state: KeyState,
+        now: UnixTime,
+    ) -> Result<KeyRecord, KeyError> {
+        let public = m.pair.public_jwk();
+        let kid = kid
+            .map(str::to_owned)
+            .unwrap_or_else(|| public.thumbprint());
+        let alg = m.pair.alg();
+        let (published_at, signable_at, activated_at) = match state {
+            KeyState::Active => (Some(now), Some(now), Some(now)),
+            _ if self.serving => (Some(now), Some(now + self.policy.publish_lead), None),
+            _ => (None, None, None),
+        };
+        let sealed = self
+            .master
+            .seal(&envelope_context(alg, &kid, now), &m.pkcs8);
+        let jwk = serde_json::to_string(&public).expect("a JWK serialises");
+        let id = store::keys::insert(
+            tx,
+            &store::keys::NewKey {
+                kid: &kid,
+                alg,
+                state,
+                origin,
+                bits: m.pair.bits(),
+                public_jwk: &jwk,
+                sealed: &sealed,
+                master_key_id: self.master.id(),
+                created_at: now,
+                published_at,
+                signable_at,
+                activated_at,
+            },
+        )
+        .map_err(|e| {
+            if e.is_constraint() {
+                KeyError::Conflict(format!(
+                    "kid {kid:?} already names a published key; choose another kid or wait until that key has expired"
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        store::settings::set(tx, store::settings::MASTER_KEY_ID, self.master.id())?;
+        Ok(store::keys::get(tx, id)?)
+    }
+
+    fn require_enabled(&self, alg: Alg) -> Result<(), KeyError> {
+        if self.policy.algorithms.contains(&alg) {
+            Ok(())
+        } else {
+            Err(KeyError::Invalid(format!(
+                "{alg} is not in KEYHOST_ALGORITHMS; enable it first"
+            )))
+        }
+    }
+
+    /// Rotates `alg`: normally a new pending key that takes over after `publish_lead`; in an
+    /// emergency a new key active at once, with the old active and pending keys revoked.
+    pub fn rotate(&self, alg: Alg, emergency: bool, actor: &str) -> Result<Rotated, KeyError> {
+        self.require_enabled(alg)?;
+        let m = material::generate(alg, self.policy.rsa_bits)?;
+        self.store.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                ?;
+            let now = self.clock.now();
+            let keys = store::keys::list(&tx)?;
+            let of_alg = |s: KeyState| keys.iter().filter(move |k| k.alg == alg && k.state == s);
+            let mut revoked = Vec::new();
+            let warning;
+            let state = if emergency {
+                for k in of_alg(KeyState::Active).chain(of_alg(KeyState::Pending)) {
+                    store::keys::revoke(&tx, k.id, now)?;
+                    store::audit::record(
+                        &tx,
+                        now,
+                        actor,
+                        "key.revoke",
+                        &k.kid,
+                        &json!({"reason": "emergency rotation"}),
+                    )?;
+                    revoked.push(k.kid.clone());
+                }
+                let retired: Vec<&str> = of_alg(KeyState::Retired).map(|k| k.kid.as_str()).collect();
+                let mut w = format!(
+                    "emergency rotation: the new {alg} key signs at once, so verifiers holding a cached JWKS \
+                     (up to its max-age, or longer if they ignore it) reject its tokens until they refresh; \
+                     revoked: {}",
+                    if revoked.is_empty() { "none".to_owned() } else { revoked.join(", ") }
+                );
+                if !retired.is_empty() {
+                    w.push_str(&format!(
+                        "; retired keys still published: {} (revoke them too if they may be compromised)",
+                        retired.join(", ")
+                    ));
+                }
+                warning = Some(w);
+                KeyState::Active
+            } else {
+                if let Some(p) = of_alg(KeyState::Pending).next() {
+                    return Err(KeyError::Conflict(format!(
+                        "a successor {alg} key is already pending (kid {}, {}); retire or revoke it first",
+                        p.kid,
+                        p.signable_at
+                            .map(|t| format!("signs from {}", rfc3339(t)))
+                            .unwrap_or_else(|| "published when the server next runs".into())
+                    )));
+                }
+                warning = None;
+                KeyState::Pending
+            };
+            let key = self.insert(&tx, &m, None, Origin::Generated, state, now)?;
+            store::audit::record(
+                &tx,
+                now,
+                actor,
+                if emergency { "key.rotate.emergency" } else { "key.rotate" },
+                &key.kid,
+                &json!({"alg": alg, "state": state}),
+            )?;
+            tx.commit()?;
+            Ok(Rotated {
+                key,
+                revoked,
+                warning,
+            })
+        })
+    }
+
+    fn find(&self, c: &Connection, kid: &str) -> Result<KeyRecord, KeyError> {
+        store::keys::find_by_kid(c, kid)?.ok_or_else(|| KeyError::NotFound(kid.to_owned()))
+    }
+
+    /// Retires a pending key (it stays published for `retire_grace`). The active key is retired by
+    /// rotation, never directly, so that an algorithm is never left without a signer by mistake.
+    pub fn retire(&self, kid: &str, actor: &str) -> Result<KeyRecord, KeyError> {
+        self.store.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                ?;
+            let now = self.clock.now();
+            let key = self.find(&tx, kid)?;
+            match key.state {
+                KeyState::Pending => {}
+                KeyState::Active => {
+                    return Err(KeyError::Conflict(format!(
+                        "{kid} is the active {} signing key; rotate instead (POST /admin/keys/rotate): its \
+                         successor takes over after the publish lead and it then retires by itself",
+                        key.alg
+                    )));
+                }
+                s => {
+                    return Err(KeyError::Conflict(format!(
+                        "{kid} is already {}",
+                        s.as_str()
+                    )));
+                }
+            }
+            let expires_at = now + self.policy.retire_grace;
+            store::keys::retire(&tx, key.id, now, expires_at)?;
+            store::audit::record(
+                &tx,
+                now,
+                actor,
+                "key.retire",
+                kid,
+                &json!({"expiresAt": rfc3339(expires_at)}),
+            )?;
+            let key = store::keys::get(&tx, key.id)?;
+            tx.commit()?;
+            Ok(key)
+        })
+    }
+
+    /// Revokes a key in any live state: it leaves the JWKS now and its private key is destroyed.
+    /// Returns a warning when that leaves its algorithm without a signing key.
+    pub fn revoke(&self, kid: &str, actor: &str) -> Result<(KeyRecord, Option<String>), KeyError> {
+        self.store.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                ?;
+            let now = self.clock.now();
+            let key = self.find(&tx, kid)?;
+            if !key.state.is_live() {
+                return Err(KeyError::Conflict(format!(
+                    "{kid} is already {}",
+                    key.state.as_str()
+                )));
+            }
+            store::keys::revoke(&tx, key.id, now)?;
+            store::audit::record(&tx, now, actor, "key.revoke", kid, &json!({"was": key.state}))?;
+            let warning = (key.state == KeyState::Active).then(|| {
+                format!(
+                    "{kid} was the active {alg} key: no {alg} token can be minted until a successor has been \
+                     published for the publish lead; if the key is compromised and you need {alg} now, use an \
+                     emergency rotation",
+                    alg = key.alg
+                )
+            });
+            let key = store::keys::get(&tx, key.id)?;
+            tx.commit()?;
+            Ok((key, warning))
+        })
+    }
+
+    /// Imports a private key from PEM. On an empty store it is active at once; otherwise it is
+    /// pending like any successor and signs after the publish lead.
+    pub fn import(&self, pem: &str, kid: Option<&str>, actor: &str) -> Result<KeyRecord, KeyError> {
+        if let Some(kid) = kid {
+            validate_kid(kid)?;
+        }
+        let m = material::import_pem(pem)?;
+        let alg = m.pair.alg();
+        self.require_enabled(alg)?;
+        self.store.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = self.clock.now();
+            let keys = store::keys::list(&tx)?;
+            let thumbprint = m.pair.public_jwk().thumbprint();
+            if let Some(same) = keys
+                .iter()
+                .find(|k| k.state.is_live() && k.public_jwk.thumbprint() == thumbprint)
+            {
+                return Err(KeyError::Conflict(format!(
+                    "this key is already held as {} ({})",
+                    same.kid,
+                    same.state.as_str()
+                )));
+            }
+            if let Some(p) = keys
+                .iter()
+                .find(|k| k.alg == alg && k.state == KeyState::Pending)
+            {
+                return Err(KeyError::Conflict(format!(
+                    "a successor {alg} key is already pending (kid {}); retire or revoke it first",
+                    p.kid
+                )));
+            }
+            let state = if keys.is_empty() {
+                KeyState::Active
+            } else {
+                KeyState::Pending
+            };
+            let key = self.insert(&tx, &m, kid, Origin::Imported, state, now)?;
+            store::audit::record(
+                &tx,
+                now,
+                actor,
+                "key.import",
+                &key.kid,
+                &json!({"alg": alg, "bits": key.bits, "state": state}),
+            )?;
+            tx.commit()?;
+            Ok(key)
+        })
+    }
+
+    /// Opens the sealed private keys of `ids`, checking each against its published public key.
+    pub fn open(&self, records: &[&KeyRecord]) -> Result<Vec<KeyPair>, KeyError> {
+        let sealed = self.store.with(|c| {
+            store::keys::sealed(c, &[KeyState::Pending, KeyState::Active, KeyState::Retired])
+        })?;
+        records
+            .iter()
+            .map(|rec| {
+                let s = sealed
+                    .iter()
+                    .find(|s| s.id == rec.id)
+                    .ok_or_else(|| KeyError::NotFound(rec.kid.clone()))?;
+                self.open_sealed(s, Some(rec))
+            })
+            .collect()
+    }
+
+    fn open_sealed(
+        &self,
+        s: &store::keys::SealedKey,
+        rec: Option<&KeyRecord>,
+    ) -> Result<KeyPair, KeyError> {
+        if s.master_key_id != self.master.id() {
+            return Err(MasterKeyError::Mismatch {
+                expected: s.master_key_id.clone(),
+                found: format!("the configured master key is {}", self.master.id()),
+                file: "keys/master.key".into(),
+            }
+            .into());
+        }
+        let der = self
+            .master
+            .open(&envelope_context(s.alg, &s.kid, s.created_at), &s.sealed)?;
+        let pair = material::from_pkcs8(s.alg, &der)?;
+        if let Some(rec) = rec
+            && pair.public_jwk() != rec.public_jwk
+        {
+            return Err(KeyError::Store(StoreError::Corrupt(format!(
+                "the private key of {} does not match its published public key",
+                rec.kid
+            ))));
+        }
+        Ok(pair)
+    }
+
+    /// Opens every stored private key; a start-up check that the master key is the right one.
+    pub fn verify_all(&self) -> Result<usize, KeyError> {
+        let records = self.list()?;
+        let sealed = self.store.with(|c| {
+            store::keys::sealed(c, &[KeyState::Pending, KeyState::Active, KeyState::Retired])
+        })?;
+        for s in &sealed {
+            self.open_sealed(s, records.iter().find(|r| r.id == s.id))?;
+        }
+        Ok(sealed.len())
+    }
+}

@@ -1,0 +1,20 @@
+//! keyhost: the partner-key server for AIR Kit.
+//!
+//! It keeps RS256 and ES256 signing keys encrypted at rest, rotates them so that every key is
+//! published in the JWKS before it signs and stays published until its last token has expired,
+//! serves the JWKS, and mints short-lived Partner JWTs for internal applications.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod clients;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod jwks;
+pub mod keys;
+pub mod lifecycle;
+pub mod signer;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,118 @@
+//! The background task that keeps the key set on schedule.
+//!
+//! It applies the planner, refreshes the in-memory views, then sleeps until the next transition
+//! falls due (not a coarse poll), waking early when an admin action or a clock jump changes the
+//! picture, and once a second to notice writes by another process (the CLI) through SQLite's
+//! `data_version`. Every path that changes keys goes through [`Lifecycle::settle`], which is
+//! serialised, so the views are always rebuilt from the latest committed state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::auth::ClientRegistry;
+use crate::keys::live::LiveKeys;
+use crate::keys::service::TickReport;
+use crate::keys::{KeyError, KeyService};
+use crate::store::Store;
+
+/// Longest sleep between looks at the store for changes made by other processes.
+const EXTERNAL_POLL: Duration = Duration::from_secs(1);
+
+/// Drives the key lifecycle and the in-memory views.
+#[derive(Debug)]
+pub struct Lifecycle {
+    keys: Arc<KeyService>,
+    live: Arc<LiveKeys>,
+    clients: Arc<ClientRegistry>,
+    store: Arc<Store>,
+    serial: Mutex<()>,
+    wake: Notify,
+}
+
+impl Lifecycle {
+    /// A lifecycle over the given parts.
+    pub fn new(
+        keys: Arc<KeyService>,
+        live: Arc<LiveKeys>,
+        clients: Arc<ClientRegistry>,
+        store: Arc<Store>,
+    ) -> Self {
+        Self {
+            keys,
+            live,
+            clients,
+            store,
+            serial: Mutex::new(()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Applies every due transition, then rebuilds the JWKS, signing keys and clients from the
+    /// store. Returns what was applied and when to look again.
+    pub async fn settle(&self, actor: &'static str) -> Result<TickReport, KeyError> {
+        let _serial = self.serial.lock().await;
+        let (keys, live, clients, store) = (
+            self.keys.clone(),
+            self.live.clone(),
+            self.clients.clone(),
+            self.store.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let report = keys.tick(actor)?;
+            live.refresh(&keys)?;
+            clients.reload(&store)?;
+            Ok(report)
+        })
+        .await
+        .map_err(|e| KeyError::Conflict(format!("lifecycle task failed: {e}")))?
+    }
+
+    /// Asks the background task to re-plan now (after an admin action).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let clock = self.keys.clock().clone();
+        let jumps = clock.jumps().unwrap_or_else(|| Arc::new(Notify::new()));
+        let mut seen_version = self.store.data_version().ok();
+        loop {
+            let next_due = match self.settle("scheduler").await {
+                Ok(report) => report.next_due,
+                Err(e) => {
+                    tracing::error!(error = %e, "key lifecycle round failed; retrying in 5s");
+                    Some(clock.now() + 5)
+                }
+            };
+            loop {
+                let now = clock.now();
+                if next_due.is_some_and(|due| due <= now) {
+                    break;
+                }
+                let until_due = next_due
+                    .map(|due| Duration::from_secs((due - now) as u64))
+                    .unwrap_or(EXTERNAL_POLL);
+                let nap = until_due.min(EXTERNAL_POLL);
+                tokio::select! {
+                    _ = tokio::time::sleep(nap) => {
+                        let version = self.store.data_version().ok();
+                        if version != seen_version {
+                            seen_version = version;
+                            tracing::debug!("store changed by another process");
+                            break;
+                        }
+                    }
+                    _ = jumps.notified() => break,
+                    _ = self.wake.notified() => break,
+                    _ = shutdown.changed() => return,
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Builds and runs the server.
+//!
+//! [`Application::build`] does everything that can fail before serving (configuration check,
+//! store and migrations, master key check against every stored key, admin token, listeners,
+//! first lifecycle round) and binds its own listeners, so tests ask for port 0 and read the real
+//! ports back. Nothing is served unless all of it succeeded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use aws_lc_rs::rand::SystemRandom;
+use axum::http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{AdminToken, AdminTokenSource, ClientRegistry};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::keys::KeyService;
+use crate::keys::live::LiveKeys;
+use crate::keys::master::{self, MasterKeySource};
+use crate::lifecycle::Lifecycle;
+use crate::store::{self, Store};
+
+/// The store and key service, as both the server and the CLI open them.
+pub struct Opened {
+    /// The database.
+    pub store: Arc<Store>,
+    /// Key operations.
+    pub keys: Arc<KeyService>,
+}
+
+/// Opens the store, finds the master key and checks that it opens every stored private key.
+/// `serving` is true for the server (see [`KeyService::new`]).
+pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Result<Opened> {
+    let db = config.database_path();
+    let store =
+        Store::open(&db).with_context(|| format!("opening the key store {}", db.display()))?;
+    let mut recorded = store.with(|c| store::keys::master_key_ids(c))?;
+    if let Some(id) = store.with(|c| store::settings::get(c, store::settings::MASTER_KEY_ID))?
+        && !recorded.contains(&id)
+    {
+        recorded.push(id);
+    }
+    if recorded.len() > 1 {
+        anyhow::bail!(
+            "the store holds keys sealed under several master keys ({}); refusing to start",
+            recorded.join(", ")
+        );
+    }
+    let (master, source) = master::resolve(
+        config.master_key.as_ref(),
+        &config.keys_dir,
+        recorded.first().map(String::as_str),
+    )?;
+    match &source {
+        MasterKeySource::Created(path) => tracing::warn!(
+            path = %path.display(),
+            id = master.id(),
+            "created a new master key; back it up apart from the database: without it the stored keys cannot be opened"
+        ),
+        MasterKeySource::File(path) => {
+            warn_if_readable_by_others(path);
+            tracing::info!(path = %path.display(), id = master.id(), "master key loaded");
+        }
+        MasterKeySource::Environment => {
+            tracing::info!(id = master.id(), "master key taken from KEYHOST_MASTER_KEY")
+        }
+    }
+    let keys = Arc::new(KeyService::new(
+        store.clone(),
+        Arc::new(master),
+        clock,
+        config.policy(),
+        serving,
+    ));
+    let opened = keys.verify_all().context(
+        "the master key does not open the stored private keys; refusing to start (nothing was changed)",
+    )?;
+    tracing::debug!(opened, "stored private keys verified");
+    Ok(Opened { store, keys })
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "the master key file is readable by other users; chmod 600 it");
+        }
+    }
+}
+
+/// A built server, listening but not yet serving.
+pub struct Application {
+    state: AppState,
+    public: TcpListener,
+    internal: TcpListener,
+}
+
+impl Application {
+    /// Builds the server on the system clock.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the server on `clock` (tests use a manual clock).
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let (cfg, clk) = (config.clone(), clock.clone());
+        let (opened, admin) = tokio::task::spawn_blocking(move || {
+            let opened = open(&cfg, clk, true)?;
+            let (admin, source) =
+                AdminToken::resolve(cfg.admin_token.as_ref(), &opened.store, &cfg.keys_dir)?;
+            match source {
+                AdminTokenSource::Generated(path) => tracing::warn!(
+                    path = %path.display(),
+                    "generated the admin token and wrote it to this file (0600); read it, store it safely, then delete the file"
+                ),
+                AdminTokenSource::Stored => tracing::info!(
+                    "admin token: the one generated on first start (set KEYHOST_ADMIN_TOKEN to replace it)"
+                ),
+                AdminTokenSource::Environment => {
+                    tracing::info!("admin token taken from KEYHOST_ADMIN_TOKEN")
+                }
+            }
+            anyhow::Ok((opened, admin))
+        })
+        .await??;
+
+        let public = TcpListener::bind(config.public_addr)
+            .await
+            .with_context(|| format!("binding the public listener {}", config.public_addr))?;
+        let internal = TcpListener::bind(config.internal_addr)
+            .await
+            .with_context(|| format!("binding the internal listener {}", config.internal_addr))?;
+
+        let live = Arc::new(LiveKeys::default());
+        let clients = Arc::new(ClientRegistry::default());
+        let lifecycle = Arc::new(Lifecycle::new(
+            opened.keys.clone(),
+            live.clone(),
+            clients.clone(),
+            opened.store.clone(),
+        ));
+        lifecycle
+            .settle("scheduler")
+            .await
+            .context("preparing the signing keys")?;
+        if config.partner_id.is_none() {
+            tracing::warn!(
+                "KEYHOST_PARTNER_ID is not set: the JWKS is served, but tokens cannot be minted until it is"
+            );
+        }
+        let jwks_cache_control = HeaderValue::from_str(&format!(
+            "public, max-age={}",
+            config.jwks_max_age.as_secs()
+        ))
+        .expect("ASCII");
+        let state = AppState {
+            config,
+            clock,
+            store: opened.store,
+            keys: opened.keys,
+            live,
+            lifecycle,
+            clients,
+            admin: Arc::new(admin),
+            rng: Arc::new(SystemRandom::new()),
+            jwks_cache_control,
+        };
+        Ok(Self {
+            state,
+            public,
+            internal,
+        })
+    }
+
+    /// Address of the public listener.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public.local_addr().expect("bound")
+    }
+
+    /// Address of the internal listener.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal.local_addr().expect("bound")
+    }
+
+    /// The shared state (tests use it to drive the lifecycle).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, finishes in-flight requests and
+    /// stops the lifecycle task.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tracing::info!(
+            public = %self.public_addr(),
+            internal = %self.internal_addr(),
+            jwks = %format!("http://{}/.well-known/jwks.json", self.public_addr()),
+            "keyhost serving"
+        );
+        let lifecycle = tokio::spawn(self.state.lifecycle.clone().run(stop_rx.clone()));
+        let signal = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let public = axum::serve(self.public, http::public_router(self.state.clone()))
+            .with_graceful_shutdown(signal(stop_rx.clone()));
+        let internal = axum::serve(self.internal, http::internal_router(self.state.clone()))
+            .with_graceful_shutdown(signal(stop_rx.clone()));
+        let public = tokio::spawn(async move { public.await });
+        let internal = tokio::spawn(async move { internal.await });
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        public.await??;
+        internal.await??;
+        lifecycle.await?;
+        Ok(())
+    }
+
+    /// Serves until Ctrl-C or SIGTERM.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,65 @@
+//! The audit trail: who changed which key or client, and when.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::StoreError;
+use crate::clock::UnixTime;
+
+/// One audit row.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub id: i64,
+    /// When.
+    pub at: UnixTime,
+    /// Who: `admin-api`, `cli:<user>`, `scheduler`, `system`.
+    pub actor: String,
+    /// What, e.g. `key.activate`, `client.create`.
+    pub action: String,
+    /// Which key (kid) or client (id).
+    pub subject: String,
+    /// Details (never secrets).
+    pub detail: serde_json::Value,
+}
+
+/// Appends a row.
+#[tracing::instrument(skip_all)]
+pub fn record(
+    conn: &Connection,
+    at: UnixTime,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at, actor, action, subject, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+/// The newest rows first, at most `limit`, with ids below `before` when given.
+#[tracing::instrument(skip_all)]
+pub fn list(
+    conn: &Connection,
+    limit: u32,
+    before: Option<i64>,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at, actor, action, subject, detail FROM audit
+         WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            subject: r.get(4)?,
+            detail: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,87 @@
+//! API client rows. Only a hash of each client's secret is stored.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+use crate::clock::UnixTime;
+
+/// A client as stored.
+#[derive(Debug, Clone)]
+pub struct ClientRow {
+    /// Public id (part of the API key).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Scopes the client may request.
+    pub scopes: Vec<String>,
+    /// SHA-256 of the secret.
+    pub secret_hash: Vec<u8>,
+    /// Creation time.
+    pub created_at: UnixTime,
+    /// Set once disabled.
+    pub disabled_at: Option<UnixTime>,
+}
+
+fn row(r: &Row<'_>) -> Result<ClientRow, rusqlite::Error> {
+    let scopes: String = r.get(2)?;
+    Ok(ClientRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        scopes: serde_json::from_str(&scopes).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?,
+        secret_hash: r.get(3)?,
+        created_at: r.get(4)?,
+        disabled_at: r.get(5)?,
+    })
+}
+
+/// Inserts a client.
+#[tracing::instrument(skip_all)]
+pub fn insert(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO clients (id, name, scopes, secret_hash, created_at, disabled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            c.id,
+            c.name,
+            serde_json::to_string(&c.scopes).expect("strings serialise"),
+            c.secret_hash,
+            c.created_at,
+            c.disabled_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// Every client, oldest first.
+#[tracing::instrument(skip_all)]
+pub fn list(conn: &Connection) -> Result<Vec<ClientRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, scopes, secret_hash, created_at, disabled_at FROM clients ORDER BY created_at, id",
+    )?;
+    let rows = stmt.query_map([], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One client.
+#[tracing::instrument(skip_all)]
+pub fn get(conn: &Connection, id: &str) -> Result<Option<ClientRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, name, scopes, secret_hash, created_at, disabled_at FROM clients WHERE id = ?1",
+            [id],
+            row,
+        )
+        .optional()?)
+}
+
+/// Disables a client; returns false if it was already disabled.
+#[tracing::instrument(skip_all)]
+pub fn disable(conn: &Connection, id: &str, now: UnixTime) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE clients SET disabled_at = ?2 WHERE id = ?1 AND disabled_at IS NULL",
+        params![id, now],
+    )?;
+    Ok(n == 1)
+}

@@ -1,0 +1,263 @@
+//! Key rows. Private keys enter and leave only as sealed blobs; destroying one nulls the column
+//! (with `secure_delete` on, SQLite overwrites the freed bytes).
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+use crate::clock::UnixTime;
+use crate::keys::{Alg, KeyRecord, KeyState, Origin};
+
+const COLUMNS: &str = "id, kid, alg, state, origin, bits, public_jwk, created_at, published_at, \
+                       signable_at, activated_at, retired_at, expires_at, revoked_at";
+
+/// A key about to be inserted.
+#[derive(Debug)]
+pub struct NewKey<'a> {
+    /// Key id.
+    pub kid: &'a str,
+    /// Algorithm.
+    pub alg: Alg,
+    /// Initial state (pending or active).
+    pub state: KeyState,
+    /// Generated or imported.
+    pub origin: Origin,
+    /// Key size.
+    pub bits: u32,
+    /// Public JWK as JSON.
+    pub public_jwk: &'a str,
+    /// Sealed PKCS#8.
+    pub sealed: &'a [u8],
+    /// Id of the master key that sealed it.
+    pub master_key_id: &'a str,
+    /// Creation time.
+    pub created_at: UnixTime,
+    /// Publication time, if a server publishes it now.
+    pub published_at: Option<UnixTime>,
+    /// Earliest signing time, if published.
+    pub signable_at: Option<UnixTime>,
+    /// Activation time, if active at once.
+    pub activated_at: Option<UnixTime>,
+}
+
+/// A sealed private key and what it is bound to.
+#[derive(Debug)]
+pub struct SealedKey {
+    /// Row id.
+    pub id: i64,
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: Alg,
+    /// Creation time (part of the envelope's context).
+    pub created_at: UnixTime,
+    /// The envelope.
+    pub sealed: Vec<u8>,
+    /// Master key id recorded with it.
+    pub master_key_id: String,
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(s: String) -> Result<T, rusqlite::Error> {
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn record(r: &Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
+    let jwk: String = r.get(6)?;
+    let origin: String = r.get(4)?;
+    Ok(KeyRecord {
+        id: r.get(0)?,
+        kid: r.get(1)?,
+        alg: parse(r.get(2)?)?,
+        state: parse(r.get(3)?)?,
+        origin: if origin == "imported" {
+            Origin::Imported
+        } else {
+            Origin::Generated
+        },
+        bits: r.get(5)?,
+        public_jwk: serde_json::from_str(&jwk).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, e.into())
+        })?,
+        created_at: r.get(7)?,
+        published_at: r.get(8)?,
+        signable_at: r.get(9)?,
+        activated_at: r.get(10)?,
+        retired_at: r.get(11)?,
+        expires_at: r.get(12)?,
+        revoked_at: r.get(13)?,
+    })
+}
+
+/// Every key, oldest first.
+#[tracing::instrument(skip_all)]
+pub fn list(conn: &Connection) -> Result<Vec<KeyRecord>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM keys ORDER BY id"))?;
+    let rows = stmt.query_map([], record)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The key named `kid`: the live one if any, else the most recent.
+#[tracing::instrument(skip_all)]
+pub fn find_by_kid(conn: &Connection, kid: &str) -> Result<Option<KeyRecord>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {COLUMNS} FROM keys WHERE kid = ?1
+                 ORDER BY state IN ('pending', 'active', 'retired') DESC, id DESC LIMIT 1"
+            ),
+            [kid],
+            record,
+        )
+        .optional()?)
+}
+
+/// One key by row id.
+#[tracing::instrument(skip_all)]
+pub fn get(conn: &Connection, id: i64) -> Result<KeyRecord, StoreError> {
+    Ok(conn.query_row(
+        &format!("SELECT {COLUMNS} FROM keys WHERE id = ?1"),
+        [id],
+        record,
+    )?)
+}
+
+/// Sealed private keys of the given states.
+#[tracing::instrument(skip_all)]
+pub fn sealed(conn: &Connection, states: &[KeyState]) -> Result<Vec<SealedKey>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, kid, alg, created_at, private_key_enc, master_key_id, state FROM keys
+         WHERE private_key_enc IS NOT NULL ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let state: KeyState = parse(r.get(6)?)?;
+        Ok((
+            state,
+            SealedKey {
+                id: r.get(0)?,
+                kid: r.get(1)?,
+                alg: parse(r.get(2)?)?,
+                created_at: r.get(3)?,
+                sealed: r.get(4)?,
+                master_key_id: r.get(5)?,
+            },
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (state, key) = row?;
+        if states.contains(&state) {
+            out.push(key);
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts a key and returns its row id.
+#[tracing::instrument(skip_all)]
+pub fn insert(conn: &Connection, k: &NewKey<'_>) -> Result<i64, StoreError> {
+    conn.execute(
+        "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc, master_key_id,
+                           created_at, published_at, signable_at, activated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            k.kid,
+            k.alg.as_str(),
+            k.state.as_str(),
+            k.origin.as_str(),
+            k.bits,
+            k.public_jwk,
+            k.sealed,
+            k.master_key_id,
+            k.created_at,
+            k.published_at,
+            k.signable_at,
+            k.activated_at
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn changed(n: usize, id: i64, what: &str) -> Result<(), StoreError> {
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "key {id} was not in a state that allows {what}"
+        )))
+    }
+}
+
+/// Starts publication of a pending key added while no server ran.
+#[tracing::instrument(skip_all)]
+pub fn publish(
+    conn: &Connection,
+    id: i64,
+    now: UnixTime,
+    signable_at: UnixTime,
+) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET published_at = ?2, signable_at = ?3
+         WHERE id = ?1 AND state = 'pending' AND published_at IS NULL",
+        params![id, now, signable_at],
+    )?;
+    changed(n, id, "publication")
+}
+
+/// pending → active.
+#[tracing::instrument(skip_all)]
+pub fn activate(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET state = 'active', activated_at = ?2
+         WHERE id = ?1 AND state = 'pending' AND signable_at IS NOT NULL",
+        params![id, now],
+    )?;
+    changed(n, id, "activation")
+}
+
+/// pending|active → retired, published until `expires_at`.
+#[tracing::instrument(skip_all)]
+pub fn retire(
+    conn: &Connection,
+    id: i64,
+    now: UnixTime,
+    expires_at: UnixTime,
+) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET state = 'retired', retired_at = ?2, expires_at = ?3
+         WHERE id = ?1 AND state IN ('pending', 'active')",
+        params![id, now, expires_at],
+    )?;
+    changed(n, id, "retirement")
+}
+
+/// retired → expired; the private key is destroyed.
+#[tracing::instrument(skip_all)]
+pub fn expire(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET state = 'expired', private_key_enc = NULL, destroyed_at = ?2
+         WHERE id = ?1 AND state = 'retired'",
+        params![id, now],
+    )?;
+    changed(n, id, "expiry")
+}
+
+/// any live state → revoked; the private key is destroyed.
+#[tracing::instrument(skip_all)]
+pub fn revoke(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET state = 'revoked', revoked_at = ?2, private_key_enc = NULL, destroyed_at = ?2
+         WHERE id = ?1 AND state IN ('pending', 'active', 'retired')",
+        params![id, now],
+    )?;
+    changed(n, id, "revocation")
+}
+
+/// Distinct master key ids that sealed the keys still held.
+#[tracing::instrument(skip_all)]
+pub fn master_key_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT DISTINCT master_key_id FROM keys WHERE private_key_enc IS NOT NULL")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,149 @@
+//! The SQLite store: the only place SQL lives.
+//!
+//! One connection, guarded by a mutex and used from blocking threads; WAL journaling so readers
+//! (the CLI, backups) never block the server; `secure_delete` so destroyed private keys are
+//! overwritten on disk rather than left in free pages. Migrations in `migrations/` are embedded
+//! and applied at open; the store never downgrades.
+
+pub mod audit;
+pub mod clients;
+pub mod keys;
+pub mod settings;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+
+use crate::keys::master::create_private_dir;
+
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/0001_initial.sql"))];
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A migration could not be applied.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] rusqlite_migration::Error),
+    /// The database file or its directory is unusable.
+    #[error("cannot open the database at {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// A row holds a value this version cannot read.
+    #[error("database holds an unreadable value: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer keyhost.
+    #[error(
+        "the database at {path} has schema version {found}, newer than this keyhost knows ({known}); run a newer keyhost"
+    )]
+    TooNew {
+        /// Database file.
+        path: PathBuf,
+        /// Version found.
+        found: usize,
+        /// Latest version known here.
+        known: usize,
+    },
+}
+
+impl StoreError {
+    /// Whether this is a uniqueness or check constraint violation.
+    pub fn is_constraint(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation)
+    }
+}
+
+/// The key store database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `data_dir/keyhost.db` and migrates it to the latest schema.
+    pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir).map_err(|e| StoreError::Io(dir.to_owned(), e))?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        let migrations = Migrations::from_slice(MIGRATIONS);
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found = usize::try_from(found).unwrap_or(0);
+        if found > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found,
+                known: MIGRATIONS.len(),
+            });
+        }
+        migrations.to_latest(&mut conn)?;
+        Ok(Arc::new(Self {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        }))
+    }
+
+    /// Runs `f` with the connection; callers on async threads go through `spawn_blocking`.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    /// Changes whenever another connection (another process) commits; cheap to poll.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.with(|c| Ok(c.pragma_query_value(None, "data_version", |r| r.get(0))?))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the database answers a trivial query (readiness).
+    pub fn ping(&self) -> bool {
+        self.with(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid_and_idempotent() {
+        Migrations::from_slice(MIGRATIONS).validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/keyhost.db");
+        drop(Store::open(&path).unwrap());
+        let store = Store::open(&path).unwrap();
+        assert!(store.ping());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_keyhost_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyhost.db");
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
+    }
+}
