@@ -1,0 +1,276 @@
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_public_only, spawn_app};
+
+const DAY: i64 = 24 * 3600;
+
+#[tokio::test]
+async fn every_admin_route_requires_the_admin_token() {
+    let app = spawn_app().await;
+    let (client_id, client_key) = app.create_client(&["issue"]).await;
+    let routes = [
+        ("GET", "/admin/keys".to_owned()),
+        ("POST", "/admin/keys/rotate".to_owned()),
+        ("POST", "/admin/keys/import".to_owned()),
+        ("POST", "/admin/keys/somekid/retire".to_owned()),
+        ("POST", "/admin/keys/somekid/revoke".to_owned()),
+        ("GET", "/admin/clients".to_owned()),
+        ("POST", "/admin/clients".to_owned()),
+        ("POST", format!("/admin/clients/{client_id}/disable")),
+        ("GET", "/admin/audit".to_owned()),
+    ];
+    for (method, path) in &routes {
+        for token in [
+            None,
+            Some("wrong-admin-token-123456"),
+            Some(client_key.as_str()),
+        ] {
+            let mut req = app
+                .http
+                .request(method.parse().unwrap(), format!("{}{path}", app.internal))
+                .json(&json!({"alg": "ES256", "name": "x", "scopes": ["issue"]}));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 401, "{method} {path} with {token:?}");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["identifier"], "UNAUTHORIZED");
+        }
+    }
+    // Nothing changed.
+    assert_eq!(app.keys().await.len(), 2);
+}
+
+#[tokio::test]
+async fn key_list_shows_states_and_rfc3339_timestamps() {
+    let app = spawn_app().await;
+    let keys = app.keys().await;
+    assert_eq!(keys.len(), 2);
+    for k in &keys {
+        assert_eq!(k["state"], "active");
+        for field in ["createdAt", "publishedAt", "signableAt", "activatedAt"] {
+            assert_eq!(k[field], "2027-01-15T08:00:00Z", "{field}");
+        }
+        assert!(k.get("retiredAt").is_none() && k.get("revokedAt").is_none());
+        for m in ["d", "p", "q", "privateKey", "private_key_enc"] {
+            assert!(k["publicJwk"].get(m).is_none() && k.get(m).is_none());
+        }
+    }
+}
+
+#[tokio::test]
+async fn normal_rotation_publishes_a_pending_key_that_takes_over_after_the_lead() {
+    let app = spawn_app().await;
+    let old = app.kids_in("active").await;
+    let res = app
+        .admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let new = body["key"]["kid"].as_str().unwrap().to_owned();
+    assert_eq!(body["key"]["state"], "pending");
+    assert_eq!(body["key"]["signableAt"], "2027-01-16T08:00:00Z");
+    assert!(
+        app.jwks().await.to_string().contains(&new),
+        "published before it signs"
+    );
+
+    let again = app
+        .admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
+        .await;
+    assert_eq!(again.status(), 409);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["identifier"],
+        "CONFLICT"
+    );
+
+    let (_, key) = app.create_client(&["issue"]).await;
+    app.advance(DAY - 1).await;
+    let minted = app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    assert_ne!(minted["kid"], new.as_str(), "not before signableAt");
+
+    app.advance(1).await;
+    let minted = app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    assert_eq!(minted["kid"], new.as_str());
+    let retired = app.kids_in("retired").await;
+    assert_eq!(retired.len(), 1);
+    assert!(old.contains(&retired[0]));
+}
+
+#[tokio::test]
+async fn emergency_rotation_activates_at_once_revokes_the_old_key_and_warns() {
+    let app = spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let before = app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    let old = before["kid"].as_str().unwrap().to_owned();
+
+    let res = app
+        .admin_post(
+            "/admin/keys/rotate",
+            json!({"alg": "ES256", "emergency": true}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["key"]["state"], "active");
+    assert_eq!(body["revoked"], json!([old]));
+    assert!(body["warning"].as_str().unwrap().contains("cached JWKS"));
+
+    let jwks = app.jwks().await;
+    assert!(
+        !jwks.to_string().contains(&old),
+        "revoked key left the JWKS"
+    );
+    assert_public_only(&jwks);
+    let after = app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    assert_eq!(after["kid"], body["key"]["kid"]);
+}
+
+#[tokio::test]
+async fn the_active_key_cannot_be_retired_directly_but_a_pending_one_can() {
+    let app = spawn_app().await;
+    let active = app.kids_in("active").await;
+    let res = app
+        .admin_post(&format!("/admin/keys/{}/retire", active[0]), json!({}))
+        .await;
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("rotate"));
+
+    let res = app
+        .admin_post("/admin/keys/rotate", json!({"alg": "RS256"}))
+        .await;
+    let pending: Value = res.json().await.unwrap();
+    let kid = pending["key"]["kid"].as_str().unwrap();
+    let res = app
+        .admin_post(&format!("/admin/keys/{kid}/retire"), json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["key"]["state"], "retired");
+    assert_eq!(body["key"]["expiresAt"], "2027-01-15T09:00:00Z");
+    let res = app
+        .admin_post(&format!("/admin/keys/{kid}/retire"), json!({}))
+        .await;
+    assert_eq!(res.status(), 409);
+}
+
+#[tokio::test]
+async fn revoking_the_active_key_removes_it_now_and_warns_that_the_algorithm_cannot_sign() {
+    let app = spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let kid = app.mint_ok(&key, json!({"email": "a@example.com"})).await["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .admin_post(&format!("/admin/keys/{kid}/revoke"), json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["key"]["state"], "revoked");
+    assert!(body["warning"].as_str().unwrap().contains("emergency"));
+    assert!(!app.jwks().await.to_string().contains(&kid));
+
+    let res = app.mint(&key, json!({"email": "a@example.com"})).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    // RS256 still works, and a successor for ES256 is already published.
+    app.mint_ok(&key, json!({"email": "a@example.com", "alg": "RS256"}))
+        .await;
+    assert_eq!(app.kids_in("pending").await.len(), 1);
+
+    let res = app
+        .admin_post(&format!("/admin/keys/{kid}/revoke"), json!({}))
+        .await;
+    assert_eq!(res.status(), 409);
+    let res = app
+        .admin_post("/admin/keys/no-such-kid/revoke", json!({}))
+        .await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["identifier"],
+        "NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn clients_are_created_with_a_key_shown_once_listed_without_secrets_and_disabled() {
+    let app = spawn_app().await;
+    let (id, key) = app.create_client(&["issue", "verify"]).await;
+    assert!(key.starts_with("khc_"));
+    let list: Value = app.admin_get("/admin/clients").await.json().await.unwrap();
+    let text = list.to_string();
+    assert!(text.contains(&id));
+    assert!(!text.contains(&key[20..]), "the secret is never listed");
+    assert!(!text.contains("apiKey") && !text.contains("secret"));
+
+    let res = app
+        .admin_post(&format!("/admin/clients/{id}/disable"), json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["client"]["disabledAt"].is_string());
+    let res = app
+        .admin_post(&format!("/admin/clients/{id}/disable"), json!({}))
+        .await;
+    assert_eq!(res.status(), 409);
+    let res = app
+        .admin_post("/admin/clients/nope/disable", json!({}))
+        .await;
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn client_definitions_are_validated() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"name": "", "scopes": ["issue"]}),
+        json!({"name": "a", "scopes": []}),
+        json!({"name": "a", "scopes": [" issue"]}),
+        json!({"name": "a", "scopes": ["is\nsue"]}),
+    ] {
+        let res = app.admin_post("/admin/clients", body.clone()).await;
+        assert_eq!(res.status(), 400, "{body}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["identifier"],
+            "VALIDATION_ERROR"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_key_transition_and_client_change_is_audited_with_actor_and_time() {
+    let app = spawn_app().await;
+    let (id, _) = app.create_client(&["issue"]).await;
+    app.admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
+        .await;
+    app.admin_post(&format!("/admin/clients/{id}/disable"), json!({}))
+        .await;
+    app.advance(DAY).await;
+    let body: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let entries = body["entries"].as_array().unwrap();
+    let has = |action: &str, actor: &str| {
+        entries
+            .iter()
+            .any(|e| e["action"] == action && e["actor"] == actor && e["at"].is_string())
+    };
+    assert!(has("key.generate", "scheduler"));
+    assert!(has("client.create", "admin-api"));
+    assert!(has("key.rotate", "admin-api"));
+    assert!(has("client.disable", "admin-api"));
+    assert!(has("key.activate", "scheduler"));
+    assert!(has("key.retire", "scheduler"));
+    assert!(
+        !body.to_string().contains("khc_"),
+        "no secrets in the audit trail"
+    );
+    let limited: Value = app
+        .admin_get("/admin/audit?limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limited["entries"].as_array().unwrap().len(), 2);
+}

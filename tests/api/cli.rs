@@ -1,0 +1,175 @@
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{PARTNER_ID, spawn_app, verify};
+use crate::import::fixture;
+
+fn keyhost(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYHOST_DATA_DIR", dir.join("data"))
+        .env("KEYHOST_KEYS_DIR", dir.join("keys"))
+        .env("KEYHOST_PARTNER_ID", PARTNER_ID)
+        .env("KEYHOST_PUBLIC_ADDR", "127.0.0.1:0")
+        .env("KEYHOST_INTERNAL_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("runs the binary")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn importing_before_the_first_start_gives_an_active_key_under_the_chosen_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("partner.pem");
+    std::fs::write(&pem, fixture("p256.sec1.pem")).unwrap();
+    let out = keyhost(
+        dir.path(),
+        &[
+            "keys",
+            "import",
+            "--pem",
+            pem.to_str().unwrap(),
+            "--kid",
+            PARTNER_ID,
+        ],
+    );
+    let body = json_of(&out);
+    assert_eq!(body["key"]["kid"], PARTNER_ID);
+    assert_eq!(body["key"]["state"], "active");
+
+    let list = json_of(&keyhost(dir.path(), &["keys", "list"]));
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1);
+
+    let client = json_of(&keyhost(
+        dir.path(),
+        &["clients", "create", "--name", "ops", "--scope", "issue"],
+    ));
+    let id = client["id"].as_str().unwrap();
+    assert!(client["apiKey"].as_str().unwrap().starts_with("khc_"));
+    let token = json_of(&keyhost(
+        dir.path(),
+        &[
+            "token",
+            "mint",
+            "--client",
+            id,
+            "--email",
+            "ops@example.com",
+        ],
+    ));
+    assert_eq!(token["kid"], PARTNER_ID);
+    let jwks = json!({"keys": [{
+        "kid": PARTNER_ID, "use": "sig", "alg": "ES256",
+        "kty": "EC", "crv": list["keys"][0]["publicJwk"]["crv"],
+        "x": list["keys"][0]["publicJwk"]["x"], "y": list["keys"][0]["publicJwk"]["y"],
+    }]});
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = verify(token["token"].as_str().unwrap(), &jwks, now).unwrap();
+    assert_eq!(claims["email"], "ops@example.com");
+
+    let out = keyhost(dir.path(), &["clients", "disable", id]);
+    json_of(&out);
+    let out = keyhost(
+        dir.path(),
+        &[
+            "token",
+            "mint",
+            "--client",
+            id,
+            "--email",
+            "ops@example.com",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disabled"));
+}
+
+#[test]
+fn cli_errors_are_clear_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyhost(dir.path(), &["keys", "revoke", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key with kid"));
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .args(["keys", "list"])
+        .env("KEYHOST_DATA_DIR", dir.path().join("data"))
+        .env("KEYHOST_KEYS_DIR", dir.path().join("keys"))
+        .env("KEYHOST_PUBLISH_LEAD", "10s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEYHOST_PUBLISH_LEAD"));
+}
+
+#[test]
+fn migrate_creates_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = json_of(&keyhost(dir.path(), &["migrate"]));
+    assert_eq!(body["migrated"], true);
+    assert!(dir.path().join("data/keyhost.db").exists());
+}
+
+#[test]
+fn serve_refuses_to_start_with_a_wrong_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    json_of(&keyhost(dir.path(), &["keys", "rotate", "--alg", "ES256"]));
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .arg("serve")
+        .env("KEYHOST_DATA_DIR", dir.path().join("data"))
+        .env("KEYHOST_KEYS_DIR", dir.path().join("keys"))
+        .env(
+            "KEYHOST_MASTER_KEY",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
+        .env("KEYHOST_PUBLIC_ADDR", "127.0.0.1:0")
+        .env("KEYHOST_INTERNAL_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("master key") && stderr.contains("refusing to start"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_running_server_picks_up_clients_created_with_the_cli() {
+    let app = spawn_app().await;
+    let out = keyhost(
+        app.dir.path(),
+        &[
+            "clients", "create", "--name", "cli-made", "--scope", "issue",
+        ],
+    );
+    let key = json_of(&out)["apiKey"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = app.mint(&key, json!({"email": "a@example.com"})).await;
+        if res.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never saw the client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

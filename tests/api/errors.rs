@@ -1,0 +1,158 @@
+use serde_json::Value;
+
+use crate::helpers::{ADMIN_TOKEN, spawn_app};
+
+async fn expect_error(res: reqwest::Response, status: u16, identifier: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["identifier"], identifier, "{body}");
+    assert!(body["message"].is_string());
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only identifier and message: {body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn unknown_routes_get_404_not_found_on_both_listeners() {
+    let app = spawn_app().await;
+    for base in [&app.public, &app.internal] {
+        let res = app.http.get(format!("{base}/nope")).send().await.unwrap();
+        expect_error(res, 404, "NOT_FOUND").await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_methods_get_405_with_allow() {
+    let app = spawn_app().await;
+    let res = app
+        .http
+        .get(format!("{}/v1/tokens", app.internal))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["allow"], "POST");
+    expect_error(res, 405, "METHOD_NOT_ALLOWED").await;
+    let res = app
+        .http
+        .delete(format!("{}/.well-known/jwks.json", app.public))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 405, "METHOD_NOT_ALLOWED").await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_the_server_keeps_serving() {
+    let app = spawn_app().await;
+    let big = format!(
+        "{{\"name\": \"{}\", \"scopes\": [\"issue\"]}}",
+        "x".repeat(200_000)
+    );
+    let res = app
+        .http
+        .post(format!("{}/admin/clients", app.internal))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 413, "BAD_VALUE").await;
+    assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn invalid_utf8_gets_encoding_error() {
+    let app = spawn_app().await;
+    let res = app
+        .http
+        .post(format!("{}/admin/clients", app.internal))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(b"{\"name\": \"\xff\xfe\", \"scopes\": [\"issue\"]}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 400, "ENCODING_ERROR").await;
+}
+
+#[tokio::test]
+async fn invalid_json_and_wrong_content_type_are_named_as_such() {
+    let app = spawn_app().await;
+    let send = |body: &'static str, ct: &'static str| {
+        app.http
+            .post(format!("{}/admin/clients", app.internal))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    expect_error(
+        send("{,}", "application/json").await.unwrap(),
+        400,
+        "JSON_ERROR",
+    )
+    .await;
+    expect_error(
+        send("{}", "application/xml").await.unwrap(),
+        415,
+        "BAD_VALUE",
+    )
+    .await;
+    let body = expect_error(
+        send("{\"scopes\": [\"issue\"]}", "application/json")
+            .await
+            .unwrap(),
+        400,
+        "MISSING_VALUE",
+    )
+    .await;
+    assert!(body["message"].as_str().unwrap().contains("name"));
+    let body = expect_error(
+        send(
+            "{\"name\": \"a\", \"scopes\": \"issue\"}",
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        400,
+        "BAD_VALUE",
+    )
+    .await;
+    assert!(body["message"].as_str().unwrap().starts_with("scopes"));
+}
+
+#[tokio::test]
+async fn bad_query_parameters_get_bad_value() {
+    let app = spawn_app().await;
+    let res = app.admin_get("/admin/audit?limit=lots").await;
+    expect_error(res, 400, "BAD_VALUE").await;
+    let res = app.admin_get("/admin/audit?limit=0").await;
+    expect_error(res, 400, "BAD_VALUE").await;
+}
+
+#[tokio::test]
+async fn a_broken_database_gives_500_internal_error_without_details() {
+    let app = spawn_app().await;
+    let db = app.dir.path().join("data/keyhost.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("DROP TABLE audit;").unwrap();
+    let res = app.admin_get("/admin/audit").await;
+    let body = expect_error(res, 500, "INTERNAL_ERROR").await;
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        !message.contains("audit") && !message.to_lowercase().contains("sql"),
+        "{message}"
+    );
+    // The hot paths do not depend on the database.
+    assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 2);
+}

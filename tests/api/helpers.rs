@@ -1,0 +1,282 @@
+//! Starting a real keyhost on random loopback ports with a temporary data directory and a manual
+//! clock, and talking HTTP to it.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use keyhost::clock::{Clock, ManualClock};
+use keyhost::config::Config;
+use keyhost::http::AppState;
+use keyhost::startup::Application;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The admin token every test server uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-not-for-production";
+/// The partner id every test server uses.
+pub const PARTNER_ID: &str = "partner-test-0001";
+/// A fixed starting time, so that tests do not depend on the wall clock.
+pub const T0: i64 = 1_800_000_000;
+
+/// A running server.
+pub struct TestApp {
+    /// Base URL of the public listener.
+    pub public: String,
+    /// Base URL of the internal listener.
+    pub internal: String,
+    /// The clock the server reads.
+    pub clock: Arc<ManualClock>,
+    /// Shared state, to drive the lifecycle.
+    pub state: AppState,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// The temporary root (data and keys directories).
+    pub dir: Arc<TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The configuration tests start from: everything under `dir`, ephemeral ports.
+pub fn test_config(dir: &Path) -> Config {
+    Config {
+        partner_id: Some(PARTNER_ID.into()),
+        admin_token: Some(ADMIN_TOKEN.to_owned().into()),
+        ..Config::rooted_at(dir)
+    }
+}
+
+/// Starts a server with the default test configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server after `tweak` has adjusted the configuration.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let clock = ManualClock::new(T0);
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    start(dir, clock, config).await.expect("server starts")
+}
+
+/// Starts a server on an existing directory and clock.
+pub async fn start(
+    dir: Arc<TempDir>,
+    clock: Arc<ManualClock>,
+    config: Config,
+) -> anyhow::Result<TestApp> {
+    let app = Application::build_with_clock(config, clock.clone() as Arc<dyn Clock>).await?;
+    let public = format!("http://{}", app.public_addr());
+    let internal = format!("http://{}", app.internal_addr());
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel();
+    let handle = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    Ok(TestApp {
+        public,
+        internal,
+        clock,
+        state,
+        http: reqwest::Client::new(),
+        dir,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    })
+}
+
+impl TestApp {
+    /// Stops the server and hands back its directory and clock for a restart.
+    pub async fn stop(mut self) -> (Arc<TempDir>, Arc<ManualClock>) {
+        let _ = self.shutdown.take().expect("running").send(());
+        self.handle
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+        (self.dir.clone(), self.clock.clone())
+    }
+
+    /// Applies every due lifecycle transition and refreshes the server's views.
+    pub async fn settle(&self) {
+        self.state
+            .lifecycle
+            .settle("scheduler")
+            .await
+            .expect("lifecycle round");
+    }
+
+    /// Moves the clock and lets the lifecycle catch up.
+    pub async fn advance(&self, seconds: i64) {
+        self.clock.advance(seconds);
+        self.settle().await;
+    }
+
+    /// The current time of the server.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// `GET /.well-known/jwks.json` as JSON.
+    pub async fn jwks(&self) -> Value {
+        let res = self
+            .http
+            .get(format!("{}/.well-known/jwks.json", self.public))
+            .send()
+            .await
+            .expect("JWKS request");
+        assert_eq!(res.status(), 200);
+        res.json().await.expect("JWKS is JSON")
+    }
+
+    /// An authenticated admin GET.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.internal))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request")
+    }
+
+    /// An authenticated admin POST with a JSON body.
+    pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.internal))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin request")
+    }
+
+    /// Creates a client with `scopes`; returns (id, api key).
+    pub async fn create_client(&self, scopes: &[&str]) -> (String, String) {
+        let res = self
+            .admin_post(
+                "/admin/clients",
+                json!({"name": "test app", "scopes": scopes}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let body: Value = res.json().await.unwrap();
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["apiKey"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// `POST /v1/tokens` with `api_key` and `body`.
+    pub async fn mint(&self, api_key: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/tokens", self.internal))
+            .bearer_auth(api_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("token request")
+    }
+
+    /// Mints a token that must succeed; returns the response body.
+    pub async fn mint_ok(&self, api_key: &str, body: Value) -> Value {
+        let res = self.mint(api_key, body).await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Every key as the admin API lists it.
+    pub async fn keys(&self) -> Vec<Value> {
+        let body: Value = self.admin_get("/admin/keys").await.json().await.unwrap();
+        body["keys"].as_array().unwrap().clone()
+    }
+
+    /// Kids of keys in `state`.
+    pub async fn kids_in(&self, state: &str) -> Vec<String> {
+        self.keys()
+            .await
+            .iter()
+            .filter(|k| k["state"] == state)
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Members that must never appear in a published JWK (RFC 7517/7518 private and symmetric).
+pub const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Fails if any JWKS entry carries a private member or lacks a public one.
+pub fn assert_public_only(jwks: &Value) {
+    for key in jwks["keys"].as_array().expect("keys array") {
+        let obj = key.as_object().unwrap();
+        for m in PRIVATE_MEMBERS {
+            assert!(
+                !obj.contains_key(*m),
+                "JWKS entry carries private member {m}: {key}"
+            );
+        }
+        assert_eq!(key["use"], "sig");
+        match key["kty"].as_str().unwrap() {
+            "EC" => {
+                assert_eq!(key["alg"], "ES256");
+                assert_eq!(key["crv"], "P-256");
+                assert!(key["x"].is_string() && key["y"].is_string());
+            }
+            "RSA" => {
+                assert_eq!(key["alg"], "RS256");
+                assert!(key["n"].is_string() && key["e"].is_string());
+            }
+            other => panic!("unexpected kty {other}"),
+        }
+    }
+}
+
+/// Verifies `token` against `jwks` the way a relying party would, with jsonwebtoken and the
+/// public JWK only (not keyhost's signer); `now` is the verifier's clock. Returns the claims.
+pub fn verify(token: &str, jwks: &Value, now: i64) -> Result<Value, String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
+    if header.typ.as_deref() != Some("JWT") {
+        return Err("missing typ: JWT".into());
+    }
+    let kid = header.kid.ok_or("no kid")?;
+    let entry = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .ok_or_else(|| format!("kid not found: {kid}"))?;
+    let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| format!("jwk: {e}"))?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("decoding key: {e}"))?;
+    let alg = match entry["alg"].as_str() {
+        Some("ES256") => Algorithm::ES256,
+        Some("RS256") => Algorithm::RS256,
+        other => return Err(format!("alg {other:?}")),
+    };
+    if header.alg != alg {
+        return Err("alg does not match the key".into());
+    }
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims = HashSet::new();
+    let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map_err(|e| format!("signature: {e}"))?;
+    let claims = data.claims;
+    let exp = claims["exp"].as_i64().ok_or("no exp")?;
+    if exp <= now {
+        return Err(format!("expired at {exp}, now {now}"));
+    }
+    for c in ["partnerId", "scope", "email", "iat", "jti"] {
+        if claims.get(c).is_none() {
+            return Err(format!("missing claim {c}"));
+        }
+    }
+    Ok(claims)
+}

@@ -1,0 +1,200 @@
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{T0, TestApp, assert_public_only, spawn_app, spawn_app_with, verify};
+
+const MAX_AGE: i64 = 300;
+
+/// A relying party that caches the JWKS for up to `max-age` and refreshes only when it must.
+struct CachingVerifier {
+    jwks: Value,
+    fetched_at: i64,
+}
+
+impl CachingVerifier {
+    async fn new(app: &TestApp) -> Self {
+        Self {
+            jwks: app.jwks().await,
+            fetched_at: app.now(),
+        }
+    }
+
+    async fn refresh_if_stale(&mut self, app: &TestApp) {
+        if app.now() - self.fetched_at >= MAX_AGE {
+            self.jwks = app.jwks().await;
+            self.fetched_at = app.now();
+        }
+    }
+}
+
+async fn short_policy_app() -> TestApp {
+    spawn_app_with(|c| {
+        c.publish_lead = Duration::from_secs(600);
+        c.jwks_max_age = Duration::from_secs(MAX_AGE as u64);
+        c.rotation_period = Duration::from_secs(3600);
+        c.retire_grace = Duration::from_secs(900);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rotation_keeps_every_minted_token_verifiable_by_verifiers_caching_the_jwks_up_to_max_age()
+{
+    let app = short_policy_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    // Verifiers whose caches are out of phase with each other by a minute.
+    let mut verifiers = Vec::new();
+    for _ in 0..5 {
+        verifiers.push(CachingVerifier::new(&app).await);
+        app.advance(60).await;
+    }
+    let mut outstanding: Vec<(String, i64)> = Vec::new();
+    let mut signing_kids: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut states_seen: HashSet<String> = HashSet::new();
+
+    // Five hours in one-minute steps: five scheduled rotations per algorithm.
+    for _ in 0..300 {
+        app.advance(60).await;
+        let now = app.now();
+        let served = app.jwks().await;
+        assert_public_only(&served);
+        for k in app.keys().await {
+            let published = served.to_string().contains(k["kid"].as_str().unwrap());
+            let state = k["state"].as_str().unwrap().to_owned();
+            match state.as_str() {
+                "pending" | "active" | "retired" => {
+                    assert!(published, "{state} key must be published")
+                }
+                _ => assert!(!published, "{state} key must not be published"),
+            }
+            states_seen.insert(state);
+        }
+        for alg in ["ES256", "RS256"] {
+            let minted = app
+                .mint_ok(&key, json!({"email": "u@example.com", "alg": alg}))
+                .await;
+            signing_kids
+                .entry(alg.to_owned())
+                .or_default()
+                .insert(minted["kid"].as_str().unwrap().to_owned());
+            outstanding.push((minted["token"].as_str().unwrap().to_owned(), now + 300));
+        }
+        outstanding.retain(|(_, exp)| *exp > now);
+        for v in &mut verifiers {
+            v.refresh_if_stale(&app).await;
+            for (token, _) in &outstanding {
+                if let Err(e) = verify(token, &v.jwks, now) {
+                    panic!(
+                        "a verifier with a {}s-old JWKS rejected a live token: {e}",
+                        now - v.fetched_at
+                    );
+                }
+            }
+        }
+    }
+    for alg in ["ES256", "RS256"] {
+        assert!(
+            signing_kids[alg].len() >= 5,
+            "{alg} rotated only {:?}",
+            signing_kids[alg]
+        );
+    }
+    for state in ["pending", "active", "retired", "expired"] {
+        assert!(states_seen.contains(state), "never saw a {state} key");
+    }
+}
+
+#[tokio::test]
+async fn the_caching_verifier_does_catch_a_key_used_before_it_was_published() {
+    // Control for the test above: an emergency rotation signs at once, which is exactly what
+    // publish-before-use prevents, and the same verifier notices.
+    let app = short_policy_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let verifier = CachingVerifier::new(&app).await;
+    app.admin_post(
+        "/admin/keys/rotate",
+        json!({"alg": "ES256", "emergency": true}),
+    )
+    .await;
+    let minted = app.mint_ok(&key, json!({"email": "u@example.com"})).await;
+    let err = verify(minted["token"].as_str().unwrap(), &verifier.jwks, app.now()).unwrap_err();
+    assert!(err.contains("kid not found"), "{err}");
+}
+
+#[tokio::test]
+async fn retired_key_stays_published_until_grace_ends_then_its_private_key_is_destroyed() {
+    let app = short_policy_app().await;
+    let first = app.kids_in("active").await;
+    // The successor is generated at 50 min and takes over at 60 min.
+    app.advance(3000).await;
+    assert_eq!(app.kids_in("pending").await.len(), 2);
+    app.advance(600).await;
+    let retired = app.kids_in("retired").await;
+    assert_eq!(retired.len(), 2);
+    assert!(retired.iter().all(|k| first.contains(k)));
+
+    app.advance(899).await;
+    let jwks = app.jwks().await.to_string();
+    assert!(retired.iter().all(|k| jwks.contains(k.as_str())));
+    app.advance(1).await;
+    let jwks = app.jwks().await.to_string();
+    assert!(retired.iter().all(|k| !jwks.contains(k.as_str())));
+    assert_eq!(app.kids_in("expired").await.len(), 2);
+
+    let db = rusqlite::Connection::open(app.dir.path().join("data/keyhost.db")).unwrap();
+    let held: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM keys WHERE state = 'expired' AND private_key_enc IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(held, 0, "expired keys keep no private key");
+}
+
+#[tokio::test]
+async fn a_key_never_signs_before_its_signable_time_even_when_the_clock_runs_backwards() {
+    let app = spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    app.admin_post(
+        "/admin/keys/rotate",
+        json!({"alg": "ES256", "emergency": true}),
+    )
+    .await;
+    app.clock.set(T0 - 10);
+    app.settle().await;
+    let res = app.mint(&key, json!({"email": "u@example.com"})).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    app.clock.set(T0);
+    app.settle().await;
+    app.mint_ok(&key, json!({"email": "u@example.com"})).await;
+}
+
+#[tokio::test]
+async fn the_background_task_applies_a_due_transition_on_its_own() {
+    let app = spawn_app().await;
+    let res = app
+        .admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
+        .await;
+    let new: Value = res.json().await.unwrap();
+    let new = new["key"]["kid"].as_str().unwrap().to_owned();
+    // Move the clock without running the lifecycle ourselves.
+    app.clock.advance(24 * 3600);
+    let (_, key) = app.create_client(&["issue"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let minted = app.mint_ok(&key, json!({"email": "u@example.com"})).await;
+        if minted["kid"] == new.as_str() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new key never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.kids_in("retired").await.len(), 1);
+}

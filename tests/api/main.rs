@@ -1,0 +1,12 @@
+//! keyhost's API specification, as tests: each starts the real server on random loopback ports
+//! with a temporary store and a manual clock, and talks HTTP to it.
+
+mod admin;
+mod cli;
+mod errors;
+mod helpers;
+mod import;
+mod jwks;
+mod lifecycle;
+mod storage;
+mod tokens;

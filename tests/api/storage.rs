@@ -1,0 +1,141 @@
+use base64::Engine;
+use serde_json::json;
+
+use crate::helpers::{T0, spawn_app, start, test_config};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(b) = std::fs::read(dir.join(format!("data/keyhost.db{suffix}"))) {
+            bytes.extend(b);
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn the_database_never_holds_a_private_key_in_the_clear() {
+    let app = spawn_app().await;
+    let pem = fixture("p256.pkcs8.pem");
+    let res = app
+        .admin_post("/admin/keys/import", json!({"pem": pem}))
+        .await;
+    assert_eq!(res.status(), 201);
+    app.admin_post("/admin/keys/rotate", json!({"alg": "RS256"}))
+        .await;
+    app.advance(24 * 3600).await;
+
+    let bytes = database_bytes(app.dir.path());
+    assert!(!contains(&bytes, b"PRIVATE KEY"), "no PEM");
+    assert!(!contains(&bytes, b"\"d\":"), "no JWK d");
+    let der = pem::parse(pem.as_bytes()).unwrap().into_contents();
+    assert!(!contains(&bytes, &der), "no DER of the imported key");
+    // The imported P-256 scalar: PKCS#8 wraps SEC1, whose private key is 32 bytes after 04 20.
+    let at = der.windows(2).position(|w| w == [0x04, 0x20]).unwrap();
+    assert!(
+        !contains(&bytes, &der[at + 2..at + 34]),
+        "no raw private scalar"
+    );
+    assert!(!contains(
+        &bytes,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(&der[at + 2..at + 34])
+            .as_bytes()
+    ));
+
+    let db = rusqlite::Connection::open(app.dir.path().join("data/keyhost.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT alg, private_key_enc FROM keys WHERE private_key_enc IS NOT NULL")
+        .unwrap();
+    let blobs: Vec<(String, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(blobs.len() >= 4);
+    for (alg, blob) in blobs {
+        assert_ne!(blob.first(), Some(&0x30), "{alg} blob looks like DER");
+        assert!(aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&blob).is_err());
+        assert!(
+            aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &blob
+            )
+            .is_err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_keeps_keys_kids_clients_and_tokens_verifiable() {
+    let app = spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let jwks_before = app.jwks().await;
+    let minted = app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    let (dir, clock) = app.stop().await;
+
+    let config = test_config(dir.path());
+    let app = start(dir, clock, config).await.unwrap();
+    assert_eq!(app.jwks().await, jwks_before, "same keys, same kids");
+    let again = app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    assert_eq!(again["kid"], minted["kid"]);
+    crate::helpers::verify(again["token"].as_str().unwrap(), &jwks_before, T0).unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_refuses_to_start_and_changes_nothing() {
+    let app = spawn_app().await;
+    let jwks = app.jwks().await;
+    let (dir, clock) = app.stop().await;
+    let master_file = dir.path().join("keys/master.key");
+    let master_before = std::fs::read(&master_file).unwrap();
+    let db_before = database_bytes(dir.path());
+
+    let mut config = test_config(dir.path());
+    config.master_key = Some(
+        base64::engine::general_purpose::STANDARD
+            .encode([7u8; 32])
+            .into(),
+    );
+    let err = start(dir.clone(), clock.clone(), config)
+        .await
+        .err()
+        .expect("refuses to start");
+    let message = format!("{err:#}");
+    assert!(message.contains("master key"), "{message}");
+
+    std::fs::remove_file(&master_file).unwrap();
+    let err = start(dir.clone(), clock.clone(), test_config(dir.path()))
+        .await
+        .err()
+        .expect("refuses to start without the key file");
+    assert!(format!("{err:#}").contains("master key"));
+    assert!(
+        !master_file.exists(),
+        "no replacement master key was generated"
+    );
+    assert_eq!(
+        database_bytes(dir.path()),
+        db_before,
+        "the store is untouched"
+    );
+
+    std::fs::write(&master_file, &master_before).unwrap();
+    let config = test_config(dir.path());
+    let app = start(dir, clock, config)
+        .await
+        .expect("starts with the right key");
+    assert_eq!(app.jwks().await, jwks);
+}
