@@ -70,6 +70,8 @@ pub struct Config {
     /// `Cache-Control: max-age` of the JWKS.
     #[serde(with = "humantime_serde")]
     pub jwks_max_age: Duration,
+    /// Token requests each API client may make per hour (0: unlimited).
+    pub client_rate_limit: u32,
     /// Log line format.
     pub log_format: LogFormat,
 }
@@ -92,6 +94,7 @@ impl Default for Config {
             auto_rotate: true,
             retire_grace: Duration::from_secs(3600),
             jwks_max_age: Duration::from_secs(300),
+            client_rate_limit: 10_000,
             log_format: LogFormat::Text,
         }
     }

@@ -163,7 +163,9 @@ impl Application {
             config.jwks_max_age.as_secs()
         ))
         .expect("ASCII");
+        let rate_limit = http::client_rate_limiter(config.client_rate_limit);
         let state = AppState {
+            rate_limit,
             config,
             clock,
             store: opened.store,

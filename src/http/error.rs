@@ -101,6 +101,13 @@ impl ApiError {
             "send the body as JSON with Content-Type: application/json",
         )
     }
+    /// 429 `TOO_MANY_REQUESTS` with `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", message)
+        }
+    }
     /// 503 `INTERNAL_ERROR` with `Retry-After`: temporarily unable, nothing wrong with the request.
     pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
         Self {

@@ -57,6 +57,19 @@ pub struct AppState {
     pub rng: Arc<SystemRandom>,
     /// `Cache-Control` of the JWKS, built once.
     pub jwks_cache_control: HeaderValue,
+    /// Per-client limit on token requests; `None` when unlimited.
+    pub rate_limit: Option<Arc<ClientRateLimiter>>,
+}
+
+/// Token requests per client id (GCRA, burst of the whole hourly quota).
+pub type ClientRateLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+/// The limiter for `per_hour` requests per client, or `None` for 0 (unlimited).
+pub fn client_rate_limiter(per_hour: u32) -> Option<Arc<ClientRateLimiter>> {
+    let per_hour = std::num::NonZeroU32::new(per_hour)?;
+    Some(Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_hour(per_hour),
+    )))
 }
 
 fn common_layers(router: Router<AppState>, state: AppState) -> Router {

@@ -251,3 +251,24 @@ async fn token_responses_are_not_cacheable() {
     let res = app.mint(&key, json!({"email": "a@example.com"})).await;
     assert_eq!(res.headers()["cache-control"], "no-store");
 }
+
+#[tokio::test]
+async fn a_client_over_its_hourly_quota_gets_429_with_retry_after_and_others_are_unaffected() {
+    let app = spawn_app_with(|c| c.client_rate_limit = 3).await;
+    let (_, busy) = app.create_client(&["issue"]).await;
+    let (_, other) = app.create_client(&["issue"]).await;
+    for _ in 0..3 {
+        app.mint_ok(&busy, json!({"email": "a@example.com"})).await;
+    }
+    let res = app.mint(&busy, json!({"email": "a@example.com"})).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1300).contains(&retry), "{retry}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["identifier"], "TOO_MANY_REQUESTS");
+    app.mint_ok(&other, json!({"email": "a@example.com"})).await;
+}
