@@ -245,6 +245,9 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 );
             }
             let alg = alg.unwrap_or(config.default_alg);
+            if !config.algorithms.contains(&alg) {
+                bail!("{alg} is not enabled (KEYHOST_ALGORITHMS)");
+            }
             let now = clock.now();
             let list = keys.list()?;
             let Some(rec) = list

@@ -20,6 +20,34 @@ use crate::signer::MAX_TOKEN_TTL;
 /// Environment variable naming an optional TOML configuration file.
 pub const CONFIG_FILE_VAR: &str = "KEYHOST_CONFIG";
 
+/// Read from the environment verbatim, never through the typed parser: its errors would quote a
+/// secret, and it turns an all-digit partner id into a number (losing leading zeros).
+const VERBATIM_VARS: &[&str] = &[
+    "KEYHOST_ADMIN_TOKEN",
+    "KEYHOST_MASTER_KEY",
+    "KEYHOST_PARTNER_ID",
+];
+
+/// Every non-secret setting, by its name without the `KEYHOST_` prefix. Environment variables outside this
+/// list are ignored with a warning (orchestrators inject `KEYHOST_SERVICE_HOST` and the like);
+/// unknown keys in the TOML file are errors, since there they can only be typos.
+pub const SETTINGS: &[&str] = &[
+    "data_dir",
+    "keys_dir",
+    "public_addr",
+    "internal_addr",
+    "algorithms",
+    "default_alg",
+    "rsa_bits",
+    "publish_lead",
+    "rotation_period",
+    "auto_rotate",
+    "retire_grace",
+    "jwks_max_age",
+    "client_rate_limit",
+    "log_format",
+];
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +72,7 @@ pub struct Config {
     /// Listener for token minting and administration.
     pub internal_addr: SocketAddr,
     /// The `partnerId` claim of every minted token.
+    #[serde(deserialize_with = "text")]
     pub partner_id: Option<String>,
     /// Admin bearer token; when absent one is generated on first start.
     pub admin_token: Option<SecretString>,
@@ -126,8 +155,20 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("KEYHOST_").ignore(&["config"]));
-        let config: Config = figment.extract().map_err(Box::new)?;
+        figment = figment.merge(Env::prefixed("KEYHOST_").only(SETTINGS));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        for var in VERBATIM_VARS {
+            if let Some(value) = std::env::var_os(var) {
+                let value = value
+                    .into_string()
+                    .map_err(|_| ConfigError::Invalid(format!("{var} is not valid UTF-8")))?;
+                match *var {
+                    "KEYHOST_ADMIN_TOKEN" => config.admin_token = Some(value.into()),
+                    "KEYHOST_MASTER_KEY" => config.master_key = Some(value.into()),
+                    _ => config.partner_id = Some(value),
+                }
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -142,6 +183,20 @@ impl Config {
             internal_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Self::default()
         }
+    }
+
+    /// `KEYHOST_*` environment variables that name no setting (for a start-up warning).
+    pub fn unknown_env_vars() -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| {
+                k.strip_prefix("KEYHOST_").is_some_and(|name| {
+                    let name = name.to_ascii_lowercase();
+                    !["config", "admin_token", "master_key", "partner_id"].contains(&name.as_str())
+                        && !SETTINGS.contains(&name.as_str())
+                })
+            })
+            .collect()
     }
 
     /// Checks the rules that keep every minted token verifiable.
@@ -230,6 +285,23 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
+/// Accepts a string, or a number as its decimal text (the environment parser turns `12345` into a
+/// number, and a partner id may well be all digits).
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    Ok(Some(match Form::deserialize(d)? {
+        Form::Text(s) => s,
+        Form::Unsigned(n) => n.to_string(),
+        Form::Signed(n) => n.to_string(),
+    }))
+}
+
 /// Accepts `"ES256,RS256"` (the environment form) or `["ES256", "RS256"]` (the TOML form).
 fn algorithms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Alg>, D::Error> {
     #[derive(Deserialize)]
@@ -311,15 +383,51 @@ mod tests {
             )?;
             jail.set_env("KEYHOST_CONFIG", "k.toml");
             jail.set_env("KEYHOST_PUBLISH_LEAD", "90m");
-            jail.set_env("KEYHOST_PARTNER_ID", "partner-1");
+            jail.set_env("KEYHOST_PARTNER_ID", "0012345");
             let c = Config::load().map_err(|e| e.to_string())?;
             assert_eq!(c.publish_lead, Duration::from_secs(90 * 60));
             assert_eq!(c.algorithms, vec![Alg::RS256]);
-            assert_eq!(c.partner_id.as_deref(), Some("partner-1"));
+            assert_eq!(c.partner_id.as_deref(), Some("0012345"));
             jail.set_env("KEYHOST_ALGORITHMS", "ES256, RS256");
             jail.set_env("KEYHOST_DEFAULT_ALG", "ES256");
             let c = Config::load().map_err(|e| e.to_string())?;
             assert_eq!(c.algorithms, vec![Alg::ES256, Alg::RS256]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_ignored_but_unknown_file_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_SERVICE_HOST", "10.0.0.1");
+            Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(
+                Config::unknown_env_vars(),
+                vec!["KEYHOST_SERVICE_HOST".to_owned()]
+            );
+            jail.create_file("k.toml", "publish_leed = \"2h\"\n")?;
+            jail.set_env("KEYHOST_CONFIG", "k.toml");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(err.contains("publish_leed"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_taken_verbatim_and_never_quoted_in_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_ADMIN_TOKEN", "12345678901234567890");
+            jail.set_env("KEYHOST_MASTER_KEY", "0000");
+            let c = Config::load().map_err(|e| e.to_string())?;
+            use secrecy::ExposeSecret;
+            assert_eq!(
+                c.admin_token.unwrap().expose_secret(),
+                "12345678901234567890"
+            );
+            assert_eq!(c.master_key.unwrap().expose_secret(), "0000");
+            jail.set_env("KEYHOST_PUBLISH_LEAD", "soon");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(!err.contains("12345678901234567890"), "{err}");
             Ok(())
         });
     }

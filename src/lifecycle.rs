@@ -20,6 +20,16 @@ use crate::store::Store;
 /// Longest sleep between looks at the store for changes made by other processes.
 const EXTERNAL_POLL: Duration = Duration::from_secs(1);
 
+/// Wall-clock advance beyond real elapsed time that counts as a jump (NTP slews stay below it).
+const JUMP_TOLERANCE: i64 = 30;
+
+/// The seconds by which the wall clock ran ahead of real (monotonic) time, if more than
+/// [`JUMP_TOLERANCE`]. A suspended machine looks the same; postponing is the safe answer to both.
+pub fn forward_jump(wall_elapsed: i64, real_elapsed: Duration) -> Option<i64> {
+    let excess = wall_elapsed - real_elapsed.as_secs() as i64;
+    (excess > JUMP_TOLERANCE).then_some(excess)
+}
+
 /// Drives the key lifecycle and the in-memory views.
 #[derive(Debug)]
 pub struct Lifecycle {
@@ -60,13 +70,25 @@ impl Lifecycle {
             self.store.clone(),
         );
         tokio::task::spawn_blocking(move || {
+            // Clients first and regardless of the key steps: a client disabled from the CLI must
+            // stop minting even while the key lifecycle is failing.
+            let clients_result = clients.reload(&store);
             let report = keys.tick(actor)?;
             live.refresh(&keys)?;
-            clients.reload(&store)?;
+            keys.mark_served()?;
+            clients_result?;
             Ok(report)
         })
         .await
         .map_err(|e| KeyError::Conflict(format!("lifecycle task failed: {e}")))?
+    }
+
+    async fn data_version(&self) -> Option<i64> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.data_version().ok())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Asks the background task to re-plan now (after an admin action).
@@ -78,8 +100,25 @@ impl Lifecycle {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let clock = self.keys.clock().clone();
         let jumps = clock.jumps().unwrap_or_else(|| Arc::new(Notify::new()));
-        let mut seen_version = self.store.data_version().ok();
+        let mut seen_version = self.data_version().await;
+        // Jump detection only makes sense on the system clock; a manual clock jumps on purpose.
+        let detect_jumps = clock.jumps().is_none();
+        let mut last = (clock.now(), std::time::Instant::now());
         loop {
+            if detect_jumps {
+                let now = (clock.now(), std::time::Instant::now());
+                if let Some(excess) = forward_jump(now.0 - last.0, now.1 - last.1) {
+                    let keys = self.keys.clone();
+                    let moved = tokio::task::spawn_blocking(move || {
+                        keys.postpone_schedule(excess, "scheduler")
+                    })
+                    .await;
+                    if !matches!(moved, Ok(Ok(_))) {
+                        tracing::error!("could not postpone the key schedule after a clock jump");
+                    }
+                }
+                last = now;
+            }
             let next_due = match self.settle("scheduler").await {
                 Ok(report) => report.next_due,
                 Err(e) => {
@@ -98,7 +137,7 @@ impl Lifecycle {
                 let nap = until_due.min(EXTERNAL_POLL);
                 tokio::select! {
                     _ = tokio::time::sleep(nap) => {
-                        let version = self.store.data_version().ok();
+                        let version = self.data_version().await;
                         if version != seen_version {
                             seen_version = version;
                             tracing::debug!("store changed by another process");
@@ -114,5 +153,26 @@ impl Lifecycle {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_wall_clock_running_ahead_of_real_time_is_a_jump() {
+        assert_eq!(forward_jump(1, Duration::from_secs(1)), None);
+        assert_eq!(
+            forward_jump(25, Duration::from_secs(0)),
+            None,
+            "slews are tolerated"
+        );
+        assert_eq!(forward_jump(3601, Duration::from_secs(1)), Some(3600));
+        assert_eq!(
+            forward_jump(-3600, Duration::from_secs(1)),
+            None,
+            "backwards only delays"
+        );
     }
 }

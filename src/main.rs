@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     };
     let serving = matches!(cli.command, None | Some(Command::Serve));
     telemetry::init(config.log_format, if serving { "info" } else { "warn" });
+    for name in Config::unknown_env_vars() {
+        tracing::warn!(variable = %name, "ignoring an environment variable that names no keyhost setting");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

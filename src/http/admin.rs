@@ -177,7 +177,8 @@ async fn revoke(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImportRequest {
-    pem: Option<String>,
+    /// The private key; held in a redacting, zeroising type.
+    pem: Option<secrecy::SecretString>,
     kid: Option<String>,
 }
 
@@ -191,7 +192,14 @@ async fn import(
         .ok_or_else(|| ApiError::missing_value("pem is required (the private key in PEM form)"))?;
     let keys = state.keys.clone();
     let kid = req.kid;
-    let key = blocking(move || keys.import(&pem, kid.as_deref(), ACTOR)).await?;
+    let key = blocking(move || {
+        keys.import(
+            secrecy::ExposeSecret::expose_secret(&pem),
+            kid.as_deref(),
+            ACTOR,
+        )
+    })
+    .await?;
     settle(&state).await?;
     let mut body = json!({ "key": KeyView::from(&key) });
     if key.kid != key.public_jwk.thumbprint() {

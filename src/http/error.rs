@@ -177,7 +177,7 @@ impl From<KeyError> for ApiError {
             KeyError::Conflict(m) => ApiError::conflict(m),
             KeyError::Invalid(m) => ApiError::validation(m),
             KeyError::Import(e) => match e {
-                ImportError::RsaTooSmall(_)
+                ImportError::RsaTooSmall
                 | ImportError::RsaTooLarge
                 | ImportError::Unsupported(_)
                 | ImportError::Encrypted

@@ -212,19 +212,39 @@ pub fn resolve(
     Ok((key, source))
 }
 
-/// Creates `path` (and its directory, 0700) with mode 0600; fails if it already exists.
+/// Creates `path` (and its directory, 0700) with mode 0600 and fails if it already exists. The
+/// contents are written to a temporary file, synced, renamed into place and the directory synced,
+/// so that a crash or power loss leaves either no file or the whole file, never an empty one
+/// beside keys it was meant to open.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        create_private_dir(dir)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    if path.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "refusing to overwrite an existing secret file",
+        ));
     }
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path)?;
+    let mut f = options.open(&tmp)?;
     f.write_all(contents)?;
     f.write_all(b"\n")?;
-    f.sync_all()
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    #[cfg(unix)]
+    fs::File::open(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })?
+    .sync_all()?;
+    Ok(())
 }
 
 /// Creates `dir` with mode 0700 if it does not exist.

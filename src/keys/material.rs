@@ -90,12 +90,20 @@ impl KeyPair {
 }
 
 /// A key pair with its PKCS#8 encoding, as generated or imported.
-#[derive(Debug)]
 pub struct KeyMaterial {
     /// The parsed key.
     pub pair: KeyPair,
     /// PKCS#8 v1 DER of the private key; wiped on drop.
     pub pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("pair", &self.pair)
+            .field("pkcs8", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Why key material could not be produced or used.
@@ -140,8 +148,8 @@ pub enum ImportError {
     #[error("unsupported PEM block {0:?}; expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY")]
     UnknownLabel(String),
     /// An RSA key below 2048 bits.
-    #[error("RSA key is {0} bits; AIR Kit partners need at least 2048")]
-    RsaTooSmall(u32),
+    #[error("RSA key is smaller than 2048 bits; AIR Kit partners need at least 2048")]
+    RsaTooSmall,
     /// An RSA key above 8192 bits.
     #[error("RSA key is larger than 8192 bits")]
     RsaTooLarge,
@@ -246,7 +254,7 @@ pub fn import_pem(text: &str) -> Result<KeyMaterial, ImportError> {
                     Ok(k) => KeyPair::Ec(k),
                     Err(ec_err) => {
                         return Err(match (rsa_err.description_(), ec_err.description_()) {
-                            ("TooSmall", _) => ImportError::RsaTooSmall(0),
+                            ("TooSmall", _) => ImportError::RsaTooSmall,
                             ("TooLarge", _) => ImportError::RsaTooLarge,
                             ("InvalidEncoding", "InvalidEncoding") => {
                                 ImportError::Malformed(tag, "invalid encoding")
@@ -266,7 +274,7 @@ pub fn import_pem(text: &str) -> Result<KeyMaterial, ImportError> {
     if let KeyPair::Rsa(k) = &pair {
         let bits = (k.public_modulus_len() * 8) as u32;
         if bits < 2048 {
-            return Err(ImportError::RsaTooSmall(bits));
+            return Err(ImportError::RsaTooSmall);
         }
     }
     let pkcs8 = match &pair {
@@ -287,7 +295,7 @@ fn rsa_checked(
     tag: &str,
 ) -> Result<RsaKeyPair, ImportError> {
     r.map_err(|e| match e.description_() {
-        "TooSmall" => ImportError::RsaTooSmall(0),
+        "TooSmall" => ImportError::RsaTooSmall,
         "TooLarge" => ImportError::RsaTooLarge,
         other => ImportError::Malformed(tag.to_owned(), other),
     })

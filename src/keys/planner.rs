@@ -9,7 +9,8 @@
 //! - a key is published before it signs: it becomes active only once `signable_at` (publication +
 //!   `publish_lead`) has passed; a key added while no server ran is published (and its lead starts)
 //!   when a server first plans with it;
-//! - the first key of an empty store is active at once (nobody can have cached a JWKS yet);
+//! - while no server has ever served the store's JWKS, a missing key is generated active at once
+//!   (nobody can have cached a JWKS yet);
 //! - a signable pending key replaces the active key of its algorithm, which retires;
 //! - with automatic rotation, the successor is generated `publish_lead` before the active key's
 //!   `rotation_period` ends; a late planner (server down, clock jump) never shortens the lead, it
@@ -93,8 +94,9 @@ impl Plan {
     }
 }
 
-/// Decides which transitions are due at `now`.
-pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy) -> Plan {
+/// Decides which transitions are due at `now`. `ever_served` tells whether a server has ever
+/// served this store's JWKS (until then nobody can have cached it).
+pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: bool) -> Plan {
     let mut plan = Plan::default();
     let lead = policy.publish_lead;
 
@@ -162,11 +164,11 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy) -> Plan {
         match active {
             None if pending.is_empty() => plan.transitions.push(Transition::Generate {
                 alg,
-                activate_now: keys.is_empty(),
-                reason: if keys.is_empty() {
-                    "first key of an empty store"
-                } else {
+                activate_now: !ever_served,
+                reason: if ever_served {
                     "no active or pending key"
+                } else {
+                    "first key of a store never served"
                 },
             }),
             Some(active) if pending.is_empty() && policy.auto_rotate => {
@@ -224,11 +226,13 @@ mod tests {
     struct Sim {
         keys: Vec<KeyRecord>,
         next_id: i64,
+        /// Whether a server has served the JWKS (set after the first settle, as the server does).
+        served: bool,
     }
 
     impl Sim {
         fn apply(&mut self, now: UnixTime, p: &Policy) -> Vec<Transition> {
-            let plan = plan(now, &self.keys, p);
+            let plan = plan(now, &self.keys, p, self.served);
             for t in &plan.transitions {
                 match *t {
                     Transition::Publish { id, signable_at } => {
@@ -292,6 +296,7 @@ mod tests {
             for _ in 0..10 {
                 let ts = self.apply(now, p);
                 if ts.is_empty() {
+                    self.served = true;
                     return all;
                 }
                 all.extend(ts);
@@ -335,7 +340,7 @@ mod tests {
     fn nothing_is_due_between_events_and_next_due_names_the_successor_generation() {
         let p = policy();
         let sim = started(&p);
-        let plan = plan(T0 + 10, &sim.keys, &p);
+        let plan = plan(T0 + 10, &sim.keys, &p, true);
         assert!(plan.transitions.is_empty());
         assert_eq!(plan.next_due, Some(T0 + 30 * D - D));
     }
@@ -377,7 +382,7 @@ mod tests {
         let retired = sim.keys.iter().find(|k| k.id == first).unwrap().clone();
         assert_eq!(retired.expires_at, Some(T0 + 30 * D + H));
         assert_eq!(
-            plan(T0 + 30 * D + 10, &sim.keys, &p).next_due,
+            plan(T0 + 30 * D + 10, &sim.keys, &p, true).next_due,
             Some(T0 + 30 * D + H)
         );
 
@@ -404,7 +409,10 @@ mod tests {
         sim.keys.push(k);
 
         assert!(sim.settle(T0 + 6 * D - 1, &p).is_empty());
-        assert_eq!(plan(T0 + 5 * D, &sim.keys, &p).next_due, Some(T0 + 6 * D));
+        assert_eq!(
+            plan(T0 + 5 * D, &sim.keys, &p, true).next_due,
+            Some(T0 + 6 * D)
+        );
         sim.settle(T0 + 6 * D, &p);
         assert_eq!(sim.active(Alg::ES256).unwrap().id, sim.next_id);
         assert_eq!(sim.state_of(first), KeyState::Retired);
@@ -521,7 +529,23 @@ mod tests {
         };
         let mut sim = started(&p);
         assert!(sim.settle(T0 + 400 * D, &p).is_empty());
-        assert_eq!(plan(T0 + 400 * D, &sim.keys, &p).next_due, None);
+        assert_eq!(plan(T0 + 400 * D, &sim.keys, &p, true).next_due, None);
+    }
+
+    #[test]
+    fn a_store_never_served_gets_its_missing_keys_active_at_once_even_beside_an_imported_key() {
+        // An operator imported the partner's ES256 key before the first start.
+        let mut sim = started(&es256_only());
+        sim.served = false;
+        let ts = sim.settle(T0 + H, &policy());
+        assert!(matches!(
+            ts[..],
+            [Transition::Generate {
+                alg: Alg::RS256,
+                activate_now: true,
+                ..
+            }]
+        ));
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub struct KeyService {
     clock: Arc<dyn Clock>,
     policy: Policy,
     serving: bool,
+    served: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -124,6 +125,7 @@ impl KeyService {
             clock,
             policy,
             serving,
+            served: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -150,7 +152,8 @@ impl KeyService {
             let now = self.clock.now();
             let missing: Vec<Alg> = self.store.with(|c| {
                 let keys = store::keys::list(c)?;
-                let plan = planner::plan(now, &keys, &self.policy);
+                let served = store::settings::get(c, store::settings::FIRST_SERVED_AT)?.is_some();
+                let plan = planner::plan(now, &keys, &self.policy, served);
                 Ok::<_, KeyError>(
                     plan.transitions
                         .iter()
@@ -168,8 +171,11 @@ impl KeyService {
             }
             let done = self.store.with(|c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // Read the time again: key generation above may have taken a while.
+                let now = self.clock.now();
                 let keys = store::keys::list(&tx)?;
-                let plan = planner::plan(now, &keys, &self.policy);
+                let served = store::settings::get(&tx, store::settings::FIRST_SERVED_AT)?.is_some();
+                let plan = planner::plan(now, &keys, &self.policy, served);
                 if plan.transitions.is_empty() {
                     report.next_due = plan.next_due;
                     return Ok::<_, KeyError>(true);
@@ -189,6 +195,13 @@ impl KeyService {
                 Ok(false)
             })?;
             if done {
+                if report
+                    .applied
+                    .iter()
+                    .any(|(t, _)| matches!(t, Transition::Expire { .. }))
+                {
+                    self.scrub();
+                }
                 return Ok(report);
             }
         }
@@ -265,6 +278,60 @@ impl KeyService {
         store::audit::record(tx, now, actor, action, &kid, &detail)?;
         tracing::info!(action, kid = %kid, %detail, "key transition");
         Ok(kid)
+    }
+
+    /// Checkpoints the write-ahead log after private keys were destroyed, so their sealed bytes do
+    /// not linger in old WAL frames (`secure_delete` already zeroes the freed pages). Best effort:
+    /// readers can hold the checkpoint back, and a later one completes it.
+    fn scrub(&self) {
+        let result = self
+            .store
+            .with(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "WAL checkpoint after key destruction failed");
+        }
+    }
+
+    /// Compensates a forward jump of the wall clock by `seconds` that real time did not pass:
+    /// pending keys wait that much longer before signing and retired keys stay published that
+    /// much longer, so neither the publish lead nor the grace is cut short in real time.
+    pub fn postpone_schedule(&self, seconds: i64, actor: &str) -> Result<usize, KeyError> {
+        self.store.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let moved = store::keys::postpone_schedule(&tx, seconds)?;
+            store::audit::record(
+                &tx,
+                self.clock.now(),
+                actor,
+                "clock.jump",
+                "keys",
+                &json!({"forwardSeconds": seconds, "rowsPostponed": moved}),
+            )?;
+            tx.commit()?;
+            tracing::warn!(
+                seconds,
+                moved,
+                "wall clock jumped forward; key schedule postponed"
+            );
+            Ok(moved)
+        })
+    }
+
+    /// Records that a server has served this store's JWKS (once; later calls are free).
+    pub fn mark_served(&self) -> Result<(), KeyError> {
+        if !self.serving || self.served.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        self.store.with(|c| {
+            if store::settings::get(c, store::settings::FIRST_SERVED_AT)?.is_none() {
+                store::settings::set(c, store::settings::FIRST_SERVED_AT, &now.to_string())?;
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        self.served
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Seals and inserts key material; the row's timestamps follow from `state`.
@@ -402,6 +469,11 @@ impl KeyService {
                 warning,
             })
         })
+        .inspect(|r| {
+            if !r.revoked.is_empty() {
+                self.scrub();
+            }
+        })
     }
 
     fn find(&self, c: &Connection, kid: &str) -> Result<KeyRecord, KeyError> {
@@ -478,10 +550,12 @@ impl KeyService {
             tx.commit()?;
             Ok((key, warning))
         })
+        .inspect(|_| self.scrub())
     }
 
-    /// Imports a private key from PEM. On an empty store it is active at once; otherwise it is
-    /// pending like any successor and signs after the publish lead.
+    /// Imports a private key from PEM. In a store no server has served yet it is active at once
+    /// (if its algorithm has no active key); otherwise it is pending like any successor and signs
+    /// after the publish lead. A key the store has held before is refused, whatever its state.
     pub fn import(&self, pem: &str, kid: Option<&str>, actor: &str) -> Result<KeyRecord, KeyError> {
         if let Some(kid) = kid {
             validate_kid(kid)?;
@@ -496,13 +570,22 @@ impl KeyService {
             let thumbprint = m.pair.public_jwk().thumbprint();
             if let Some(same) = keys
                 .iter()
-                .find(|k| k.state.is_live() && k.public_jwk.thumbprint() == thumbprint)
+                .find(|k| k.public_jwk.thumbprint() == thumbprint)
             {
-                return Err(KeyError::Conflict(format!(
-                    "this key is already held as {} ({})",
-                    same.kid,
-                    same.state.as_str()
-                )));
+                return Err(KeyError::Conflict(if same.state.is_live() {
+                    format!(
+                        "this key is already held as {} ({})",
+                        same.kid,
+                        same.state.as_str()
+                    )
+                } else {
+                    format!(
+                        "this key was already used as {} and is now {}; a key never comes back \
+                         (a revoked one may be compromised): generate a new key",
+                        same.kid,
+                        same.state.as_str()
+                    )
+                }));
             }
             if let Some(p) = keys
                 .iter()
@@ -513,7 +596,11 @@ impl KeyService {
                     p.kid
                 )));
             }
-            let state = if keys.is_empty() {
+            let served = store::settings::get(&tx, store::settings::FIRST_SERVED_AT)?.is_some();
+            let has_active = keys
+                .iter()
+                .any(|k| k.alg == alg && k.state == KeyState::Active);
+            let state = if !served && !has_active {
                 KeyState::Active
             } else {
                 KeyState::Pending

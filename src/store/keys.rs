@@ -261,3 +261,18 @@ pub fn master_key_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Moves the pending keys' signing times and the retired keys' expiry times `seconds` later;
+/// returns how many rows moved.
+#[tracing::instrument(skip_all)]
+pub fn postpone_schedule(conn: &Connection, seconds: i64) -> Result<usize, StoreError> {
+    let pending = conn.execute(
+        "UPDATE keys SET signable_at = signable_at + ?1 WHERE state = 'pending' AND signable_at IS NOT NULL",
+        [seconds],
+    )?;
+    let retired = conn.execute(
+        "UPDATE keys SET expires_at = expires_at + ?1 WHERE state = 'retired' AND expires_at IS NOT NULL",
+        [seconds],
+    )?;
+    Ok(pending + retired)
+}

@@ -6,6 +6,8 @@ use super::StoreError;
 
 /// Setting: id of the master key that sealed the stored keys.
 pub const MASTER_KEY_ID: &str = "master_key_id";
+/// Setting: when a server first served this store's JWKS (Unix seconds).
+pub const FIRST_SERVED_AT: &str = "first_served_at";
 /// Setting: SHA-256 (hex) of the generated admin token.
 pub const ADMIN_TOKEN_SHA256: &str = "admin_token_sha256";
 

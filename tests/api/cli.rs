@@ -173,3 +173,23 @@ async fn the_running_server_picks_up_clients_created_with_the_cli() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_running_server_refuses_a_client_disabled_with_the_cli() {
+    let app = spawn_app().await;
+    let (id, key) = app.create_client(&["issue"]).await;
+    app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    json_of(&keyhost(app.dir.path(), &["clients", "disable", &id]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = app.mint(&key, json!({"email": "a@example.com"})).await;
+        if res.status() == 401 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the disabled client still mints"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -130,3 +130,32 @@ async fn unsupported_or_unusable_keys_are_refused_with_a_reason() {
     }
     assert_eq!(app.keys().await.len(), 2, "nothing was added");
 }
+
+#[tokio::test]
+async fn a_revoked_key_can_never_be_imported_again() {
+    let app = spawn_app().await;
+    let res = app
+        .admin_post(
+            "/admin/keys/import",
+            json!({"pem": fixture("p256.pkcs8.pem")}),
+        )
+        .await;
+    let body: Value = res.json().await.unwrap();
+    let kid = body["key"]["kid"].as_str().unwrap().to_owned();
+    let res = app
+        .admin_post(&format!("/admin/keys/{kid}/revoke"), json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .admin_post(
+            "/admin/keys/import",
+            json!({"pem": fixture("p256.sec1.pem")}),
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+}

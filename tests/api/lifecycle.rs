@@ -31,7 +31,8 @@ impl CachingVerifier {
 
 async fn short_policy_app() -> TestApp {
     spawn_app_with(|c| {
-        c.publish_lead = Duration::from_secs(600);
+        // The tightest policy the configuration accepts: the lead equals max-age.
+        c.publish_lead = Duration::from_secs(MAX_AGE as u64);
         c.jwks_max_age = Duration::from_secs(MAX_AGE as u64);
         c.rotation_period = Duration::from_secs(3600);
         c.retire_grace = Duration::from_secs(900);
@@ -127,10 +128,10 @@ async fn the_caching_verifier_does_catch_a_key_used_before_it_was_published() {
 async fn retired_key_stays_published_until_grace_ends_then_its_private_key_is_destroyed() {
     let app = short_policy_app().await;
     let first = app.kids_in("active").await;
-    // The successor is generated at 50 min and takes over at 60 min.
-    app.advance(3000).await;
+    // The successor is generated at 55 min and takes over at 60 min.
+    app.advance(3300).await;
     assert_eq!(app.kids_in("pending").await.len(), 2);
-    app.advance(600).await;
+    app.advance(300).await;
     let retired = app.kids_in("retired").await;
     assert_eq!(retired.len(), 2);
     assert!(retired.iter().all(|k| first.contains(k)));
@@ -197,4 +198,25 @@ async fn the_background_task_applies_a_due_transition_on_its_own() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.kids_in("retired").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_forward_clock_jump_postpones_pending_keys_and_retired_keys_expiry() {
+    let app = spawn_app().await;
+    let res = app
+        .admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
+        .await;
+    let before: Value = res.json().await.unwrap();
+    assert_eq!(before["key"]["signableAt"], "2027-01-16T08:00:00Z");
+    let moved = app.state.keys.postpone_schedule(3600, "scheduler").unwrap();
+    assert_eq!(moved, 1);
+    let pending = app
+        .keys()
+        .await
+        .into_iter()
+        .find(|k| k["state"] == "pending")
+        .unwrap();
+    assert_eq!(pending["signableAt"], "2027-01-16T09:00:00Z");
+    let audit: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    assert_eq!(audit["entries"][0]["action"], "clock.jump");
 }

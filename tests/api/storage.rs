@@ -1,4 +1,5 @@
 use base64::Engine;
+use keyhost::keys::master::MasterKey;
 use serde_json::json;
 
 use crate::helpers::{T0, spawn_app, start, test_config};
@@ -55,26 +56,36 @@ async fn the_database_never_holds_a_private_key_in_the_clear() {
             .as_bytes()
     ));
 
+    // Open every stored key with the master key, and look for its private parts in the files.
+    let master = std::fs::read_to_string(app.dir.path().join("keys/master.key")).unwrap();
+    let master = MasterKey::from_base64(&master, "test").unwrap();
     let db = rusqlite::Connection::open(app.dir.path().join("data/keyhost.db")).unwrap();
     let mut stmt = db
-        .prepare("SELECT alg, private_key_enc FROM keys WHERE private_key_enc IS NOT NULL")
+        .prepare("SELECT alg, kid, created_at, private_key_enc FROM keys WHERE private_key_enc IS NOT NULL")
         .unwrap();
-    let blobs: Vec<(String, Vec<u8>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let sealed: Vec<(String, String, i64, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert!(blobs.len() >= 4);
-    for (alg, blob) in blobs {
-        assert_ne!(blob.first(), Some(&0x30), "{alg} blob looks like DER");
-        assert!(aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&blob).is_err());
-        assert!(
-            aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                &blob
-            )
-            .is_err()
-        );
+    assert!(sealed.len() >= 4, "generated, rotated and imported keys");
+    for (alg, kid, created_at, blob) in sealed {
+        let context = format!("keyhost/v1/{alg}/{kid}/{created_at}");
+        let der = master.open(context.as_bytes(), &blob).expect("opens");
+        assert!(!contains(&bytes, &der), "{kid}: PKCS#8 in the clear");
+        // The private half of the encoding (RSA d, p, q, … or the EC scalar) in 16-byte pieces.
+        let private_part: &[u8] = if alg == "ES256" {
+            let at = der.windows(2).position(|w| w == [0x04, 0x20]).unwrap();
+            &der[at + 2..at + 34]
+        } else {
+            &der[der.len() / 2..]
+        };
+        for piece in private_part.chunks_exact(16) {
+            assert!(
+                !contains(&bytes, piece),
+                "{kid}: private bytes in the clear"
+            );
+        }
     }
 }
 
