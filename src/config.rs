@@ -46,6 +46,18 @@ pub const SETTINGS: &[&str] = &[
     "jwks_max_age",
     "client_rate_limit",
     "log_format",
+    "airkit_env",
+    "airkit_base_url",
+    "issuer_did",
+    "credential_id",
+    "issue_scope",
+    "airkit_max_attempts",
+    "airkit_timeout",
+    "airkit_backoff",
+    "airkit_backoff_max",
+    "airkit_wait",
+    "airkit_poll_interval",
+    "airkit_poll_deadline",
 ];
 
 /// How logs are written.
@@ -103,6 +115,50 @@ pub struct Config {
     pub client_rate_limit: u32,
     /// Log line format.
     pub log_format: LogFormat,
+    /// AIR Kit preset: `sandbox` or `production`.
+    pub airkit_env: Option<AirKitEnv>,
+    /// AIR Kit base URL including `/v1`; overrides the preset (e.g. the emulator).
+    pub airkit_base_url: Option<String>,
+    /// Default `issuerDid` of issuances.
+    pub issuer_did: Option<String>,
+    /// Default `credentialId` (issuance program) of issuances.
+    pub credential_id: Option<String>,
+    /// `scope` claim of the Partner JWTs keyhost sends to AIR Kit; API clients need it to issue.
+    pub issue_scope: String,
+    /// Upstream attempts per issuance before it is parked as stalled.
+    pub airkit_max_attempts: u32,
+    /// Timeout of one AIR Kit request.
+    #[serde(with = "humantime_serde")]
+    pub airkit_timeout: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub airkit_backoff: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub airkit_backoff_max: Duration,
+    /// How long the issuance endpoint holds a request before answering 202 with the issuance id.
+    #[serde(with = "humantime_serde")]
+    pub airkit_wait: Duration,
+    /// First status poll delay; doubles up to 30 s.
+    #[serde(with = "humantime_serde")]
+    pub airkit_poll_interval: Duration,
+    /// How long to follow a credential's status towards ONCHAIN.
+    #[serde(with = "humantime_serde")]
+    pub airkit_poll_deadline: Duration,
+    /// Secret of the `X-Keyhost-Signature` HMAC on `/webhooks/kyc-complete`.
+    pub kyc_webhook_secret: Option<SecretString>,
+    /// iDenfy's webhook signing key (`Idenfy-Signature` HMAC).
+    pub idenfy_signing_key: Option<SecretString>,
+}
+
+/// AIR Kit environments with a known base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AirKitEnv {
+    /// `https://api.sandbox.mocachain.org/v1`.
+    Sandbox,
+    /// `https://api.mocachain.org/v1`.
+    Production,
 }
 
 impl Default for Config {
@@ -125,6 +181,20 @@ impl Default for Config {
             jwks_max_age: Duration::from_secs(300),
             client_rate_limit: 10_000,
             log_format: LogFormat::Text,
+            airkit_env: None,
+            airkit_base_url: None,
+            issuer_did: None,
+            credential_id: None,
+            issue_scope: "issue".into(),
+            airkit_max_attempts: 6,
+            airkit_timeout: Duration::from_secs(10),
+            airkit_backoff: Duration::from_secs(1),
+            airkit_backoff_max: Duration::from_secs(30),
+            airkit_wait: Duration::from_secs(20),
+            airkit_poll_interval: Duration::from_secs(1),
+            airkit_poll_deadline: Duration::from_secs(30 * 60),
+            kyc_webhook_secret: None,
+            idenfy_signing_key: None,
         }
     }
 }
@@ -165,6 +235,8 @@ impl Config {
                 match *var {
                     "KEYHOST_ADMIN_TOKEN" => config.admin_token = Some(value.into()),
                     "KEYHOST_MASTER_KEY" => config.master_key = Some(value.into()),
+                    "KEYHOST_KYC_WEBHOOK_SECRET" => config.kyc_webhook_secret = Some(value.into()),
+                    "KEYHOST_IDENFY_SIGNING_KEY" => config.idenfy_signing_key = Some(value.into()),
                     _ => config.partner_id = Some(value),
                 }
             }
@@ -192,7 +264,15 @@ impl Config {
             .filter(|k| {
                 k.strip_prefix("KEYHOST_").is_some_and(|name| {
                     let name = name.to_ascii_lowercase();
-                    !["config", "admin_token", "master_key", "partner_id"].contains(&name.as_str())
+                    ![
+                        "config",
+                        "admin_token",
+                        "master_key",
+                        "partner_id",
+                        "kyc_webhook_secret",
+                        "idenfy_signing_key",
+                    ]
+                    .contains(&name.as_str())
                         && !SETTINGS.contains(&name.as_str())
                 })
             })
@@ -253,6 +333,18 @@ impl Config {
                 humantime::format_duration(min_grace)
             ));
         }
+        if let Some(url) = &self.airkit_base_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return invalid(format!(
+                "KEYHOST_AIRKIT_BASE_URL must be an http(s) URL including /v1, got {url:?}"
+            ));
+        }
+        if !(1..=20).contains(&self.airkit_max_attempts) {
+            return invalid("KEYHOST_AIRKIT_MAX_ATTEMPTS must be between 1 and 20".into());
+        }
+        crate::clients::validate_scope(&self.issue_scope)
+            .map_err(|e| ConfigError::Invalid(format!("KEYHOST_ISSUE_SCOPE: {e}")))?;
         if self.rotation_period <= lead {
             return invalid(format!(
                 "KEYHOST_ROTATION_PERIOD ({}) must be longer than KEYHOST_PUBLISH_LEAD ({})",
@@ -273,6 +365,14 @@ impl Config {
             retire_grace: secs(self.retire_grace),
             rsa_bits: self.rsa_bits,
         }
+    }
+
+    /// The AIR Kit base URL: the explicit one, else the preset's; `None` when issuance is off.
+    pub fn airkit_base_url(&self) -> Option<String> {
+        self.airkit_base_url.clone().or(match self.airkit_env? {
+            AirKitEnv::Sandbox => Some(crate::airkit::SANDBOX_BASE_URL.to_owned()),
+            AirKitEnv::Production => Some(crate::airkit::PRODUCTION_BASE_URL.to_owned()),
+        })
     }
 
     /// Path of the SQLite database.

@@ -5,15 +5,19 @@
 //! serves the JWKS, and mints short-lived Partner JWTs for internal applications.
 #![forbid(unsafe_code)]
 
+pub mod airkit;
 pub mod auth;
 pub mod cli;
 pub mod clients;
 pub mod clock;
 pub mod config;
+pub mod emulator;
 pub mod http;
+pub mod issuance;
 pub mod jwks;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod signer;
 pub mod startup;
 pub mod store;

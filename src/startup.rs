@@ -15,14 +15,17 @@ use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::airkit::{AirKit, HttpAirKit};
 use crate::auth::{AdminToken, AdminTokenSource, ClientRegistry};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::issuance::{IssuanceService, IssuanceSettings};
 use crate::keys::KeyService;
 use crate::keys::live::LiveKeys;
 use crate::keys::master::{self, MasterKeySource};
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
 /// The store and key service, as both the server and the CLI open them.
@@ -164,8 +167,40 @@ impl Application {
         ))
         .expect("ASCII");
         let rate_limit = http::client_rate_limiter(config.client_rate_limit);
+        let metrics = Arc::new(Metrics::default());
+        let airkit: Option<Arc<dyn AirKit>> = match config.airkit_base_url() {
+            Some(url) => {
+                tracing::info!(base_url = %url, "issuance proxy enabled");
+                Some(Arc::new(
+                    HttpAirKit::new(&url, config.airkit_timeout)
+                        .map_err(|e| anyhow::anyhow!("setting up the AIR Kit client: {e}"))?,
+                ))
+            }
+            None => None,
+        };
+        let issuance = IssuanceService::new(
+            opened.store.clone(),
+            airkit,
+            live.clone(),
+            clock.clone(),
+            metrics.clone(),
+            IssuanceSettings {
+                partner_id: config.partner_id.clone(),
+                scope: config.issue_scope.clone(),
+                alg: config.default_alg,
+                issuer_did: config.issuer_did.clone(),
+                credential_id: config.credential_id.clone(),
+                max_attempts: config.airkit_max_attempts,
+                backoff: config.airkit_backoff,
+                backoff_max: config.airkit_backoff_max,
+                poll_interval: config.airkit_poll_interval,
+                poll_deadline: config.airkit_poll_deadline,
+            },
+        );
         let state = AppState {
             rate_limit,
+            issuance,
+            metrics,
             config,
             clock,
             store: opened.store,
@@ -213,6 +248,10 @@ impl Application {
             "keyhost serving"
         );
         let lifecycle = tokio::spawn(self.state.lifecycle.clone().run(stop_rx.clone()));
+        let resumed = self.state.issuance.resume_all().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "unfinished issuances resumed");
+        }
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };

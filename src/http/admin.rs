@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::extract::{AdminAuth, JsonBody, QueryParams};
 use crate::clients::{self, ClientError};
 use crate::clock::rfc3339;
+use crate::issuance::IssuanceView;
 use crate::keys::{Alg, KeyRecord};
 use crate::store;
 
@@ -30,6 +31,158 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/clients", get(list_clients).post(create_client))
         .route("/admin/clients/{id}/disable", post(disable_client))
         .route("/admin/audit", get(audit))
+        .route("/admin/issuances", get(list_issuances))
+        .route("/admin/issuances/{id}", get(one_issuance))
+        .route("/admin/issuances/{id}/resume", post(resume_issuance))
+        .route(
+            "/admin/kyc-subjects",
+            get(list_kyc_subjects).post(put_kyc_subject),
+        )
+        .route("/admin/kyc-events", get(list_kyc_events))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    outcome: Option<String>,
+    limit: Option<u32>,
+}
+
+fn limit_of(q: &ListQuery) -> Result<u32, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_value("limit must be between 1 and 1000"))
+    }
+}
+
+async fn list_issuances(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit_of(&q)?;
+    if let Some(s) = &q.state
+        && !crate::issuance::state::ALL.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_value(format!(
+            "state must be one of {}",
+            crate::issuance::state::ALL.join(", ")
+        )));
+    }
+    let rows = state
+        .issuance
+        .list(q.state, limit)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let views: Vec<IssuanceView> = rows.iter().map(IssuanceView::from).collect();
+    Ok(Json(json!({ "issuances": views })))
+}
+
+async fn one_issuance(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<IssuanceView>, ApiError> {
+    match state.issuance.get(&id).await {
+        Ok(Some(row)) => Ok(Json(IssuanceView::from(&row))),
+        Ok(None) => Err(ApiError::not_found(format!("no issuance {id:?}"))),
+        Err(e) => Err(ApiError::internal(&e)),
+    }
+}
+
+async fn resume_issuance(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<IssuanceView>, ApiError> {
+    match state.issuance.resume(&id).await {
+        Ok(Some(row)) => {
+            let (store, now) = (state.store.clone(), state.clock.now());
+            let subject = row.id.clone();
+            blocking(move || {
+                store.with(|c| {
+                    store::audit::record(c, now, ACTOR, "issuance.resume", &subject, &json!({}))
+                })
+            })
+            .await?;
+            Ok(Json(IssuanceView::from(&row)))
+        }
+        Ok(None) => Err(ApiError::not_found(format!("no issuance {id:?}"))),
+        Err(crate::issuance::IssuanceError::Invalid(m)) => Err(ApiError::conflict(m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KycSubject {
+    client_id: Option<String>,
+    email: Option<String>,
+}
+
+async fn put_kyc_subject(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<KycSubject>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let client_id = req
+        .client_id
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::missing_value("clientId is required"))?;
+    if client_id.len() > 200 {
+        return Err(ApiError::bad_value(
+            "clientId must be at most 200 characters",
+        ));
+    }
+    let email = req
+        .email
+        .ok_or_else(|| ApiError::missing_value("email is required"))?;
+    super::tokens::validate_email(&email)?;
+    let (store, now) = (state.store.clone(), state.clock.now());
+    let (c2, e2) = (client_id.clone(), email.clone());
+    blocking(move || {
+        store.with(|c| {
+            let tx = c.transaction()?;
+            store::kyc::put_subject(&tx, &c2, &e2, now)?;
+            store::audit::record(&tx, now, ACTOR, "kyc-subject.put", &c2, &json!({}))?;
+            tx.commit()?;
+            Ok::<_, crate::store::StoreError>(())
+        })
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"clientId": client_id, "email": email})),
+    ))
+}
+
+async fn list_kyc_subjects(
+    _: AdminAuth,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let rows = blocking(move || store.with(|c| store::kyc::subjects(c))).await?;
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|(client_id, email, at)| json!({"clientId": client_id, "email": email, "createdAt": rfc3339(at)}))
+        .collect();
+    Ok(Json(json!({ "subjects": rows })))
+}
+
+async fn list_kyc_events(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit_of(&q)?;
+    let store = state.store.clone();
+    let outcome = q.outcome.clone();
+    let rows =
+        blocking(move || store.with(|c| store::kyc::list(c, outcome.as_deref(), limit))).await?;
+    Ok(Json(json!({ "events": rows })))
 }
 
 /// A key as the admin API shows it: state and timestamps, the public JWK, never private parts.

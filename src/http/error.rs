@@ -41,6 +41,21 @@ impl ApiError {
         }
     }
 
+    /// Any status and identifier (for mapping upstream answers).
+    pub fn with_status(
+        status: StatusCode,
+        identifier: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::new(status, identifier, message)
+    }
+
+    /// Adds a `Retry-After` (seconds).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
     /// 400 `BAD_VALUE`: a parameter has an invalid value or type.
     pub fn bad_value(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BAD_VALUE", message)

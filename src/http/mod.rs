@@ -11,8 +11,10 @@ pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod issuance;
 pub mod jwks;
 pub mod tokens;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -28,9 +30,11 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{AdminToken, ClientRegistry};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::issuance::IssuanceService;
 use crate::keys::KeyService;
 use crate::keys::live::LiveKeys;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use error::ApiError;
 
@@ -59,6 +63,10 @@ pub struct AppState {
     pub jwks_cache_control: HeaderValue,
     /// Per-client limit on token requests; `None` when unlimited.
     pub rate_limit: Option<Arc<ClientRateLimiter>>,
+    /// The issuance proxy.
+    pub issuance: Arc<IssuanceService>,
+    /// Prometheus counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Token requests per client id (GCRA, burst of the whole hourly quota).
@@ -99,6 +107,8 @@ pub fn public_router(state: AppState) -> Router {
 pub fn internal_router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(tokens::routes())
+        .merge(issuance::routes())
+        .merge(webhooks::routes())
         .merge(admin::routes())
         .merge(health::internal_routes())
         .layer(SetResponseHeaderLayer::if_not_present(

@@ -142,6 +142,7 @@ async fn mint(
             },
         )
         .map_err(|e| ApiError::internal(&e))?;
+    state.metrics.minted(alg);
     tracing::debug!(client = %client.id, kid = %key.kid, jti = %minted.jti, "token minted");
     Ok((
         StatusCode::OK,

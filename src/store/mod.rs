@@ -7,7 +7,9 @@
 
 pub mod audit;
 pub mod clients;
+pub mod issuances;
 pub mod keys;
+pub mod kyc;
 pub mod settings;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +21,10 @@ use rusqlite_migration::{M, Migrations};
 
 use crate::keys::master::create_private_dir;
 
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../migrations/0001_initial.sql")),
+    M::up(include_str!("../../migrations/0002_issuance.sql")),
+];
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

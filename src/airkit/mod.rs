@@ -1,0 +1,208 @@
+//! The AIR Kit REST client: Issue on Behalf and status, behind a trait so that tests can put the
+//! emulator or anything else behind it.
+//!
+//! The client only transports: it sends what it is given with the Partner JWT it is given and
+//! reports the status, body and `Retry-After`; retrying and interpreting are the issuance
+//! service's job. [`hint`] holds the seeds' "how to fix" text for each AIR status.
+
+pub mod hint;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
+use serde_json::Value;
+
+/// AIR Kit's sandbox base URL.
+pub const SANDBOX_BASE_URL: &str = "https://api.sandbox.mocachain.org/v1";
+/// AIR Kit's production base URL (the Issue-on-Behalf reference's).
+pub const PRODUCTION_BASE_URL: &str = "https://api.mocachain.org/v1";
+
+/// A boxed future, so that [`AirKit`] can be a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What AIR Kit answered.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body (`Null` when it was not JSON).
+    pub body: Value,
+    /// `Retry-After`, in seconds form or as an HTTP date already converted.
+    pub retry_after: Option<Duration>,
+}
+
+impl Reply {
+    /// AIR's error message (`{"error": n, "message": "..."}`), or the body as text.
+    pub fn message(&self) -> String {
+        match self.body.get("message").and_then(Value::as_str) {
+            Some(m) => m.to_owned(),
+            None if self.body.is_null() => "(no body)".to_owned(),
+            None => self.body.to_string(),
+        }
+    }
+}
+
+/// Why no answer came back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The request timed out.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// No connection could be made.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// Anything else on the way.
+    #[error("request failed: {0}")]
+    Other(String),
+}
+
+/// The two AIR Kit calls keyhost makes.
+pub trait AirKit: Send + Sync + 'static {
+    /// `POST /credentials/issue-on-behalf` with `body`, authenticated by `token`.
+    fn issue_on_behalf<'a>(
+        &'a self,
+        token: &'a str,
+        body: &'a Value,
+    ) -> BoxFuture<'a, Result<Reply, TransportError>>;
+
+    /// `GET /credentials/status?coreClaimHash=`, authenticated by `token`.
+    fn status<'a>(
+        &'a self,
+        token: &'a str,
+        core_claim_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Reply, TransportError>>;
+}
+
+/// AIR Kit over HTTPS (or HTTP, for the emulator).
+#[derive(Debug, Clone)]
+pub struct HttpAirKit {
+    client: reqwest::Client,
+    base_url: String,
+    timeout: Duration,
+}
+
+impl HttpAirKit {
+    /// A client for `base_url` (which includes `/v1`), with a per-request `timeout`.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, TransportError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| TransportError::Other(e.to_string()))?;
+        Ok(Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            timeout,
+        })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply, TransportError> {
+        let res = req
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("keyhost/", env!("CARGO_PKG_VERSION"))),
+            )
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let bytes = res.bytes().await.map_err(|e| self.transport(e))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            body,
+            retry_after,
+        })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> TransportError {
+        if e.is_timeout() {
+            TransportError::Timeout(self.timeout)
+        } else if e.is_connect() {
+            TransportError::Connect(e.to_string())
+        } else {
+            TransportError::Other(e.to_string())
+        }
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(3600)));
+    }
+    let when = httpdate_to_unix(v)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    Some(Duration::from_secs((when - now).clamp(0, 3600) as u64))
+}
+
+fn httpdate_to_unix(v: &str) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(v.trim(), &format)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
+impl AirKit for HttpAirKit {
+    fn issue_on_behalf<'a>(
+        &'a self,
+        token: &'a str,
+        body: &'a Value,
+    ) -> BoxFuture<'a, Result<Reply, TransportError>> {
+        Box::pin(async move {
+            let req = self
+                .client
+                .post(format!("{}/credentials/issue-on-behalf", self.base_url))
+                .header("x-partner-auth", token)
+                .json(body);
+            self.send(req).await
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        token: &'a str,
+        core_claim_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Reply, TransportError>> {
+        Box::pin(async move {
+            let req = self
+                .client
+                .get(format!("{}/credentials/status", self.base_url))
+                .query(&[("coreClaimHash", core_claim_hash)])
+                .header("x-partner-auth", token);
+            self.send(req).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,312 @@
+//! The partner's JWKS as AIR Kit sees it: fetched over HTTP(S) and cached for the `max-age` its
+//! server announces.
+//!
+//! Faithfulness matters more than convenience here. While the cached copy is fresh an unknown
+//! `kid` does not trigger a refetch, so a key that signs before verifiers have fetched it fails
+//! as in production. Once stale, the next request refetches. A failed fetch is an error even
+//! when a stale copy exists, so that an unreachable JWKS is noticed rather than masked.
+//!
+//! Requests never stampede the JWKS server: one fetch runs at a time, and requests that waited
+//! for it share its result, success or failure.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use axum::http::header::{ACCEPT, CACHE_CONTROL};
+use axum::http::{HeaderMap, HeaderValue};
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::Jwk;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Cache lifetime when the JWKS response carries no `max-age`.
+pub(super) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// Largest JWKS document accepted; a real one is a few kilobytes.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// One published key.
+pub(super) struct PublishedKey {
+    /// `kty` (`RSA`, `EC`, ...).
+    pub(super) kty: String,
+    /// `alg`, when the JWK names one.
+    pub(super) alg: Option<String>,
+    /// The verification key, or why the JWK cannot be one.
+    pub(super) key: Result<DecodingKey, String>,
+}
+
+/// A fetched JWKS.
+pub(super) struct Snapshot {
+    keys: HashMap<String, PublishedKey>,
+    fetched_at: Instant,
+    max_age: Duration,
+}
+
+impl Snapshot {
+    /// The key published under `kid`.
+    pub(super) fn get(&self, kid: &str) -> Option<&PublishedKey> {
+        self.keys.get(kid)
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.fetched_at.elapsed() < self.max_age
+    }
+}
+
+/// Why no JWKS could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum JwksError {
+    /// The request failed (connection, TLS, timeout).
+    #[error("{0}")]
+    Request(String),
+    /// The server answered with a non-success status.
+    #[error("HTTP {status} from {url}")]
+    Status {
+        /// The status.
+        status: u16,
+        /// The JWKS URL.
+        url: String,
+    },
+    /// The body is not a JWKS.
+    #[error("{url} did not return a valid JSON Web Key Set: {reason}")]
+    Invalid {
+        /// The JWKS URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+struct RefreshState {
+    /// The last failed fetch: when it finished and why.
+    last_failure: Option<(Instant, JwksError)>,
+}
+
+/// The cached JWKS of one URL.
+pub(super) struct JwksCache {
+    url: String,
+    http: reqwest::Client,
+    current: ArcSwapOption<Snapshot>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+}
+
+/// The cache lifetime a response allows: `no-store`/`no-cache` or `max-age=0` mean none, a
+/// `max-age=N` means N seconds, anything else the default.
+pub(super) fn cache_lifetime(headers: &HeaderMap) -> Duration {
+    let mut max_age = None;
+    for value in headers.get_all(CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in value.split(',') {
+            let directive = directive.trim().to_ascii_lowercase();
+            if directive == "no-store" || directive == "no-cache" {
+                return Duration::ZERO;
+            }
+            if let Some(seconds) = directive.strip_prefix("max-age=")
+                && let Ok(seconds) = seconds.trim_matches('"').parse::<u64>()
+            {
+                max_age = Some(Duration::from_secs(seconds));
+            }
+        }
+    }
+    max_age.unwrap_or(DEFAULT_MAX_AGE)
+}
+
+/// An error and its causes on one line (reqwest's own message omits the root cause).
+fn describe(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[derive(Deserialize)]
+struct KeySet {
+    keys: Vec<Value>,
+}
+
+/// Parses a JWKS document. Entries that are not usable JWKs are skipped, as verifiers do, so
+/// that one odd key does not hide the others; an entry without `kid` cannot be selected and is
+/// skipped too. The first entry wins when two share a `kid`.
+fn parse(url: &str, body: &[u8]) -> Result<HashMap<String, PublishedKey>, JwksError> {
+    let set: KeySet = serde_json::from_slice(body).map_err(|e| JwksError::Invalid {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut keys = HashMap::new();
+    for entry in set.keys {
+        let Some(kid) = entry.get("kid").and_then(Value::as_str).map(str::to_owned) else {
+            continue;
+        };
+        let Some(kty) = entry.get("kty").and_then(Value::as_str).map(str::to_owned) else {
+            continue;
+        };
+        let alg = entry.get("alg").and_then(Value::as_str).map(str::to_owned);
+        let key = serde_json::from_value::<Jwk>(entry)
+            .map_err(|e| format!("the JWK is malformed: {e}"))
+            .and_then(|jwk| {
+                DecodingKey::from_jwk(&jwk).map_err(|e| format!("the JWK is not a usable key: {e}"))
+            });
+        keys.entry(kid).or_insert(PublishedKey { kty, alg, key });
+    }
+    Ok(keys)
+}
+
+impl JwksCache {
+    /// A cache for `url`, empty until first used.
+    pub(super) fn new(url: String, http: reqwest::Client) -> Self {
+        Self {
+            url,
+            http,
+            current: ArcSwapOption::empty(),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+        }
+    }
+
+    /// The JWKS URL.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The JWKS to verify against: the cached copy while fresh, else a new fetch.
+    pub(super) async fn current(&self) -> Result<Arc<Snapshot>, JwksError> {
+        if let Some(snapshot) = self.current.load_full()
+            && snapshot.is_fresh()
+        {
+            return Ok(snapshot);
+        }
+        let waiting_since = Instant::now();
+        let mut refresh = self.refresh.lock().await;
+        // Someone else may have fetched while this request waited: share that result rather
+        // than fetching again (this is also what keeps `no-store` from stampeding).
+        if let Some(snapshot) = self.current.load_full()
+            && (snapshot.is_fresh() || snapshot.fetched_at >= waiting_since)
+        {
+            return Ok(snapshot);
+        }
+        if let Some((at, error)) = &refresh.last_failure
+            && *at >= waiting_since
+        {
+            return Err(error.clone());
+        }
+        match self.fetch().await {
+            Ok(snapshot) => {
+                let snapshot = Arc::new(snapshot);
+                tracing::debug!(
+                    url = %self.url,
+                    keys = snapshot.keys.len(),
+                    max_age_s = snapshot.max_age.as_secs(),
+                    "JWKS fetched"
+                );
+                self.current.store(Some(snapshot.clone()));
+                refresh.last_failure = None;
+                Ok(snapshot)
+            }
+            Err(error) => {
+                tracing::debug!(url = %self.url, %error, "JWKS fetch failed");
+                refresh.last_failure = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<Snapshot, JwksError> {
+        let res = self
+            .http
+            .get(&self.url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .send()
+            .await
+            .map_err(|e| JwksError::Request(describe(&e)))?;
+        let status = res.status();
+        if !status.is_success() {
+            return Err(JwksError::Status {
+                status: status.as_u16(),
+                url: self.url.clone(),
+            });
+        }
+        let max_age = cache_lifetime(res.headers());
+        let too_large = || JwksError::Invalid {
+            url: self.url.clone(),
+            reason: format!("the document is larger than {MAX_JWKS_BYTES} bytes"),
+        };
+        if res
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let body = res
+            .bytes()
+            .await
+            .map_err(|e| JwksError::Request(describe(&e)))?;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(too_large());
+        }
+        Ok(Snapshot {
+            keys: parse(&self.url, &body)?,
+            fetched_at: Instant::now(),
+            max_age,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(CACHE_CONTROL, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn cache_lifetime_follows_max_age_no_store_and_defaults() {
+        assert_eq!(
+            cache_lifetime(&headers(&["public, max-age=60"])),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            cache_lifetime(&headers(&["MAX-AGE=7"])),
+            Duration::from_secs(7)
+        );
+        assert_eq!(cache_lifetime(&headers(&["max-age=0"])), Duration::ZERO);
+        assert_eq!(
+            cache_lifetime(&headers(&["max-age=60", "no-store"])),
+            Duration::ZERO
+        );
+        assert_eq!(cache_lifetime(&headers(&["no-cache"])), Duration::ZERO);
+        assert_eq!(cache_lifetime(&headers(&[])), DEFAULT_MAX_AGE);
+        assert_eq!(cache_lifetime(&headers(&["max-age=soon"])), DEFAULT_MAX_AGE);
+    }
+
+    #[test]
+    fn unusable_entries_are_skipped_and_the_rest_kept() {
+        let body = br#"{"keys":[
+            {"kid":"a","kty":"EC","crv":"P-256","x":"!!","y":"!!"},
+            {"kty":"EC"},
+            {"kid":"b","kty":"weird"},
+            {"kid":"c","kty":"RSA","alg":"RS256","n":"sXch","e":"AQAB"}
+        ]}"#;
+        let keys = parse("u", body).unwrap();
+        assert!(keys["a"].key.is_err());
+        assert!(keys["b"].key.is_err());
+        assert!(keys["c"].key.is_ok());
+        assert_eq!(keys["c"].alg.as_deref(), Some("RS256"));
+        assert!(parse("u", b"[]").is_err());
+        assert!(parse("u", b"<html>").is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! The issuance proxy's routes: `POST /v1/credentials/issue-on-behalf`,
+//! `GET /v1/credentials/status` and `GET /v1/issuances/{id}`, for API clients allowed the issue
+//! scope (`KEYHOST_ISSUE_SCOPE`).
+//!
+//! An issuance is answered once AIR Kit has answered (200 with the upstream fields and keyhost's
+//! `issuanceId`), or with 202 and the issuance id if retries are still running after
+//! `KEYHOST_AIRKIT_WAIT`; AIR's refusals come back as errors that carry AIR's status, message and
+//! the fix.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ClientAuth, JsonBody, QueryParams};
+use super::tokens::validate_email;
+use crate::auth::Client;
+use crate::issuance::{IssuanceError, IssuanceView, NewIssuance, StatusError, WaitFor, state};
+use crate::store::issuances::IssuanceRow;
+
+/// The proxy's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/credentials/issue-on-behalf", post(issue))
+        .route("/v1/credentials/status", get(status))
+        .route("/v1/issuances/{id}", get(one))
+}
+
+impl From<IssuanceError> for ApiError {
+    fn from(e: IssuanceError) -> Self {
+        match e {
+            IssuanceError::NotConfigured(m) => ApiError::unavailable(m, 60),
+            IssuanceError::Missing(m) => ApiError::missing_value(m),
+            IssuanceError::Invalid(m) => ApiError::bad_value(m),
+            e @ IssuanceError::IdempotencyConflict(_) => ApiError::conflict(e.to_string()),
+            IssuanceError::Store(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+fn require_issue_scope(state: &AppState, client: &Client) -> Result<(), ApiError> {
+    let scope = &state.issuance.settings().scope;
+    if client.scopes.iter().any(|s| s == scope) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "client {} may not issue: it lacks the scope {scope:?} (KEYHOST_ISSUE_SCOPE)",
+            client.id
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IssueRequest {
+    email: Option<String>,
+    credential_subject: Option<Value>,
+    issuer_did: Option<String>,
+    credential_id: Option<String>,
+    on_duplicate: Option<String>,
+    wait: Option<bool>,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k)
+            if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..=0x7e).contains(&b)) =>
+        {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(ApiError::bad_value(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// The answer for an issuance in its current state.
+pub fn issuance_response(row: &IssuanceRow) -> Response {
+    let view = IssuanceView::from(row);
+    let location = HeaderValue::from_str(&format!("/v1/issuances/{}", row.id)).ok();
+    let with_location = |status: StatusCode| {
+        let mut res = (status, Json(&view)).into_response();
+        if let Some(l) = location.clone() {
+            res.headers_mut().insert(header::LOCATION, l);
+        }
+        res
+    };
+    let message = || {
+        format!(
+            "{} (issuance {})",
+            row.last_error.as_deref().unwrap_or("failed"),
+            row.id
+        )
+    };
+    match row.state.as_str() {
+        state::QUEUED => with_location(StatusCode::ACCEPTED),
+        state::SUBMITTED | state::ONCHAIN | state::UNCONFIRMED => with_location(StatusCode::OK),
+        state::STALLED => match row.last_status {
+            Some(429) => ApiError::too_many_requests(message(), 60).into_response(),
+            _ => ApiError::unavailable(message(), 60).into_response(),
+        },
+        _ => {
+            let (status, identifier) = match row.last_status {
+                Some(400) => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
+                Some(401) => (StatusCode::BAD_GATEWAY, "UNAUTHORIZED"),
+                Some(403) => (StatusCode::FORBIDDEN, "PERMISSIONS_ERROR"),
+                Some(404) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+                Some(409) => (StatusCode::CONFLICT, "CONFLICT"),
+                _ => (StatusCode::BAD_GATEWAY, "INTERNAL_ERROR"),
+            };
+            ApiError::with_status(status, identifier, message()).into_response()
+        }
+    }
+}
+
+async fn issue(
+    State(state): State<AppState>,
+    ClientAuth(client): ClientAuth,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<IssueRequest>,
+) -> Result<Response, ApiError> {
+    require_issue_scope(&state, &client)?;
+    let key = idempotency_key(&headers)?;
+    let email = req
+        .email
+        .ok_or_else(|| ApiError::missing_value("email is required"))?;
+    validate_email(&email)?;
+    let subject = req
+        .credential_subject
+        .ok_or_else(|| ApiError::missing_value("credentialSubject is required"))?;
+    let (row, _) = state
+        .issuance
+        .submit(NewIssuance {
+            source: client.id.clone(),
+            idempotency_key: key,
+            email,
+            issuer_did: req.issuer_did,
+            credential_id: req.credential_id,
+            credential_subject: subject,
+            on_duplicate: req.on_duplicate,
+        })
+        .await?;
+    let (until, timeout) = if req.wait.unwrap_or(false) {
+        (
+            WaitFor::Onchain,
+            state
+                .config
+                .airkit_wait
+                .max(std::time::Duration::from_secs(60)),
+        )
+    } else {
+        (WaitFor::Answer, state.config.airkit_wait)
+    };
+    let row = state
+        .issuance
+        .wait(&row.id, until, timeout)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(issuance_response(&row))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct StatusQuery {
+    core_claim_hash: Option<String>,
+    email: Option<String>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    ClientAuth(client): ClientAuth,
+    QueryParams(q): QueryParams<StatusQuery>,
+) -> Result<Response, ApiError> {
+    require_issue_scope(&state, &client)?;
+    let hash = q
+        .core_claim_hash
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ApiError::missing_value("coreClaimHash is required"))?;
+    if hash.len() > 256 {
+        return Err(ApiError::bad_value("coreClaimHash is too long"));
+    }
+    if let Some(e) = &q.email {
+        validate_email(e)?;
+    }
+    let reply = state
+        .issuance
+        .status(&hash, q.email.as_deref())
+        .await
+        .map_err(|e| match e {
+            StatusError::NotConfigured(m) => ApiError::unavailable(m, 60),
+            StatusError::UnknownHash => ApiError::not_found(e.to_string()),
+            StatusError::NoToken(_) => ApiError::unavailable(e.to_string(), 5),
+            StatusError::Transport(_) => ApiError::unavailable(e.to_string(), 5),
+            StatusError::Store(e) => ApiError::internal(&e),
+        })?;
+    let message = || {
+        format!(
+            "AIR Kit answered {}: {}. Fix: {}",
+            reply.status,
+            reply.message(),
+            crate::airkit::hint::for_status(reply.status)
+        )
+    };
+    Ok(match reply.status {
+        200 => (StatusCode::OK, Json(reply.body.clone())).into_response(),
+        404 => ApiError::not_found(reply.message()).into_response(),
+        400 => ApiError::bad_value(message()).into_response(),
+        401 => ApiError::with_status(StatusCode::BAD_GATEWAY, "UNAUTHORIZED", message())
+            .into_response(),
+        403 => ApiError::forbidden(message()).into_response(),
+        429 => ApiError::too_many_requests(message(), reply.retry_after.map_or(1, |d| d.as_secs()))
+            .into_response(),
+        _ => ApiError::with_status(StatusCode::BAD_GATEWAY, "INTERNAL_ERROR", message())
+            .into_response(),
+    })
+}
+
+async fn one(
+    State(state): State<AppState>,
+    ClientAuth(client): ClientAuth,
+    Path(id): Path<String>,
+) -> Result<Json<IssuanceView>, ApiError> {
+    match state.issuance.get(&id).await {
+        Ok(Some(row)) if row.source == client.id => Ok(Json(IssuanceView::from(&row))),
+        Ok(_) => Err(ApiError::not_found(format!(
+            "no issuance {id:?} of this client"
+        ))),
+        Err(e) => Err(ApiError::internal(&e)),
+    }
+}

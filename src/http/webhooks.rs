@@ -1,0 +1,408 @@
+//! KYC webhooks that trigger issuance.
+//!
+//! - `POST /webhooks/kyc-complete`: the Issue-on-Behalf reference's example (`{userEmail,
+//!   kycLevel}` → subject `{kycVerified: true, kycLevel, verifiedAt}`), signed with
+//!   `X-Keyhost-Signature: sha256=<hex HMAC-SHA256 of the raw body>` under
+//!   `KEYHOST_KYC_WEBHOOK_SECRET`.
+//! - `POST /webhooks/idenfy`: iDenfy's verification webhook, signed with `Idenfy-Signature` (hex
+//!   HMAC-SHA256 of the raw body) under `KEYHOST_IDENFY_SIGNING_KEY`. Acts only on `final: true`
+//!   with `status.overall == "APPROVED"`, once per `scanRef`; maps `clientId` to an email (an
+//!   email is used as is, anything else through `/admin/kyc-subjects`); answers at once and issues
+//!   through the durable queue. Every delivery is recorded, except that a bad signature leaves only
+//!   an audit line.
+//!
+//! Signatures are checked over the raw bytes, in constant time, before anything is parsed.
+
+use aws_lc_rs::hmac;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::parse_json_object;
+use super::issuance::issuance_response;
+use super::tokens::validate_email;
+use crate::clock::rfc3339;
+use crate::issuance::{IssuanceError, NewIssuance, WaitFor};
+use crate::store::{self, kyc::NewKycEvent};
+
+/// Webhook routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/kyc-complete", post(kyc_complete))
+        .route("/webhooks/idenfy", post(idenfy))
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) || s.len() > 256 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Whether `signature_hex` is the HMAC-SHA256 of `body` under `secret` (constant time).
+pub fn signature_matches(secret: &SecretString, body: &[u8], signature_hex: &str) -> bool {
+    let Some(signature) = decode_hex(signature_hex) else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret().as_bytes());
+    hmac::verify(&key, body, &signature).is_ok()
+}
+
+async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
+    tracing::warn!(provider, why, "webhook rejected");
+    let (store, now, provider, why) = (
+        state.store.clone(),
+        state.clock.now(),
+        provider.to_owned(),
+        why.to_owned(),
+    );
+    let _ = tokio::task::spawn_blocking(move || {
+        store.with(|c| {
+            store::audit::record(
+                c,
+                now,
+                "webhook",
+                "webhook.rejected",
+                &provider,
+                &json!({ "reason": why }),
+            )
+        })
+    })
+    .await;
+}
+
+fn verify(
+    state: &AppState,
+    secret: Option<&SecretString>,
+    setting: &str,
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let Some(secret) = secret else {
+        return Err(ApiError::unavailable(
+            format!("this webhook is not configured: set {setting}"),
+            3600,
+        ));
+    };
+    let _ = state;
+    match header {
+        Some(sig) if signature_matches(secret, body, sig) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("invalid webhook signature")),
+        None => Err(ApiError::unauthorized("missing webhook signature")),
+    }
+}
+
+fn issuance_error(e: IssuanceError) -> ApiError {
+    e.into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KycComplete {
+    user_email: Option<String>,
+    kyc_level: Option<Value>,
+}
+
+async fn kyc_complete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let header = headers
+        .get("x-keyhost-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("sha256=").unwrap_or("not-hex"));
+    if let Err(e) = verify(
+        &state,
+        state.config.kyc_webhook_secret.as_ref(),
+        "KEYHOST_KYC_WEBHOOK_SECRET",
+        header,
+        &body,
+    ) {
+        if e.status() == StatusCode::UNAUTHORIZED {
+            audit_rejection(&state, "kyc-complete", e.message()).await;
+        }
+        return Err(e);
+    }
+    let req: KycComplete = parse_json_object(&body)?;
+    let email = req
+        .user_email
+        .ok_or_else(|| ApiError::missing_value("userEmail is required"))?;
+    validate_email(&email)?;
+    let level = req
+        .kyc_level
+        .ok_or_else(|| ApiError::missing_value("kycLevel is required"))?;
+    let now = state.clock.now();
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(str::to_owned);
+    let (row, _) = state
+        .issuance
+        .submit(NewIssuance {
+            source: "webhook:kyc".into(),
+            idempotency_key,
+            email,
+            issuer_did: None,
+            credential_id: None,
+            credential_subject: json!({"kycVerified": true, "kycLevel": level, "verifiedAt": rfc3339(now)}),
+            on_duplicate: None,
+        })
+        .await
+        .map_err(issuance_error)?;
+    let row = state
+        .issuance
+        .wait(&row.id, WaitFor::Answer, state.config.airkit_wait)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut res = issuance_response(&row);
+    if res.status().is_success() {
+        res = (
+            res.status(),
+            Json(json!({
+                "success": true,
+                "issuanceId": row.id,
+                "state": row.state,
+                "coreClaimHash": row.core_claim_hash,
+            })),
+        )
+            .into_response();
+    }
+    Ok(res)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdenfyStatus {
+    overall: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdenfyWebhook {
+    #[serde(rename = "final")]
+    is_final: Option<bool>,
+    status: Option<IdenfyStatus>,
+    scan_ref: Option<String>,
+    client_id: Option<String>,
+}
+
+async fn idenfy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let header = headers
+        .get("idenfy-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = verify(
+        &state,
+        state.config.idenfy_signing_key.as_ref(),
+        "KEYHOST_IDENFY_SIGNING_KEY",
+        header,
+        &body,
+    ) {
+        if e.status() == StatusCode::UNAUTHORIZED {
+            audit_rejection(&state, "idenfy", e.message()).await;
+        }
+        return Err(e);
+    }
+    let hook: IdenfyWebhook = parse_json_object(&body)?;
+    let scan_ref = hook
+        .scan_ref
+        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .ok_or_else(|| ApiError::missing_value("scanRef is required"))?;
+    let client_id = hook.client_id.filter(|c| !c.is_empty() && c.len() <= 200);
+    let overall = hook.status.and_then(|s| s.overall);
+    let now = state.clock.now();
+    let store = state.store.clone();
+    let record = move |outcome: &'static str,
+                       detail: Option<String>,
+                       issuance_id: Option<String>,
+                       scan_ref: String,
+                       client_id: Option<String>,
+                       overall: Option<String>,
+                       is_final: Option<bool>| {
+        let store = store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                store.with(|c| {
+                    store::kyc::record(
+                        c,
+                        &NewKycEvent {
+                            provider: "idenfy",
+                            scan_ref: Some(&scan_ref),
+                            client_id: client_id.as_deref(),
+                            is_final,
+                            status: overall.as_deref(),
+                            outcome,
+                            detail: detail.as_deref(),
+                            issuance_id: issuance_id.as_deref(),
+                        },
+                        now,
+                    )
+                })
+            })
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| {
+                if e.is_constraint() {
+                    ApiError::conflict("duplicate")
+                } else {
+                    ApiError::internal(&e)
+                }
+            })
+        }
+    };
+    let answer = |action: &str, extra: Value| {
+        let mut body = json!({"received": true, "scanRef": scan_ref, "action": action});
+        if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        (StatusCode::OK, Json(body)).into_response()
+    };
+
+    if hook.is_final != Some(true) {
+        record(
+            "ignored",
+            Some("not final".into()),
+            None,
+            scan_ref.clone(),
+            client_id,
+            overall,
+            hook.is_final,
+        )
+        .await?;
+        return Ok(answer("ignored", json!({"reason": "not final"})));
+    }
+    if overall.as_deref() != Some("APPROVED") {
+        let why = format!("status {}", overall.as_deref().unwrap_or("missing"));
+        record(
+            "ignored",
+            Some(why.clone()),
+            None,
+            scan_ref.clone(),
+            client_id,
+            overall,
+            hook.is_final,
+        )
+        .await?;
+        return Ok(answer("ignored", json!({"reason": why})));
+    }
+    let seen = {
+        let (store, scan_ref) = (state.store.clone(), scan_ref.clone());
+        tokio::task::spawn_blocking(move || {
+            store.with(|c| store::kyc::seen_scan_ref(c, "idenfy", &scan_ref))
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::internal(&e))?
+    };
+    if seen {
+        record(
+            "duplicate",
+            None,
+            None,
+            scan_ref.clone(),
+            client_id,
+            overall,
+            hook.is_final,
+        )
+        .await?;
+        return Ok(answer("duplicate", json!({})));
+    }
+    let email = match client_id.as_deref() {
+        Some(c) if validate_email(c).is_ok() => Some(c.to_owned()),
+        Some(c) => {
+            let (store, c) = (state.store.clone(), c.to_owned());
+            tokio::task::spawn_blocking(move || {
+                store.with(|conn| store::kyc::subject_email(conn, &c))
+            })
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| ApiError::internal(&e))?
+        }
+        None => None,
+    };
+    let Some(email) = email else {
+        tracing::warn!(scan_ref = %scan_ref, "iDenfy verification approved for an unmapped clientId");
+        let outcome = record(
+            "unmatched",
+            Some("no email for this clientId; add one with POST /admin/kyc-subjects".into()),
+            None,
+            scan_ref.clone(),
+            client_id,
+            overall,
+            hook.is_final,
+        )
+        .await;
+        return match outcome {
+            Err(e) if e.status() == StatusCode::CONFLICT => Ok(answer("duplicate", json!({}))),
+            Err(e) => Err(e),
+            Ok(_) => Ok(answer("unmatched", json!({}))),
+        };
+    };
+    let (row, _) = state
+        .issuance
+        .submit(NewIssuance {
+            source: "webhook:idenfy".into(),
+            idempotency_key: Some(scan_ref.clone()),
+            email,
+            issuer_did: None,
+            credential_id: None,
+            credential_subject: json!({"kycVerified": true, "kycLevel": "idenfy", "verifiedAt": rfc3339(now)}),
+            on_duplicate: None,
+        })
+        .await
+        .map_err(issuance_error)?;
+    match record(
+        "queued",
+        None,
+        Some(row.id.clone()),
+        scan_ref.clone(),
+        client_id,
+        overall,
+        hook.is_final,
+    )
+    .await
+    {
+        Err(e) if e.status() == StatusCode::CONFLICT => Ok(answer("duplicate", json!({}))),
+        Err(e) => Err(e),
+        Ok(_) => Ok(answer("queued", json!({"issuanceId": row.id}))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hex_hmac_sha256_of_the_raw_body() {
+        let secret = SecretString::from("s3cret".to_owned());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"s3cret");
+        let tag = hmac::sign(&key, b"{\"a\":1}");
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(signature_matches(&secret, b"{\"a\":1}", &hex));
+        assert!(signature_matches(
+            &secret,
+            b"{\"a\":1}",
+            &hex.to_uppercase()
+        ));
+        assert!(!signature_matches(&secret, b"{\"a\":2}", &hex));
+        assert!(!signature_matches(&secret, b"{\"a\":1}", "zz"));
+        assert!(!signature_matches(&secret, b"{\"a\":1}", ""));
+    }
+}

@@ -1,0 +1,115 @@
+//! Prometheus metrics, served at `GET /metrics` on the internal listener.
+//!
+//! Counters only see what happened, never secrets: algorithms, kids (public), HTTP statuses and
+//! issuance states. A 401 from AIR Kit for a kid keyhost holds is counted per kid: it is the sign
+//! of a verifier that has not fetched the JWKS.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Label: algorithm.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlgLabel {
+    /// `ES256` or `RS256`.
+    pub alg: String,
+}
+
+/// Labels: AIR Kit endpoint and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// `issue` or `status`.
+    pub endpoint: String,
+    /// HTTP status, or `timeout` / `connect` / `error`.
+    pub outcome: String,
+}
+
+/// Label: key id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KidLabel {
+    /// The kid AIR Kit rejected.
+    pub kid: String,
+}
+
+/// Label: issuance state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// State entered.
+    pub state: String,
+}
+
+/// The server's counters.
+pub struct Metrics {
+    registry: Registry,
+    /// Tokens minted through `POST /v1/tokens` and for AIR Kit calls.
+    pub tokens_minted: Family<AlgLabel, Counter>,
+    /// AIR Kit answers by endpoint and status.
+    pub airkit_responses: Family<UpstreamLabels, Counter>,
+    /// AIR Kit 401s by the kid of the rejected token.
+    pub airkit_unauthorized: Family<KidLabel, Counter>,
+    /// Issuances entering each state.
+    pub issuances: Family<StateLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("keyhost");
+        let tokens_minted = Family::<AlgLabel, Counter>::default();
+        registry.register(
+            "tokens_minted",
+            "Partner JWTs minted",
+            tokens_minted.clone(),
+        );
+        let airkit_responses = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "airkit_responses",
+            "AIR Kit answers by endpoint and outcome",
+            airkit_responses.clone(),
+        );
+        let airkit_unauthorized = Family::<KidLabel, Counter>::default();
+        registry.register(
+            "airkit_unauthorized",
+            "AIR Kit 401 answers by the kid of the rejected token (a JWKS the verifier has not fetched?)",
+            airkit_unauthorized.clone(),
+        );
+        let issuances = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "issuances",
+            "Issuances entering each state",
+            issuances.clone(),
+        );
+        Self {
+            registry,
+            tokens_minted,
+            airkit_responses,
+            airkit_unauthorized,
+            issuances,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a minted token.
+    pub fn minted(&self, alg: crate::keys::Alg) {
+        self.tokens_minted
+            .get_or_create(&AlgLabel {
+                alg: alg.as_str().to_owned(),
+            })
+            .inc();
+    }
+}

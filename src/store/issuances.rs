@@ -1,0 +1,235 @@
+//! Issuance rows: every request to AIR Kit is recorded before the first upstream call and
+//! updated after each, so a crash or an outage loses nothing.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use super::StoreError;
+use crate::clock::UnixTime;
+
+/// An issuance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuanceRow {
+    /// keyhost's issuance id (`iss_…`).
+    pub id: String,
+    /// Client id, or `webhook:kyc` / `webhook:idenfy`.
+    pub source: String,
+    /// Caller's `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// Hash of the canonical request.
+    pub request_hash: String,
+    /// The user's email.
+    pub email: String,
+    /// Issuer DID.
+    pub issuer_did: String,
+    /// Issuance program id.
+    pub credential_id: String,
+    /// Credential data.
+    pub credential_subject: Value,
+    /// `ignore` or `revoke`.
+    pub on_duplicate: String,
+    /// `queued`, `submitted`, `onchain`, `failed`, `stalled` or `unconfirmed`.
+    pub state: String,
+    /// Upstream issue attempts so far.
+    pub attempts: u32,
+    /// When the next attempt or poll is due.
+    pub next_attempt_at: Option<UnixTime>,
+    /// AIR's issuance id.
+    pub core_claim_hash: Option<String>,
+    /// AIR's user id.
+    pub user_uuid: Option<String>,
+    /// AIR reported an existing credential (`onDuplicate: "ignore"`).
+    pub duplicate: bool,
+    /// Last `vcStatus` seen.
+    pub vc_status: Option<String>,
+    /// Verifiable credential id once ONCHAIN.
+    pub vc_id: Option<String>,
+    /// AIR's issuance date once ONCHAIN.
+    pub issuance_date: Option<String>,
+    /// Status polls so far.
+    pub polls: u32,
+    /// Last upstream HTTP status.
+    pub last_status: Option<u16>,
+    /// Last error, with its fix.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: UnixTime,
+    /// Last changed.
+    pub updated_at: UnixTime,
+    /// Accepted by AIR.
+    pub submitted_at: Option<UnixTime>,
+    /// Reached a final state.
+    pub completed_at: Option<UnixTime>,
+}
+
+const COLUMNS: &str = "id, source, idempotency_key, request_hash, email, issuer_did, credential_id, \
+    credential_subject, on_duplicate, state, attempts, next_attempt_at, core_claim_hash, user_uuid, \
+    duplicate, vc_status, vc_id, issuance_date, polls, last_status, last_error, created_at, updated_at, \
+    submitted_at, completed_at";
+
+fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
+    let subject: String = r.get(7)?;
+    Ok(IssuanceRow {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        idempotency_key: r.get(2)?,
+        request_hash: r.get(3)?,
+        email: r.get(4)?,
+        issuer_did: r.get(5)?,
+        credential_id: r.get(6)?,
+        credential_subject: serde_json::from_str(&subject).unwrap_or(Value::Null),
+        on_duplicate: r.get(8)?,
+        state: r.get(9)?,
+        attempts: r.get(10)?,
+        next_attempt_at: r.get(11)?,
+        core_claim_hash: r.get(12)?,
+        user_uuid: r.get(13)?,
+        duplicate: r.get(14)?,
+        vc_status: r.get(15)?,
+        vc_id: r.get(16)?,
+        issuance_date: r.get(17)?,
+        polls: r.get(18)?,
+        last_status: r.get(19)?,
+        last_error: r.get(20)?,
+        created_at: r.get(21)?,
+        updated_at: r.get(22)?,
+        submitted_at: r.get(23)?,
+        completed_at: r.get(24)?,
+    })
+}
+
+/// Inserts a new issuance.
+#[tracing::instrument(skip_all)]
+pub fn insert(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO issuances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"),
+        params![
+            i.id,
+            i.source,
+            i.idempotency_key,
+            i.request_hash,
+            i.email,
+            i.issuer_did,
+            i.credential_id,
+            i.credential_subject.to_string(),
+            i.on_duplicate,
+            i.state,
+            i.attempts,
+            i.next_attempt_at,
+            i.core_claim_hash,
+            i.user_uuid,
+            i.duplicate,
+            i.vc_status,
+            i.vc_id,
+            i.issuance_date,
+            i.polls,
+            i.last_status,
+            i.last_error,
+            i.created_at,
+            i.updated_at,
+            i.submitted_at,
+            i.completed_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes the mutable part of an issuance.
+#[tracing::instrument(skip_all)]
+pub fn save(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE issuances SET state = ?2, attempts = ?3, next_attempt_at = ?4, core_claim_hash = ?5,
+             user_uuid = ?6, duplicate = ?7, vc_status = ?8, vc_id = ?9, issuance_date = ?10, polls = ?11,
+             last_status = ?12, last_error = ?13, updated_at = ?14, submitted_at = ?15, completed_at = ?16
+         WHERE id = ?1",
+        params![
+            i.id,
+            i.state,
+            i.attempts,
+            i.next_attempt_at,
+            i.core_claim_hash,
+            i.user_uuid,
+            i.duplicate,
+            i.vc_status,
+            i.vc_id,
+            i.issuance_date,
+            i.polls,
+            i.last_status,
+            i.last_error,
+            i.updated_at,
+            i.submitted_at,
+            i.completed_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// One issuance.
+#[tracing::instrument(skip_all)]
+pub fn get(conn: &Connection, id: &str) -> Result<Option<IssuanceRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM issuances WHERE id = ?1"),
+            [id],
+            row,
+        )
+        .optional()?)
+}
+
+/// The issuance a source recorded under an idempotency key.
+#[tracing::instrument(skip_all)]
+pub fn by_idempotency_key(
+    conn: &Connection,
+    source: &str,
+    key: &str,
+) -> Result<Option<IssuanceRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM issuances WHERE source = ?1 AND idempotency_key = ?2"),
+            params![source, key],
+            row,
+        )
+        .optional()?)
+}
+
+/// The latest issuance AIR identified by `hash`.
+#[tracing::instrument(skip_all)]
+pub fn by_core_claim_hash(
+    conn: &Connection,
+    hash: &str,
+) -> Result<Option<IssuanceRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {COLUMNS} FROM issuances WHERE core_claim_hash = ?1 ORDER BY created_at DESC LIMIT 1"
+            ),
+            [hash],
+            row,
+        )
+        .optional()?)
+}
+
+/// Issuances, newest first, optionally in one state.
+#[tracing::instrument(skip_all)]
+pub fn list(
+    conn: &Connection,
+    state: Option<&str>,
+    limit: u32,
+) -> Result<Vec<IssuanceRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM issuances WHERE (?1 IS NULL OR state = ?1)
+         ORDER BY created_at DESC, id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![state, limit], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Issuances a server must carry on with: queued, or submitted and not yet ONCHAIN.
+#[tracing::instrument(skip_all)]
+pub fn unfinished(conn: &Connection) -> Result<Vec<IssuanceRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY created_at"
+    ))?;
+    let rows = stmt.query_map([], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

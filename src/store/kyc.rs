@@ -1,0 +1,158 @@
+//! KYC webhook events and the clientId → email mapping.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::StoreError;
+use crate::clock::UnixTime;
+
+/// A received KYC webhook.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KycEvent {
+    /// Sequence number.
+    pub id: i64,
+    /// `idenfy` or `kyc-complete`.
+    pub provider: String,
+    /// iDenfy's verification id.
+    pub scan_ref: Option<String>,
+    /// iDenfy's client id (your user id).
+    pub client_id: Option<String>,
+    /// Whether iDenfy marked the result final.
+    pub is_final: Option<bool>,
+    /// Overall status as sent.
+    pub status: Option<String>,
+    /// `queued`, `unmatched`, `ignored`, `duplicate` or `rejected`.
+    pub outcome: String,
+    /// Why.
+    pub detail: Option<String>,
+    /// The issuance it started.
+    pub issuance_id: Option<String>,
+    /// When it arrived.
+    pub received_at: UnixTime,
+}
+
+/// A new event.
+#[derive(Debug, Clone, Default)]
+pub struct NewKycEvent<'a> {
+    /// Provider.
+    pub provider: &'a str,
+    /// scanRef.
+    pub scan_ref: Option<&'a str>,
+    /// clientId.
+    pub client_id: Option<&'a str>,
+    /// final.
+    pub is_final: Option<bool>,
+    /// status.overall.
+    pub status: Option<&'a str>,
+    /// Outcome.
+    pub outcome: &'a str,
+    /// Detail.
+    pub detail: Option<&'a str>,
+    /// Issuance started.
+    pub issuance_id: Option<&'a str>,
+}
+
+/// Records an event; fails with a constraint violation for a second actionable event with the same
+/// scanRef.
+#[tracing::instrument(skip_all)]
+pub fn record(conn: &Connection, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i64, StoreError> {
+    conn.execute(
+        "INSERT INTO kyc_events (provider, scan_ref, client_id, final, status, outcome, detail, issuance_id, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            e.provider,
+            e.scan_ref,
+            e.client_id,
+            e.is_final,
+            e.status,
+            e.outcome,
+            e.detail,
+            e.issuance_id,
+            now
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Whether an actionable (queued or unmatched) event already exists for this scanRef.
+#[tracing::instrument(skip_all)]
+pub fn seen_scan_ref(
+    conn: &Connection,
+    provider: &str,
+    scan_ref: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM kyc_events WHERE provider = ?1 AND scan_ref = ?2 AND outcome IN ('queued', 'unmatched')",
+            params![provider, scan_ref],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Events, newest first, optionally with one outcome.
+#[tracing::instrument(skip_all)]
+pub fn list(
+    conn: &Connection,
+    outcome: Option<&str>,
+    limit: u32,
+) -> Result<Vec<KycEvent>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, provider, scan_ref, client_id, final, status, outcome, detail, issuance_id, received_at
+         FROM kyc_events WHERE (?1 IS NULL OR outcome = ?1) ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![outcome, limit], |r| {
+        Ok(KycEvent {
+            id: r.get(0)?,
+            provider: r.get(1)?,
+            scan_ref: r.get(2)?,
+            client_id: r.get(3)?,
+            is_final: r.get(4)?,
+            status: r.get(5)?,
+            outcome: r.get(6)?,
+            detail: r.get(7)?,
+            issuance_id: r.get(8)?,
+            received_at: r.get(9)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Sets the email of an iDenfy clientId.
+#[tracing::instrument(skip_all)]
+pub fn put_subject(
+    conn: &Connection,
+    client_id: &str,
+    email: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO kyc_subjects (client_id, email, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (client_id) DO UPDATE SET email = excluded.email",
+        params![client_id, email, now],
+    )?;
+    Ok(())
+}
+
+/// The email of an iDenfy clientId.
+#[tracing::instrument(skip_all)]
+pub fn subject_email(conn: &Connection, client_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT email FROM kyc_subjects WHERE client_id = ?1",
+            [client_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Every mapping.
+#[tracing::instrument(skip_all)]
+pub fn subjects(conn: &Connection) -> Result<Vec<(String, String, UnixTime)>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT client_id, email, created_at FROM kyc_subjects ORDER BY client_id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
