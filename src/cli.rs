@@ -56,6 +56,8 @@ pub enum Command {
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Run a local stand-in for AIR Kit's Issue-on-Behalf API (tests, demos, development).
+    AirkitEmulator(crate::emulator::EmulatorArgs),
 }
 
 /// `keyhost keys ...`
@@ -155,6 +157,12 @@ fn print(value: &serde_json::Value) {
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(config).await?.run_until_stopped().await,
+        Command::AirkitEmulator(args) => {
+            crate::emulator::Emulator::bind(args)
+                .await?
+                .run_until_stopped()
+                .await
+        }
         other => tokio::task::spawn_blocking(move || run_offline(other, config)).await?,
     }
 }
@@ -171,7 +179,9 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     let (store, keys) = (opened.store, opened.keys);
     let actor = actor();
     match command {
-        Command::Serve | Command::Migrate => unreachable!("handled above"),
+        Command::Serve | Command::Migrate | Command::AirkitEmulator(_) => {
+            unreachable!("handled above")
+        }
         Command::Keys { command } => match command {
             KeysCommand::List => {
                 let list = keys.list()?;

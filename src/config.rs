@@ -369,10 +369,16 @@ impl Config {
 
     /// The AIR Kit base URL: the explicit one, else the preset's; `None` when issuance is off.
     pub fn airkit_base_url(&self) -> Option<String> {
-        self.airkit_base_url.clone().or(match self.airkit_env? {
-            AirKitEnv::Sandbox => Some(crate::airkit::SANDBOX_BASE_URL.to_owned()),
-            AirKitEnv::Production => Some(crate::airkit::PRODUCTION_BASE_URL.to_owned()),
-        })
+        if let Some(url) = &self.airkit_base_url {
+            return Some(url.clone());
+        }
+        Some(
+            match self.airkit_env? {
+                AirKitEnv::Sandbox => crate::airkit::SANDBOX_BASE_URL,
+                AirKitEnv::Production => crate::airkit::PRODUCTION_BASE_URL,
+            }
+            .to_owned(),
+        )
     }
 
     /// Path of the SQLite database.
@@ -530,6 +536,27 @@ mod tests {
             assert!(!err.contains("12345678901234567890"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn air_kit_base_url_comes_from_the_override_or_the_preset() {
+        let mut c = Config::default();
+        assert_eq!(c.airkit_base_url(), None);
+        c.airkit_env = Some(AirKitEnv::Sandbox);
+        assert_eq!(
+            c.airkit_base_url().as_deref(),
+            Some(crate::airkit::SANDBOX_BASE_URL)
+        );
+        c.airkit_base_url = Some("http://127.0.0.1:9/v1".into());
+        assert_eq!(
+            c.airkit_base_url().as_deref(),
+            Some("http://127.0.0.1:9/v1")
+        );
+        c.airkit_env = None;
+        assert_eq!(
+            c.airkit_base_url().as_deref(),
+            Some("http://127.0.0.1:9/v1")
+        );
     }
 
     #[test]

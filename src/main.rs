@@ -16,7 +16,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let serving = matches!(
+        cli.command,
+        None | Some(Command::Serve) | Some(Command::AirkitEmulator(_))
+    );
     telemetry::init(config.log_format, if serving { "info" } else { "warn" });
     for name in Config::unknown_env_vars() {
         tracing::warn!(variable = %name, "ignoring an environment variable that names no keyhost setting");

@@ -6,6 +6,7 @@ mod cli;
 mod errors;
 mod helpers;
 mod import;
+mod issuance;
 mod jwks;
 mod lifecycle;
 mod storage;

@@ -1,0 +1,555 @@
+//! The issuance proxy end to end: keyhost on loopback, talking to the AIR Kit emulator on
+//! loopback, which verifies keyhost's tokens against keyhost's JWKS with its own code.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhost::clock::ManualClock;
+use keyhost::config::Config;
+use keyhost::emulator::{Emulator, EmulatorArgs, EmulatorControl};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::helpers::{PARTNER_ID, TestApp, start, test_config};
+
+pub const ISSUER: &str = "did:air:id:test:5P44fsVUhPctDTWH2Nz26pZJFsg6CqyiAELTGeVQDB";
+pub const PROGRAM: &str = "c21s70g0i54sn0023172Cv";
+
+/// An emulator running in this process.
+pub struct Upstream {
+    pub control: Arc<EmulatorControl>,
+    pub base_url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+/// A free loopback port (reserved by binding, then released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn start_emulator(jwks_port: u16, tweak: impl FnOnce(&mut EmulatorArgs)) -> Upstream {
+    let mut args = EmulatorArgs::new(
+        format!("http://127.0.0.1:{jwks_port}/.well-known/jwks.json"),
+        PARTNER_ID,
+    );
+    args.onchain_delay = Duration::from_millis(200);
+    args.issuer_dids = vec![ISSUER.into()];
+    args.credential_ids = vec![PROGRAM.into(), "forbidden-program".into()];
+    args.forbidden_credential_ids = vec!["forbidden-program".into()];
+    args.consent_rejected = vec!["refuser@example.com".into()];
+    tweak(&mut args);
+    let emulator = Emulator::bind(args).await.expect("emulator binds");
+    let (control, base_url) = (emulator.control(), emulator.base_url());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(emulator.run_until(async move {
+        let _ = rx.await;
+    }));
+    Upstream {
+        control,
+        base_url,
+        _stop: tx,
+    }
+}
+
+/// The configuration of a keyhost that issues through `base_url`, with quick retries and polls.
+pub fn issuing_config(dir: &std::path::Path, public_port: u16, base_url: &str) -> Config {
+    let mut c = test_config(dir);
+    c.public_addr = ([127, 0, 0, 1], public_port).into();
+    c.airkit_base_url = Some(base_url.to_owned());
+    c.issuer_did = Some(ISSUER.into());
+    c.credential_id = Some(PROGRAM.into());
+    c.airkit_backoff = Duration::from_millis(20);
+    c.airkit_backoff_max = Duration::from_millis(200);
+    c.airkit_poll_interval = Duration::from_millis(100);
+    c.airkit_wait = Duration::from_secs(10);
+    c.kyc_webhook_secret = Some("kyc-webhook-test-secret".to_owned().into());
+    c.idenfy_signing_key = Some("idenfy-test-signing-key".to_owned().into());
+    c
+}
+
+/// keyhost (on a manual clock set to now, so tokens are valid in real time) and an emulator.
+pub async fn spawn_issuing(
+    tweak_emulator: impl FnOnce(&mut EmulatorArgs),
+    tweak_config: impl FnOnce(&mut Config),
+) -> (TestApp, Upstream, String) {
+    let port = free_port();
+    let upstream = start_emulator(port, tweak_emulator).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = issuing_config(dir.path(), port, &upstream.base_url);
+    tweak_config(&mut config);
+    let app = start(dir, ManualClock::starting_now(), config)
+        .await
+        .unwrap();
+    let (_, key) = app.create_client(&["issue"]).await;
+    (app, upstream, key)
+}
+
+pub async fn issue(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+    issue_with(app, key, body, None).await
+}
+
+pub async fn issue_with(
+    app: &TestApp,
+    key: &str,
+    body: Value,
+    idempotency_key: Option<&str>,
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}/v1/credentials/issue-on-behalf", app.internal))
+        .bearer_auth(key)
+        .json(&body);
+    if let Some(k) = idempotency_key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+fn subject() -> Value {
+    json!({"age": 25, "location": "United States", "isMember": true})
+}
+
+pub async fn issuance(app: &TestApp, id: &str) -> Value {
+    app.admin_get(&format!("/admin/issuances/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls an issuance until it is in `state` (at most 10 s).
+pub async fn until_state(app: &TestApp, id: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = issuance(app, id).await;
+        if row["state"] == state {
+            return row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "issuance never reached {state}: {row}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_issuance_goes_from_wait_onchain_to_onchain_and_its_status_is_proxied() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let (status, body) = issue(
+        &app,
+        &key,
+        json!({"email": "user@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "submitted");
+    assert_eq!(body["vcStatus"], "WAIT_ONCHAIN");
+    assert_eq!(body["credentialId"], PROGRAM);
+    assert_eq!(body["attempts"], 1);
+    let hash = body["coreClaimHash"].as_str().unwrap().to_owned();
+    assert_eq!(hash.len(), 64);
+    assert!(body["userUuid"].is_string());
+    let id = body["issuanceId"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("iss_"));
+
+    let done = until_state(&app, &id, "onchain").await;
+    assert_eq!(done["vcStatus"], "ONCHAIN");
+    assert!(done["vcId"].is_string() && done["issuanceDate"].is_string());
+
+    let res = app
+        .http
+        .get(format!("{}/v1/credentials/status", app.internal))
+        .query(&[("coreClaimHash", hash.as_str())])
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let status: Value = res.json().await.unwrap();
+    assert_eq!(status["vcStatus"], "ONCHAIN");
+    assert_eq!(status["coreClaimHash"], hash.as_str());
+
+    let mine: Value = app
+        .http
+        .get(format!("{}/v1/issuances/{id}", app.internal))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["state"], "onchain");
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+    assert_eq!(
+        upstream.control.issue_calls()[0],
+        ("user@example.com".into(), PROGRAM.into(), "revoke".into())
+    );
+}
+
+#[tokio::test]
+async fn wait_true_answers_once_the_credential_is_onchain() {
+    let (app, _upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let (status, body) = issue(
+        &app,
+        &key,
+        json!({"email": "user@example.com", "credentialSubject": subject(), "wait": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "onchain");
+    assert_eq!(body["vcStatus"], "ONCHAIN");
+}
+
+#[tokio::test]
+async fn each_air_kit_refusal_surfaces_with_air_status_message_and_fix_and_is_not_retried() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let cases = [
+        (
+            json!({"email": "u@example.com", "credentialSubject": subject(), "credentialId": "forbidden-program"}),
+            403,
+            "PERMISSIONS_ERROR",
+            "issuerDid owns the schema",
+        ),
+        (
+            json!({"email": "u@example.com", "credentialSubject": subject(), "issuerDid": "did:air:id:test:unknown"}),
+            404,
+            "NOT_FOUND",
+            "Developer Dashboard",
+        ),
+        (
+            json!({"email": "refuser@example.com", "credentialSubject": subject()}),
+            409,
+            "CONFLICT",
+            "consent",
+        ),
+    ];
+    for (body, status, identifier, fix) in cases {
+        let before = upstream.control.issue_calls().len();
+        let (got, answer) = issue(&app, &key, body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["identifier"], identifier);
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("AIR Kit answered {status}")),
+            "{message}"
+        );
+        assert!(message.contains(fix), "{message}");
+        assert!(message.contains("iss_"), "names the issuance: {message}");
+        assert_eq!(
+            upstream.control.issue_calls().len(),
+            before + 1,
+            "not retried"
+        );
+    }
+    let failed: Value = app
+        .admin_get("/admin/issuances?state=failed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["issuances"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_401_from_air_kit_is_explained_and_counted_per_kid() {
+    // AIR Kit accepts another scope than the one keyhost is configured to send.
+    let (app, upstream, key) =
+        spawn_issuing(|e| e.accept_scopes = vec!["issue on-behalf".into()], |_| {}).await;
+    let (status, body) = issue(
+        &app,
+        &key,
+        json!({"email": "u@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["identifier"], "UNAUTHORIZED");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("AIR Kit answered 401"), "{message}");
+    assert!(message.contains("KEYHOST_ISSUE_SCOPE"), "{message}");
+    assert_eq!(upstream.control.issue_calls().len(), 0, "rejected at auth");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.internal))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let kid = app.kids_in("active").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("keyhost_airkit_unauthorized_total")
+                && kid.iter().any(|k| l.contains(k.as_str()))),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_with_on_duplicate_ignore_is_the_existing_issuance_not_a_failure() {
+    let (app, _upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let (_, first) = issue(
+        &app,
+        &key,
+        json!({"email": "dup@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    let (status, second) = issue(
+        &app,
+        &key,
+        json!({"email": "dup@example.com", "credentialSubject": subject(), "onDuplicate": "ignore"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["duplicate"], true);
+    assert_eq!(second["coreClaimHash"], first["coreClaimHash"]);
+    let (_, third) = issue(
+        &app,
+        &key,
+        json!({"email": "dup@example.com", "credentialSubject": subject(), "onDuplicate": "revoke"}),
+    )
+    .await;
+    assert_eq!(third["duplicate"], false);
+    assert_ne!(third["coreClaimHash"], first["coreClaimHash"], "reissued");
+}
+
+#[tokio::test]
+async fn bursts_of_429_and_500_are_retried_until_the_issuance_succeeds() {
+    for code in [429u16, 500] {
+        let (app, upstream, key) = spawn_issuing(
+            |e| {
+                if code == 429 {
+                    e.fail_rate_429 = 1.0;
+                } else {
+                    e.fail_rate_500 = 1.0;
+                }
+            },
+            |_| {},
+        )
+        .await;
+        let control = upstream.control.clone();
+        // The burst ends after three refusals.
+        tokio::spawn(async move {
+            loop {
+                if control.status_counts().get(&code).copied().unwrap_or(0) >= 3 {
+                    control.set_fail_rate_429(0.0);
+                    control.set_fail_rate_500(0.0);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let (status, body) = issue(
+            &app,
+            &key,
+            json!({"email": "u@example.com", "credentialSubject": subject()}),
+        )
+        .await;
+        assert_eq!(status, 200, "{code}: {body}");
+        assert_eq!(body["state"], "submitted");
+        assert!(body["attempts"].as_u64().unwrap() >= 4, "{body}");
+        assert_eq!(upstream.control.issue_calls().len(), 1, "issued once");
+    }
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_the_retry_budget_parks_the_issuance_and_loses_nothing() {
+    let (app, upstream, key) =
+        spawn_issuing(|e| e.fail_rate_500 = 1.0, |c| c.airkit_max_attempts = 3).await;
+    let (status, body) = issue(
+        &app,
+        &key,
+        json!({"email": "u@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["identifier"], "INTERNAL_ERROR");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("after 3 attempts") && message.contains("resume"),
+        "{message}"
+    );
+    let stalled: Value = app
+        .admin_get("/admin/issuances?state=stalled")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let row = &stalled["issuances"][0];
+    assert_eq!(row["attempts"], 3);
+    assert_eq!(row["email"], "u@example.com");
+    assert!(row["lastError"].as_str().unwrap().contains("500"));
+    let id = row["issuanceId"].as_str().unwrap().to_owned();
+
+    // AIR Kit is back; an admin resumes the issuance.
+    upstream.control.set_fail_rate_500(0.0);
+    let res = app
+        .admin_post(&format!("/admin/issuances/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    until_state(&app, &id, "onchain").await;
+    let res = app
+        .admin_post(&format!("/admin/issuances/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(
+        res.status(),
+        409,
+        "only stalled or unconfirmed issuances resume"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_earlier_issuance_instead_of_issuing_twice() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = json!({"email": "u@example.com", "credentialSubject": subject()});
+    let (s1, first) = issue_with(&app, &key, body.clone(), Some("order-42")).await;
+    let (s2, second) = issue_with(&app, &key, body.clone(), Some("order-42")).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(first["issuanceId"], second["issuanceId"]);
+    assert_eq!(first["coreClaimHash"], second["coreClaimHash"]);
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+
+    let other = json!({"email": "other@example.com", "credentialSubject": subject()});
+    let (s3, conflict) = issue_with(&app, &key, other, Some("order-42")).await;
+    assert_eq!(s3, 409, "{conflict}");
+    assert_eq!(conflict["identifier"], "CONFLICT");
+    let (s4, fresh) = issue_with(&app, &key, body, Some("order-43")).await;
+    assert_eq!(s4, 200);
+    assert_ne!(fresh["issuanceId"], first["issuanceId"]);
+}
+
+#[tokio::test]
+async fn issuing_requires_the_issue_scope_and_valid_input() {
+    let (app, _upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let (_, verifier) = app.create_client(&["verify"]).await;
+    let (status, body) = issue(
+        &app,
+        &verifier,
+        json!({"email": "u@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, key) = app.create_client(&["issue"]).await;
+    for (body, identifier) in [
+        (json!({"credentialSubject": subject()}), "MISSING_VALUE"),
+        (json!({"email": "u@example.com"}), "MISSING_VALUE"),
+        (
+            json!({"email": "nope", "credentialSubject": subject()}),
+            "BAD_VALUE",
+        ),
+        (
+            json!({"email": "u@example.com", "credentialSubject": [1]}),
+            "BAD_VALUE",
+        ),
+        (
+            json!({"email": "u@example.com", "credentialSubject": {}, "onDuplicate": "keep"}),
+            "BAD_VALUE",
+        ),
+    ] {
+        let (status, answer) = issue(&app, &key, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["identifier"], identifier, "{body}: {answer}");
+    }
+    let none: Value = app
+        .admin_get("/admin/issuances")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        none["issuances"].as_array().unwrap().is_empty(),
+        "nothing recorded"
+    );
+}
+
+#[tokio::test]
+async fn without_an_air_kit_url_the_proxy_explains_how_to_configure_it() {
+    let app = crate::helpers::spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let (status, body) = issue(
+        &app,
+        &key,
+        json!({"email": "u@example.com", "credentialSubject": subject(), "issuerDid": ISSUER, "credentialId": PROGRAM}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("KEYHOST_AIRKIT_BASE_URL")
+    );
+}
+
+#[tokio::test]
+async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_lead_prevents_it() {
+    // The emulator caches keyhost's JWKS for its max-age (2 s here), as AIR Kit does; keyhost
+    // publishes each key that long before it signs.
+    let (app, upstream, key) = spawn_issuing(
+        |_| {},
+        |c| {
+            c.jwks_max_age = Duration::from_secs(2);
+            c.publish_lead = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let ok = json!({"email": "u@example.com", "credentialSubject": subject()});
+    let (status, _) = issue(&app, &key, ok.clone()).await;
+    assert_eq!(status, 200, "the emulator has now cached the JWKS");
+
+    // A normal rotation: the successor signs only after the lead, when every cache has expired.
+    let res = app
+        .admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
+        .await;
+    let successor = res.json::<Value>().await.unwrap()["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.advance(2).await;
+    assert!(app.kids_in("active").await.contains(&successor));
+    let (status, body) = issue(&app, &key, ok.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.control.status_counts().get(&401), None);
+
+    // An emergency rotation skips the lead: the JWKS the emulator just cached lacks the new kid.
+    let res = app
+        .admin_post(
+            "/admin/keys/rotate",
+            json!({"alg": "ES256", "emergency": true}),
+        )
+        .await;
+    let new_kid = res.json::<Value>().await.unwrap()["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = issue(&app, &key, ok).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("kid not found"), "{message}");
+    assert!(message.contains("publish"), "{message}");
+    assert_eq!(upstream.control.status_counts().get(&401), Some(&1));
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.internal))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&new_kid),
+        "401 counted for {new_kid}: {metrics}"
+    );
+}
