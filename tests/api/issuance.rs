@@ -553,3 +553,210 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
         "401 counted for {new_kid}: {metrics}"
     );
 }
+
+/// AIR Kit answering 400 (the emulator never does for a request keyhost validated first).
+struct RefusesWith400;
+
+impl keyhost::airkit::AirKit for RefusesWith400 {
+    fn issue_on_behalf<'a>(
+        &'a self,
+        _token: &'a str,
+        _body: &'a Value,
+    ) -> keyhost::airkit::BoxFuture<
+        'a,
+        Result<keyhost::airkit::Reply, keyhost::airkit::TransportError>,
+    > {
+        Box::pin(async {
+            Ok(keyhost::airkit::Reply {
+                status: 400,
+                body: json!({"error": 400, "message": "credentialSubject.age must be a number"}),
+                retry_after: None,
+            })
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        _token: &'a str,
+        _hash: &'a str,
+    ) -> keyhost::airkit::BoxFuture<
+        'a,
+        Result<keyhost::airkit::Reply, keyhost::airkit::TransportError>,
+    > {
+        Box::pin(async { Err(keyhost::airkit::TransportError::Other("unused".into())) })
+    }
+}
+
+#[tokio::test]
+async fn a_400_from_air_kit_is_a_validation_error_with_the_schema_fix() {
+    let app = crate::helpers::spawn_app().await;
+    let mut settings = app.state.issuance.settings().clone();
+    settings.issuer_did = Some(ISSUER.into());
+    settings.credential_id = Some(PROGRAM.into());
+    let service = keyhost::issuance::IssuanceService::new(
+        app.state.store.clone(),
+        Some(Arc::new(RefusesWith400)),
+        app.state.live.clone(),
+        app.state.clock.clone(),
+        Arc::new(keyhost::metrics::Metrics::default()),
+        settings,
+    );
+    let (row, created) = service
+        .submit(keyhost::issuance::NewIssuance {
+            source: "test".into(),
+            idempotency_key: None,
+            email: "u@example.com".into(),
+            issuer_did: None,
+            credential_id: None,
+            credential_subject: json!({"age": "old"}),
+            on_duplicate: None,
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    let row = service
+        .wait(
+            &row.id,
+            keyhost::issuance::WaitFor::Answer,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.state, "failed");
+    assert_eq!(row.attempts, 1, "never retried");
+    let message = row.last_error.clone().unwrap();
+    assert!(
+        message.contains("credentialSubject.age must be a number"),
+        "{message}"
+    );
+    assert!(message.contains("match your schema"), "{message}");
+    let res = keyhost::http::issuance::issuance_response(&row);
+    assert_eq!(res.status(), 400);
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["identifier"], "VALIDATION_ERROR");
+}
+
+/// Runs the keyhost binary as its own process.
+fn keyhost_process(
+    dir: &std::path::Path,
+    public: u16,
+    internal: u16,
+    upstream: &str,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYHOST_DATA_DIR", dir.join("data"))
+        .env("KEYHOST_KEYS_DIR", dir.join("keys"))
+        .env("KEYHOST_PUBLIC_ADDR", format!("127.0.0.1:{public}"))
+        .env("KEYHOST_INTERNAL_ADDR", format!("127.0.0.1:{internal}"))
+        .env("KEYHOST_PARTNER_ID", PARTNER_ID)
+        .env("KEYHOST_ADMIN_TOKEN", crate::helpers::ADMIN_TOKEN)
+        .env("KEYHOST_AIRKIT_BASE_URL", upstream)
+        .env("KEYHOST_ISSUER_DID", ISSUER)
+        .env("KEYHOST_CREDENTIAL_ID", PROGRAM)
+        .env("KEYHOST_AIRKIT_WAIT", "1s")
+        .env("KEYHOST_AIRKIT_TIMEOUT", "30s")
+        .env("KEYHOST_AIRKIT_POLL_INTERVAL", "100ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts keyhost")
+}
+
+async fn until_healthy(http: &reqwest::Client, internal: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("http://127.0.0.1:{internal}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keyhost did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_issuance_cut_off_by_a_killed_process_resumes_after_restart() {
+    let (public, internal) = (free_port(), free_port());
+    // AIR Kit is slow: the first request is still in flight when the process dies.
+    let upstream = start_emulator(public, |e| e.latency = Duration::from_secs(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{internal}");
+
+    let mut child = keyhost_process(dir.path(), public, internal, &upstream.base_url);
+    until_healthy(&http, internal).await;
+    let client: Value = http
+        .post(format!("{base}/admin/clients"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .json(&json!({"name": "app", "scopes": ["issue"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = client["apiKey"].as_str().unwrap();
+    let res = http
+        .post(format!("{base}/v1/credentials/issue-on-behalf"))
+        .bearer_auth(key)
+        .json(&json!({"email": "u@example.com", "credentialSubject": subject()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "still waiting for AIR Kit");
+    let id = res.json::<Value>().await.unwrap()["issuanceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("data/keyhost.db")).unwrap();
+    let state: String = db
+        .query_row("SELECT state FROM issuances WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(state, "queued", "recorded before the upstream call");
+    drop(db);
+
+    upstream.control.set_latency(Duration::ZERO);
+    let mut child = keyhost_process(dir.path(), public, internal, &upstream.base_url);
+    until_healthy(&http, internal).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let row = loop {
+        let row: Value = http
+            .get(format!("{base}/admin/issuances/{id}"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if row["state"] == "onchain" {
+            break row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never resumed: {row}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(row["coreClaimHash"].as_str().unwrap().len(), 64);
+    // At least once: the cut-off request may or may not have reached AIR Kit.
+    assert!((1..=2).contains(&upstream.control.issue_calls().len()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

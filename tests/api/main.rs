@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod emulator;
 mod errors;
 mod helpers;
 mod import;
@@ -11,3 +12,4 @@ mod jwks;
 mod lifecycle;
 mod storage;
 mod tokens;
+mod webhooks;

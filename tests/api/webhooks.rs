@@ -1,0 +1,244 @@
+//! KYC webhooks that trigger issuance: iDenfy's verification webhook and the kyc-complete example.
+
+use aws_lc_rs::hmac;
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+use crate::issuance::{spawn_issuing, until_state};
+
+const IDENFY_KEY: &str = "idenfy-test-signing-key";
+const KYC_SECRET: &str = "kyc-webhook-test-secret";
+
+fn hex_hmac(secret: &str, body: &[u8]) -> String {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), body);
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn idenfy_body(scan_ref: &str, client_id: &str, is_final: bool, overall: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "final": is_final,
+        "platform": "PC",
+        "status": {"overall": overall, "suspicionReasons": [], "autoDocument": "DOC_VALIDATED"},
+        "scanRef": scan_ref,
+        "clientId": client_id,
+        "data": {"docFirstName": "JOHN", "docLastName": "DOE"},
+    }))
+    .unwrap()
+}
+
+async fn post_idenfy(app: &TestApp, body: &[u8], signature: Option<String>) -> (u16, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}/webhooks/idenfy", app.internal))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(sig) = signature {
+        req = req.header("Idenfy-Signature", sig);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn signed_idenfy(app: &TestApp, body: &[u8]) -> (u16, Value) {
+    post_idenfy(app, body, Some(hex_hmac(IDENFY_KEY, body))).await
+}
+
+async fn events(app: &TestApp) -> Vec<Value> {
+    let body: Value = app
+        .admin_get("/admin/kyc-events")
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["events"].as_array().unwrap().clone()
+}
+
+async fn issuances(app: &TestApp) -> Vec<Value> {
+    let body: Value = app
+        .admin_get("/admin/issuances")
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["issuances"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn an_approved_final_idenfy_verification_issues_a_credential_asynchronously() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = idenfy_body("scan-001", "jane@example.com", true, "APPROVED");
+    let (status, answer) = signed_idenfy(&app, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["action"], "queued");
+    let id = answer["issuanceId"].as_str().unwrap().to_owned();
+    let done = until_state(&app, &id, "onchain").await;
+    assert_eq!(done["email"], "jane@example.com");
+    assert_eq!(done["source"], "webhook:idenfy");
+    let calls = upstream.control.issue_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, "jane@example.com");
+}
+
+#[tokio::test]
+async fn a_bad_or_missing_signature_is_refused_and_only_audited() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = idenfy_body("scan-002", "jane@example.com", true, "APPROVED");
+    for sig in [
+        Some(hex_hmac("wrong-key", &body)),
+        Some("not hex".to_owned()),
+        Some(hex_hmac(IDENFY_KEY, b"another body")),
+        None,
+    ] {
+        let (status, answer) = post_idenfy(&app, &body, sig).await;
+        assert_eq!(status, 401, "{answer}");
+        assert_eq!(answer["identifier"], "UNAUTHORIZED");
+    }
+    assert!(events(&app).await.is_empty(), "nothing recorded");
+    assert!(issuances(&app).await.is_empty());
+    assert!(upstream.control.issue_calls().is_empty());
+    let audit: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let rejected = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "webhook.rejected")
+        .count();
+    assert_eq!(rejected, 4);
+}
+
+#[tokio::test]
+async fn non_final_and_denied_results_are_recorded_but_issue_nothing() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    for (scan, is_final, overall) in [
+        ("scan-003", false, "APPROVED"),
+        ("scan-004", true, "DENIED"),
+        ("scan-005", true, "SUSPECTED"),
+    ] {
+        let body = idenfy_body(scan, "jane@example.com", is_final, overall);
+        let (status, answer) = signed_idenfy(&app, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["action"], "ignored", "{answer}");
+    }
+    let recorded = events(&app).await;
+    assert_eq!(recorded.len(), 3);
+    assert!(recorded.iter().all(|e| e["outcome"] == "ignored"));
+    assert!(issuances(&app).await.is_empty());
+    assert!(upstream.control.issue_calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_repeated_scan_ref_issues_once() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = idenfy_body("scan-006", "jane@example.com", true, "APPROVED");
+    let (_, first) = signed_idenfy(&app, &body).await;
+    assert_eq!(first["action"], "queued");
+    let (status, second) = signed_idenfy(&app, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(second["action"], "duplicate");
+    until_state(&app, first["issuanceId"].as_str().unwrap(), "submitted").await;
+    assert_eq!(issuances(&app).await.len(), 1);
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_id_is_mapped_to_an_email_or_recorded_as_unmatched() {
+    let (app, _upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = idenfy_body("scan-007", "user-8812", true, "APPROVED");
+    let (status, answer) = signed_idenfy(&app, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["action"], "unmatched");
+    let unmatched: Value = app
+        .admin_get("/admin/kyc-events?outcome=unmatched")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unmatched["events"][0]["clientId"], "user-8812");
+    assert!(issuances(&app).await.is_empty());
+
+    let res = app
+        .admin_post(
+            "/admin/kyc-subjects",
+            json!({"clientId": "user-9000", "email": "mapped@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let body = idenfy_body("scan-008", "user-9000", true, "APPROVED");
+    let (_, answer) = signed_idenfy(&app, &body).await;
+    assert_eq!(answer["action"], "queued", "{answer}");
+    let row = until_state(&app, answer["issuanceId"].as_str().unwrap(), "submitted").await;
+    assert_eq!(row["email"], "mapped@example.com");
+}
+
+#[tokio::test]
+async fn malformed_idenfy_bodies_get_the_standard_errors() {
+    let (app, _upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    for (body, identifier) in [
+        (b"not json".to_vec(), "JSON_ERROR"),
+        (b"[1,2]".to_vec(), "BAD_VALUE"),
+        (
+            br#"{"final": true, "status": {"overall": "APPROVED"}}"#.to_vec(),
+            "MISSING_VALUE",
+        ),
+        (br#"{"final": "yes", "scanRef": "s"}"#.to_vec(), "BAD_VALUE"),
+    ] {
+        let (status, answer) = signed_idenfy(&app, &body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["identifier"], identifier, "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn the_kyc_complete_webhook_issues_the_seed_subject_when_signed() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body =
+        serde_json::to_vec(&json!({"userEmail": "kyc@example.com", "kycLevel": "basic"})).unwrap();
+    let send = |sig: String| {
+        app.http
+            .post(format!("{}/webhooks/kyc-complete", app.internal))
+            .header("content-type", "application/json")
+            .header("X-Keyhost-Signature", sig)
+            .body(body.clone())
+            .send()
+    };
+    let res = send(format!("sha256={}", hex_hmac("wrong", &body)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(upstream.control.issue_calls().is_empty());
+
+    let res = send(format!("sha256={}", hex_hmac(KYC_SECRET, &body)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["success"], true);
+    assert_eq!(answer["coreClaimHash"].as_str().unwrap().len(), 64);
+    let row = &issuances(&app).await[0];
+    assert_eq!(row["source"], "webhook:kyc");
+    let detail: Value = app
+        .admin_get(&format!(
+            "/admin/issuances/{}",
+            row["issuanceId"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["email"], "kyc@example.com");
+}
+
+#[tokio::test]
+async fn an_unconfigured_webhook_says_which_setting_enables_it() {
+    let app = crate::helpers::spawn_app().await;
+    let body = idenfy_body("scan-009", "jane@example.com", true, "APPROVED");
+    let (status, answer) = post_idenfy(&app, &body, Some(hex_hmac(IDENFY_KEY, &body))).await;
+    assert_eq!(status, 503);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("KEYHOST_IDENFY_SIGNING_KEY")
+    );
+}
