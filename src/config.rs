@@ -36,6 +36,8 @@ pub const SETTINGS: &[&str] = &[
     "keys_dir",
     "public_addr",
     "internal_addr",
+    "tls_cert",
+    "tls_key",
     "algorithms",
     "default_alg",
     "rsa_bits",
@@ -83,6 +85,10 @@ pub struct Config {
     pub public_addr: SocketAddr,
     /// Listener for token minting and administration.
     pub internal_addr: SocketAddr,
+    /// PEM certificate chain: when set (with `tls_key`), the public listener speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// The `partnerId` claim of every minted token.
     #[serde(deserialize_with = "text")]
     pub partner_id: Option<String>,
@@ -168,6 +174,8 @@ impl Default for Config {
             keys_dir: PathBuf::from("./keys"),
             public_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            tls_cert: None,
+            tls_key: None,
             partner_id: None,
             admin_token: None,
             master_key: None,
@@ -332,6 +340,12 @@ impl Config {
                 humantime::format_duration(self.retire_grace),
                 humantime::format_duration(min_grace)
             ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid(
+                "set both KEYHOST_TLS_CERT and KEYHOST_TLS_KEY (PEM files) to serve the JWKS over HTTPS, or neither"
+                    .into(),
+            );
         }
         if let Some(url) = &self.airkit_base_url
             && !(url.starts_with("https://") || url.starts_with("http://"))

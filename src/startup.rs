@@ -104,6 +104,7 @@ pub struct Application {
     state: AppState,
     public: TcpListener,
     internal: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Application {
@@ -137,6 +138,10 @@ impl Application {
         })
         .await??;
 
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+            _ => None,
+        };
         let public = TcpListener::bind(config.public_addr)
             .await
             .with_context(|| format!("binding the public listener {}", config.public_addr))?;
@@ -216,6 +221,7 @@ impl Application {
             state,
             public,
             internal,
+            tls,
         })
     }
 
@@ -241,10 +247,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(
             public = %self.public_addr(),
             internal = %self.internal_addr(),
-            jwks = %format!("http://{}/.well-known/jwks.json", self.public_addr()),
+            jwks = %format!("{scheme}://{}/.well-known/jwks.json", self.public_addr()),
             "keyhost serving"
         );
         let lifecycle = tokio::spawn(self.state.lifecycle.clone().run(stop_rx.clone()));
@@ -255,11 +262,22 @@ impl Application {
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let public = axum::serve(self.public, http::public_router(self.state.clone()))
-            .with_graceful_shutdown(signal(stop_rx.clone()));
+        let public_router = http::public_router(self.state.clone());
+        let public: tokio::task::JoinHandle<std::io::Result<()>> = match self.tls {
+            Some(tls) => {
+                let listener = http::tls::TlsListener::new(self.public, tls)?;
+                let server = axum::serve(listener, public_router)
+                    .with_graceful_shutdown(signal(stop_rx.clone()));
+                tokio::spawn(async move { server.await })
+            }
+            None => {
+                let server = axum::serve(self.public, public_router)
+                    .with_graceful_shutdown(signal(stop_rx.clone()));
+                tokio::spawn(async move { server.await })
+            }
+        };
         let internal = axum::serve(self.internal, http::internal_router(self.state.clone()))
             .with_graceful_shutdown(signal(stop_rx.clone()));
-        let public = tokio::spawn(async move { public.await });
         let internal = tokio::spawn(async move { internal.await });
         shutdown.await;
         tracing::info!("shutting down");

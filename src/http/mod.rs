@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod issuance;
 pub mod jwks;
+pub mod tls;
 pub mod tokens;
 pub mod webhooks;
 

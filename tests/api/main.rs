@@ -11,5 +11,6 @@ mod issuance;
 mod jwks;
 mod lifecycle;
 mod storage;
+mod tls;
 mod tokens;
 mod webhooks;
