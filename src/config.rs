@@ -574,6 +574,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_file_loads_and_is_valid() {
+        figment::Jail::expect_with(|jail| {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/keyhost.example.toml");
+            jail.set_env("KEYHOST_CONFIG", path);
+            let c = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(c.issue_scope, "issue");
+            assert_eq!(c.airkit_max_attempts, 6);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_algorithm_is_a_clear_error() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("KEYHOST_ALGORITHMS", "HS256");
