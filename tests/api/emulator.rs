@@ -2,7 +2,6 @@
 //! signed here with a key imported into keyhost) are verified by the emulator through keyhost's
 //! published JWKS, and every answer is checked against AIR Kit's documented shapes and wording.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1229,145 +1228,26 @@ async fn bind_refuses_invalid_arguments() {
     }
 }
 
-/// Runs `openssl` with `args` in `dir`; false when it is not installed.
-fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
-    match std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-    {
-        Ok(out) => {
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            true
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => panic!("openssl: {e}"),
-    }
-}
-
-/// Kills the child process on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn an_https_jwks_is_fetched_with_the_ca_given_by_ca_file() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let ca = [
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=emulator test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    ]
-    .concat();
-    if !openssl(d, &ca) {
-        eprintln!("openssl is not installed: skipping the HTTPS JWKS test");
-        return;
-    }
-    let csr = [
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    ]
-    .concat();
-    assert!(openssl(d, &csr));
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    assert!(openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    ));
-    std::fs::write(d.join("jwks.json"), app.jwks().await.to_string()).unwrap();
-
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let accept = format!("127.0.0.1:{port}");
-    let _server = Child(
-        std::process::Command::new("openssl")
-            .args([
-                "s_server", "-accept", &accept, "-cert", "srv.pem", "-key", "srv.key", "-WWW",
-                "-quiet",
-            ])
-            .current_dir(d)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+    // keyhost itself serves the JWKS over HTTPS, with a certificate from a throw-away test CA.
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, tls_key) = crate::tls::test_pki(pki.path());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(dir.path());
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(tls_key);
+    let app = start(dir, ManualClock::starting_now(), config)
         .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "openssl s_server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .unwrap();
+    let port: u16 = app.public.rsplit(':').next().unwrap().parse().unwrap();
 
     let (_, key) = app.create_client(&["issue"]).await;
     let token = app.mint_ok(&key, json!({"email": "tls@example.com"})).await["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    let url = format!("https://localhost:{port}/jwks.json");
+    let url = format!("https://localhost:{port}/.well-known/jwks.json");
 
     // Without the CA the certificate is not trusted: the JWKS is unreachable.
     let mut args = args_for(&app);
@@ -1382,7 +1262,7 @@ async fn an_https_jwks_is_fetched_with_the_ca_given_by_ca_file() {
         a.body
     );
 
-    args.ca_file = Some(d.join("ca.pem"));
+    args.ca_file = Some(ca);
     let trusted = Emu::start(args).await;
     let a = trusted.issue(&token, issue_body()).await;
     assert_eq!(a.status, 200, "{}", a.body);

@@ -12,7 +12,9 @@ use crate::issuance::{free_port, issue, issuing_config, start_emulator};
 
 /// A CA and a certificate for localhost signed by it, written as PEM files in `dir`; generated
 /// per test and never used outside it.
-fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+pub fn test_pki(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
