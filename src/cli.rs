@@ -58,6 +58,8 @@ pub enum Command {
     Migrate,
     /// Run a local stand-in for AIR Kit's Issue-on-Behalf API (tests, demos, development).
     AirkitEmulator(crate::emulator::EmulatorArgs),
+    /// Check a JWKS URL (and a Partner JWT) against AIR Kit's troubleshooting list.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// `keyhost keys ...`
@@ -163,6 +165,14 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 .run_until_stopped()
                 .await
         }
+        Command::Doctor(args) => {
+            let findings = crate::doctor::run(&args).await?;
+            if crate::doctor::print(&findings, args.json) {
+                Ok(())
+            } else {
+                bail!("AIR Kit would reject this setup; see the fixes above")
+            }
+        }
         other => tokio::task::spawn_blocking(move || run_offline(other, config)).await?,
     }
 }
@@ -179,7 +189,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     let (store, keys) = (opened.store, opened.keys);
     let actor = actor();
     match command {
-        Command::Serve | Command::Migrate | Command::AirkitEmulator(_) => {
+        Command::Serve | Command::Migrate | Command::AirkitEmulator(_) | Command::Doctor(_) => {
             unreachable!("handled above")
         }
         Command::Keys { command } => match command {

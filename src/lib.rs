@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clients;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod emulator;
 pub mod http;
 pub mod issuance;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod doctor;
 mod emulator;
 mod errors;
 mod helpers;

@@ -1,0 +1,431 @@
+//! `keyhost doctor`: checks a JWKS URL, and optionally a Partner JWT, against every cause in AIR
+//! Kit's troubleshooting lists, and names the fix for each failure.
+//!
+//! It works on any partner's setup, keyhost or not: it only fetches the public JWKS and reads the
+//! token, verifying with jsonwebtoken (never keyhost's signer), as a relying party would.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::jwks::PublicJwk;
+
+/// Longest token lifetime AIR Kit's own tools accept.
+const AIR_MAX_TTL: i64 = 15 * 60;
+/// Clock difference tolerated for `iat`.
+const SKEW: i64 = 60;
+
+/// Flags of `keyhost doctor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// The JWKS URL registered in the AIR Kit dashboard.
+    #[arg(long)]
+    pub jwks_url: String,
+    /// A Partner JWT to check against it.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The partner id the token must carry.
+    #[arg(long)]
+    pub partner_id: Option<String>,
+    /// The scope the token must carry.
+    #[arg(long, default_value = "issue")]
+    pub scope: String,
+    /// An extra trusted root CA (PEM) for an HTTPS JWKS with a private CA.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The verdict of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Fine.
+    Pass,
+    /// Works, but deserves attention.
+    Warn,
+    /// AIR Kit will reject this.
+    Fail,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// What was checked.
+    pub check: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it (failures and warnings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<&'static str>,
+}
+
+#[derive(Default)]
+struct Report(Vec<Finding>);
+
+impl Report {
+    fn push(&mut self, check: &str, verdict: Verdict, detail: String, fix: Option<&'static str>) {
+        self.0.push(Finding {
+            check: check.to_owned(),
+            verdict,
+            detail,
+            fix: if verdict == Verdict::Pass { None } else { fix },
+        });
+    }
+    fn pass(&mut self, check: &str, detail: impl Into<String>) {
+        self.push(check, Verdict::Pass, detail.into(), None);
+    }
+    fn warn(&mut self, check: &str, detail: impl Into<String>, fix: &'static str) {
+        self.push(check, Verdict::Warn, detail.into(), Some(fix));
+    }
+    fn fail(&mut self, check: &str, detail: impl Into<String>, fix: &'static str) {
+        self.push(check, Verdict::Fail, detail.into(), Some(fix));
+    }
+}
+
+const FIX_UNREACHABLE: &str = "your JWKS URL must be publicly accessible over HTTPS; test it with curl \
+    https://your-domain/.well-known/jwks.json (it should return a valid JSON document) and make sure no \
+    firewall or IP allowlist blocks AIR Kit's servers";
+const FIX_KID: &str = "the kid in your JWT header must match a key in the JWKS; if you recently rotated keys, \
+    publish the new key to your JWKS endpoint before using it in JWTs";
+const FIX_ALG: &str = "the algorithm (RS256 or ES256) must match the key type in your JWKS (RSA keys sign \
+    RS256, EC P-256 keys sign ES256)";
+const FIX_SIGNATURE: &str =
+    "sign with the private key whose public key the JWKS lists under this kid";
+const FIX_EXPIRED: &str = "generate a new JWT with a fresh exp (recommended: 5 minutes from now) and keep the \
+    server clock synchronised (NTP)";
+const FIX_TYP: &str = "for Issue on Behalf the JWT header must include typ: \"JWT\"";
+const FIX_CLAIMS: &str = "the JWT must contain partnerId, scope (\"issue\") and email";
+const FIX_PRIVATE: &str = "your JWKS publishes private key material: anyone can sign as you. Build the JWKS \
+    from the public key only, then rotate: revoke these keys and publish new ones";
+
+/// Runs every check; returns the findings.
+pub async fn run(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
+    let mut report = Report::default();
+    let jwks = check_jwks(args, &mut report).await?;
+    if let (Some(token), Some(jwks)) = (&args.token, &jwks) {
+        check_token(args, token.trim(), jwks, &mut report);
+    } else if args.token.is_some() {
+        report.warn(
+            "token",
+            "not checked: the JWKS could not be read",
+            FIX_UNREACHABLE,
+        );
+    }
+    Ok(report.0)
+}
+
+async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Option<Value>> {
+    let url = reqwest::Url::parse(&args.jwks_url)
+        .map_err(|e| anyhow::anyhow!("--jwks-url is not a URL: {e}"))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => report.pass("jwks.https", "served over HTTPS"),
+        _ if loopback => report.warn(
+            "jwks.https",
+            "plain HTTP on loopback: fine for local tests, not for AIR Kit",
+            FIX_UNREACHABLE,
+        ),
+        _ => report.fail("jwks.https", "not served over HTTPS", FIX_UNREACHABLE),
+    }
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading --ca-file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("parsing --ca-file {}: {e}", path.display()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    let client = builder.build()?;
+    let res = match client.get(url).send().await {
+        Ok(res) => res,
+        Err(e) => {
+            report.fail(
+                "jwks.reachable",
+                format!("request failed: {e}"),
+                FIX_UNREACHABLE,
+            );
+            return Ok(None);
+        }
+    };
+    if !res.status().is_success() {
+        report.fail(
+            "jwks.reachable",
+            format!("answered HTTP {}", res.status()),
+            FIX_UNREACHABLE,
+        );
+        return Ok(None);
+    }
+    report.pass("jwks.reachable", format!("answered HTTP {}", res.status()));
+    let headers = res.headers().clone();
+    match headers
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(cc) if cc.contains("max-age") => {
+            report.pass("jwks.cache", format!("Cache-Control: {cc}"))
+        }
+        other => report.warn(
+            "jwks.cache",
+            format!("Cache-Control: {}", other.unwrap_or("absent")),
+            "send Cache-Control: public, max-age=<seconds> and publish new keys longer than that before they sign",
+        ),
+    }
+    let body: Value = match res.json().await {
+        Ok(v) => v,
+        Err(e) => {
+            report.fail("jwks.json", format!("not JSON: {e}"), FIX_UNREACHABLE);
+            return Ok(None);
+        }
+    };
+    let Some(keys) = body.get("keys").and_then(Value::as_array) else {
+        report.fail("jwks.json", "no \"keys\" array", FIX_UNREACHABLE);
+        return Ok(None);
+    };
+    report.pass("jwks.json", format!("{} key(s)", keys.len()));
+    if keys.is_empty() {
+        report.fail("jwks.keys", "the key set is empty", FIX_KID);
+    }
+    let mut kids = HashSet::new();
+    for key in keys {
+        let kid = key.get("kid").and_then(Value::as_str).unwrap_or("");
+        let label = format!("jwks.key[{}]", if kid.is_empty() { "?" } else { kid });
+        let private: Vec<&str> = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
+            .into_iter()
+            .filter(|m| key.get(*m).is_some())
+            .collect();
+        if !private.is_empty() {
+            report.fail(
+                &label,
+                format!("publishes private members {}", private.join(", ")),
+                FIX_PRIVATE,
+            );
+            continue;
+        }
+        if kid.is_empty() {
+            report.fail(&label, "has no kid", FIX_KID);
+            continue;
+        }
+        if !kids.insert(kid.to_owned()) {
+            report.fail(&label, "kid appears twice", FIX_KID);
+        }
+        let public = serde_json::from_value::<PublicJwk>(strip(key));
+        let alg = key.get("alg").and_then(Value::as_str);
+        match public {
+            Err(e) => report.fail(&label, format!("not an RSA or EC public key: {e}"), FIX_ALG),
+            Ok(jwk) => match alg {
+                Some(a) if a == jwk.alg().as_str() => report.pass(
+                    &label,
+                    format!("{a}, use {}", key["use"].as_str().unwrap_or("absent")),
+                ),
+                Some(a) => report.fail(
+                    &label,
+                    format!("alg {a} does not fit the key type"),
+                    FIX_ALG,
+                ),
+                None => report.warn(&label, "no alg member", FIX_ALG),
+            },
+        }
+    }
+    Ok(Some(body))
+}
+
+/// The JWK members that describe the public key (`kty` and its parameters).
+fn strip(key: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for m in ["kty", "crv", "x", "y", "n", "e"] {
+        if let Some(v) = key.get(m) {
+            out.insert(m.to_owned(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report) {
+    let parts: Vec<&str> = token.split('.').collect();
+    let decode = |p: &str| -> Option<Value> {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok()?).ok()
+    };
+    let (Some(header), Some(claims)) = (
+        parts.first().and_then(|p| decode(p)),
+        parts.get(1).and_then(|p| decode(p)),
+    ) else {
+        report.fail(
+            "token.format",
+            "not a compact JWT (header.payload.signature)",
+            FIX_SIGNATURE,
+        );
+        return;
+    };
+    if parts.len() != 3 {
+        report.fail(
+            "token.format",
+            "not three dot-separated parts",
+            FIX_SIGNATURE,
+        );
+        return;
+    }
+    match header.get("typ").and_then(Value::as_str) {
+        Some("JWT") => report.pass("token.typ", "typ: JWT"),
+        other => report.fail("token.typ", format!("typ is {other:?}"), FIX_TYP),
+    }
+    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+    let Some(kid) = header.get("kid").and_then(Value::as_str) else {
+        report.fail("token.kid", "no kid in the header", FIX_KID);
+        return;
+    };
+    let Some(entry) = jwks["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
+    else {
+        report.fail(
+            "token.kid",
+            format!("kid {kid} is not in the JWKS"),
+            FIX_KID,
+        );
+        return;
+    };
+    report.pass("token.kid", format!("kid {kid} is published"));
+    let algorithm = match (alg, entry["kty"].as_str()) {
+        ("RS256", Some("RSA")) => Algorithm::RS256,
+        ("ES256", Some("EC")) => Algorithm::ES256,
+        _ => {
+            report.fail(
+                "token.alg",
+                format!(
+                    "alg {alg} with a {} key",
+                    entry["kty"].as_str().unwrap_or("?")
+                ),
+                FIX_ALG,
+            );
+            return;
+        }
+    };
+    report.pass("token.alg", format!("{alg} matches the key type"));
+    let key = serde_json::from_value::<Jwk>(entry.clone())
+        .ok()
+        .and_then(|jwk| DecodingKey::from_jwk(&jwk).ok());
+    let Some(key) = key else {
+        report.fail(
+            "token.signature",
+            "the JWKS key cannot verify",
+            FIX_SIGNATURE,
+        );
+        return;
+    };
+    let mut validation = Validation::new(algorithm);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims = HashSet::new();
+    match jsonwebtoken::decode::<Value>(token, &key, &validation) {
+        Ok(_) => report.pass("token.signature", "the signature verifies"),
+        Err(e) => {
+            report.fail(
+                "token.signature",
+                format!("does not verify: {e}"),
+                FIX_SIGNATURE,
+            );
+            return;
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let exp = claims.get("exp").and_then(Value::as_i64);
+    let iat = claims.get("iat").and_then(Value::as_i64);
+    match exp {
+        None => report.fail("token.exp", "no exp claim", FIX_EXPIRED),
+        Some(e) if e <= now => report.fail(
+            "token.exp",
+            format!("expired {} s ago", now - e),
+            FIX_EXPIRED,
+        ),
+        Some(e) => report.pass("token.exp", format!("valid for {} s more", e - now)),
+    }
+    if let (Some(e), Some(i)) = (exp, iat) {
+        if e - i > AIR_MAX_TTL {
+            report.fail(
+                "token.lifetime",
+                format!("{} s between iat and exp", e - i),
+                "AIR Kit's tools refuse lifetimes above 15 minutes; use 5 minutes",
+            );
+        } else {
+            report.pass("token.lifetime", format!("{} s", e - i));
+        }
+    }
+    if let Some(i) = iat
+        && i > now + SKEW
+    {
+        report.warn(
+            "token.iat",
+            format!("issued {} s in the future", i - now),
+            "synchronise the signing server's clock (NTP)",
+        );
+    }
+    let claim = |name: &str| {
+        claims
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    match claim("partnerId") {
+        None => report.fail("token.partnerId", "missing", FIX_CLAIMS),
+        Some(p) => match &args.partner_id {
+            Some(want) if want != p => report.fail(
+                "token.partnerId",
+                format!("{p}, expected {want}"),
+                "partnerId must be your AIR Kit partner id (KEYHOST_PARTNER_ID)",
+            ),
+            _ => report.pass("token.partnerId", p.to_owned()),
+        },
+    }
+    match claim("scope") {
+        None => report.fail("token.scope", "missing", FIX_CLAIMS),
+        Some(s) if s != args.scope => report.warn(
+            "token.scope",
+            format!("{s:?}, expected {:?}", args.scope),
+            "Issue on Behalf expects scope \"issue\" (some AIR docs show \"issue on-behalf\")",
+        ),
+        Some(s) => report.pass("token.scope", s.to_owned()),
+    }
+    match claim("email") {
+        None => report.fail("token.email", "missing", FIX_CLAIMS),
+        Some(e) => report.pass("token.email", e.to_owned()),
+    }
+}
+
+/// Prints the findings; returns whether nothing failed.
+pub fn print(findings: &[Finding], json: bool) -> bool {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
+                .expect("serialises")
+        );
+    } else {
+        for f in findings {
+            let mark = match f.verdict {
+                Verdict::Pass => "ok  ",
+                Verdict::Warn => "warn",
+                Verdict::Fail => "FAIL",
+            };
+            println!("{mark}  {:<22} {}", f.check, f.detail);
+            if let Some(fix) = f.fix {
+                println!("      {:<22} fix: {fix}", "");
+            }
+        }
+    }
+    findings.iter().all(|f| f.verdict != Verdict::Fail)
+}
