@@ -10,30 +10,50 @@ use serde_json::{Value, json};
 use crate::helpers::start;
 use crate::issuance::{free_port, issue, issuing_config, start_emulator};
 
-/// A CA and a certificate for localhost signed by it, written as PEM files in `dir`; generated
-/// per test and never used outside it.
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+}
+
+fn write_leaf(
+    dir: &std::path::Path,
+    issuer: &Issuer<'_, KeyPair>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, issuer)
+        .unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// A CA and a certificate for localhost signed by it, written as PEM files in `dir` (with the CA
+/// key, for renewals); generated per test and never used outside it.
 pub fn test_pki(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
+    let ca_cert = ca_params().self_signed(&ca_key).unwrap();
+    let ca = dir.join("ca.pem");
     std::fs::write(&ca, ca_cert.pem()).unwrap();
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
+    let (cert, key) = write_leaf(dir, &Issuer::new(ca_params(), ca_key));
     (ca, cert, key)
+}
+
+/// A new localhost certificate in `dir`, signed by the CA that [`test_pki`] left in `ca_dir`.
+fn test_pki_signed_by(
+    dir: &std::path::Path,
+    ca_dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap();
+    let (cert, key) = write_leaf(dir, &Issuer::new(ca_params(), ca_key));
+    (ca_dir.join("ca.pem"), cert, key)
 }
 
 #[tokio::test]
@@ -108,4 +128,74 @@ async fn a_certificate_without_its_key_is_refused_at_start() {
         .err()
         .expect("refused");
     assert!(format!("{err:#}").contains("private key"), "{err:#}");
+}
+
+/// The leaf certificate a TLS client is shown on `port`.
+async fn served_leaf(port: u16, ca: &std::path::Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn pem_der(path: &std::path::Path) -> Vec<u8> {
+    pem::parse(std::fs::read(path).unwrap())
+        .unwrap()
+        .into_contents()
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_ignored() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path());
+    let config = keyhost::http::tls::reloading_server_config(
+        &cert,
+        &key,
+        std::time::Duration::from_millis(50),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let listener = keyhost::http::tls::TlsListener::new(tcp, config).unwrap();
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new()).await });
+    let first = pem_der(&cert);
+    assert_eq!(served_leaf(port, &ca).await, first);
+
+    // A renewal from the same CA: new files in place.
+    let renewal = tempfile::tempdir().unwrap();
+    let (_, cert2, key2) = test_pki_signed_by(renewal.path(), pki.path());
+    std::fs::copy(&cert2, &cert).unwrap();
+    std::fs::copy(&key2, &key).unwrap();
+    let renewed = pem_der(&cert);
+    assert_ne!(renewed, first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while served_leaf(port, &ca).await != renewed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewal was not picked up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A broken renewal is ignored: the last good certificate stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(served_leaf(port, &ca).await, renewed);
 }
