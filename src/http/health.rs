@@ -1,4 +1,5 @@
-//! Liveness (`/healthz`, both listeners) and readiness (`/readyz`, internal).
+//! Liveness (`/healthz`, both listeners), readiness (`/readyz`), metrics (`/metrics`) and the API
+//! description (`/openapi.json`), the last three on the internal listener.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,19 @@ pub fn internal_routes() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The API description, maintained beside the routes (a test checks that every documented
+/// operation is routed).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// Prometheus text exposition.

@@ -156,3 +156,44 @@ async fn a_broken_database_gives_500_internal_error_without_details() {
     // The hot paths do not depend on the database.
     assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn every_operation_in_the_openapi_document_is_routed() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.internal))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20);
+    for (path, ops) in paths {
+        let base = if path == "/.well-known/jwks.json" {
+            &app.public
+        } else {
+            &app.internal
+        };
+        let concrete = path.replace("{kid}", "x").replace("{id}", "x");
+        for method in ops.as_object().unwrap().keys() {
+            let res = app
+                .http
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{base}{concrete}"),
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            assert!(
+                status != 405 && body["message"] != "no such endpoint",
+                "{method} {path} is documented but not routed ({status} {body})"
+            );
+        }
+    }
+}
