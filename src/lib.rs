@@ -17,6 +17,7 @@ pub mod http;
 pub mod issuance;
 pub mod jwks;
 pub mod keys;
+pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
 pub mod signer;

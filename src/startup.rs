@@ -24,6 +24,7 @@ use crate::issuance::{IssuanceService, IssuanceSettings};
 use crate::keys::KeyService;
 use crate::keys::live::LiveKeys;
 use crate::keys::master::{self, MasterKeySource};
+use crate::ledger::MintLedger;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
@@ -203,6 +204,7 @@ impl Application {
             },
         );
         let state = AppState {
+            ledger: Arc::new(MintLedger::default()),
             rate_limit,
             issuance,
             metrics,
@@ -255,6 +257,11 @@ impl Application {
             "keyhost serving"
         );
         let lifecycle = tokio::spawn(self.state.lifecycle.clone().run(stop_rx.clone()));
+        let ledger = tokio::spawn(self.state.ledger.clone().run(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            stop_rx.clone(),
+        ));
         let resumed = self.state.issuance.resume_all().await?;
         if resumed > 0 {
             tracing::info!(resumed, "unfinished issuances resumed");
@@ -285,6 +292,7 @@ impl Application {
         public.await??;
         internal.await??;
         lifecycle.await?;
+        ledger.await?;
         Ok(())
     }
 

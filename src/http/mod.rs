@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::issuance::IssuanceService;
 use crate::keys::KeyService;
 use crate::keys::live::LiveKeys;
+use crate::ledger::MintLedger;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub issuance: Arc<IssuanceService>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
+    /// Per-client mint counts, flushed to the audit trail.
+    pub ledger: Arc<MintLedger>,
 }
 
 /// Token requests per client id (GCRA, burst of the whole hourly quota).

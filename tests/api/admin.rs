@@ -274,3 +274,47 @@ async fn every_key_transition_and_client_change_is_audited_with_actor_and_time()
         .unwrap();
     assert_eq!(limited["entries"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn mints_are_accounted_per_client_and_key_in_the_audit_trail_without_touching_the_hot_path() {
+    let app = spawn_app().await;
+    let (id, key) = app.create_client(&["issue"]).await;
+    for _ in 0..3 {
+        app.mint_ok(&key, json!({"email": "a@example.com"})).await;
+    }
+    let rs = app
+        .mint_ok(&key, json!({"email": "a@example.com", "alg": "RS256"}))
+        .await;
+    let before: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    assert!(
+        !before.to_string().contains("token.mint"),
+        "written later, in bulk"
+    );
+    // Stopping the server writes what the ledger holds.
+    let (dir, clock) = app.stop().await;
+    let config = crate::helpers::test_config(dir.path());
+    let app = crate::helpers::start(dir, clock, config).await.unwrap();
+    let body: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let mints: Vec<&Value> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.mint")
+        .collect();
+    assert_eq!(mints.len(), 2, "one row per client and key");
+    assert!(
+        mints
+            .iter()
+            .all(|e| e["actor"] == format!("client:{id}").as_str())
+    );
+    let total: u64 = mints
+        .iter()
+        .map(|e| e["detail"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 4);
+    assert!(
+        mints
+            .iter()
+            .any(|e| e["subject"] == rs["kid"] && e["detail"]["count"] == 1)
+    );
+}
