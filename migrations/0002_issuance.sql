@@ -47,9 +47,9 @@ CREATE TABLE kyc_events (
     issuance_id  TEXT REFERENCES issuances (id),
     received_at  INTEGER NOT NULL
 );
--- One issuance per approved verification.
+-- One issuance per approved verification (an unmatched one may be redelivered once mapped).
 CREATE UNIQUE INDEX kyc_events_scan_ref ON kyc_events (provider, scan_ref)
-    WHERE outcome IN ('queued', 'unmatched');
+    WHERE outcome = 'queued';
 
 CREATE TABLE kyc_subjects (
     client_id  TEXT    PRIMARY KEY,

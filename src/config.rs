@@ -357,6 +357,16 @@ impl Config {
         if !(1..=20).contains(&self.airkit_max_attempts) {
             return invalid("KEYHOST_AIRKIT_MAX_ATTEMPTS must be between 1 and 20".into());
         }
+        if self.airkit_poll_interval < Duration::from_millis(50) {
+            return invalid("KEYHOST_AIRKIT_POLL_INTERVAL must be at least 50ms".into());
+        }
+        if self.airkit_backoff < Duration::from_millis(10)
+            || self.airkit_backoff > self.airkit_backoff_max
+        {
+            return invalid(
+                "KEYHOST_AIRKIT_BACKOFF must be at least 10ms and at most KEYHOST_AIRKIT_BACKOFF_MAX".into(),
+            );
+        }
         crate::clients::validate_scope(&self.issue_scope)
             .map_err(|e| ConfigError::Invalid(format!("KEYHOST_ISSUE_SCOPE: {e}")))?;
         if self.rotation_period <= lead {

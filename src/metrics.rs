@@ -39,6 +39,13 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// Label: webhook provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    /// `idenfy` or `kyc-complete`.
+    pub provider: String,
+}
+
 /// The server's counters.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +57,10 @@ pub struct Metrics {
     pub airkit_unauthorized: Family<KidLabel, Counter>,
     /// Issuances entering each state.
     pub issuances: Family<StateLabel, Counter>,
+    /// Webhook deliveries refused for their signature.
+    pub webhook_rejected: Family<ProviderLabel, Counter>,
+    /// Minute of the last rejection written to the audit trail, per provider.
+    rejection_audited: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,7 +96,15 @@ impl Default for Metrics {
             "Issuances entering each state",
             issuances.clone(),
         );
+        let webhook_rejected = Family::<ProviderLabel, Counter>::default();
+        registry.register(
+            "webhook_rejected",
+            "Webhook deliveries refused for a missing or wrong signature",
+            webhook_rejected.clone(),
+        );
         Self {
+            webhook_rejected,
+            rejection_audited: Default::default(),
             registry,
             tokens_minted,
             airkit_responses,
@@ -102,6 +121,23 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts a refused webhook; true for the first refusal of `provider` in the minute `now`
+    /// falls in, which alone gets an audit row (so a flood of forged deliveries cannot flood the
+    /// database).
+    pub fn webhook_rejected(&self, provider: &str, now: i64) -> bool {
+        self.webhook_rejected
+            .get_or_create(&ProviderLabel {
+                provider: provider.to_owned(),
+            })
+            .inc();
+        let minute = now.div_euclid(60);
+        let mut audited = self
+            .rejection_audited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        audited.insert(provider.to_owned(), minute) != Some(minute)
     }
 
     /// Counts a minted token.

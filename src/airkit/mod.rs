@@ -86,7 +86,9 @@ pub struct HttpAirKit {
 impl HttpAirKit {
     /// A client for `base_url` (which includes `/v1`), with a per-request `timeout`.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, TransportError> {
+        // No redirects: x-partner-auth must never be forwarded to another host.
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()

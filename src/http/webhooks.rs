@@ -62,6 +62,9 @@ pub fn signature_matches(secret: &SecretString, body: &[u8], signature_hex: &str
 
 async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
     tracing::warn!(provider, why, "webhook rejected");
+    if !state.metrics.webhook_rejected(provider, state.clock.now()) {
+        return;
+    }
     let (store, now, provider, why) = (
         state.store.clone(),
         state.clock.now(),
@@ -76,7 +79,10 @@ async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
                 "webhook",
                 "webhook.rejected",
                 &provider,
-                &json!({ "reason": why }),
+                &json!({
+                    "reason": why,
+                    "note": "one row per provider and minute; keyhost_webhook_rejected_total counts them all",
+                }),
             )
         })
     })

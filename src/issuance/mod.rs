@@ -140,6 +140,10 @@ pub struct IssuanceView {
     pub issuer_did: String,
     /// Program id.
     pub credential_id: String,
+    /// The credential data sent to AIR Kit.
+    pub credential_subject: Value,
+    /// `revoke` or `ignore`.
+    pub on_duplicate: String,
     /// Upstream attempts.
     pub attempts: u32,
     /// AIR's issuance id.
@@ -184,6 +188,8 @@ impl From<&IssuanceRow> for IssuanceView {
             email: r.email.clone(),
             issuer_did: r.issuer_did.clone(),
             credential_id: r.credential_id.clone(),
+            credential_subject: r.credential_subject.clone(),
+            on_duplicate: r.on_duplicate.clone(),
             attempts: r.attempts,
             core_claim_hash: r.core_claim_hash.clone(),
             user_uuid: r.user_uuid.clone(),
@@ -387,10 +393,15 @@ impl IssuanceService {
             })
             .await?;
         if !created {
-            if row.request_hash != request_hash {
+            // A webhook's key is the provider's event id: a redelivery is the same event even
+            // though the subject carries a new `verifiedAt`.
+            if row.request_hash != request_hash && !row.source.starts_with("webhook:") {
                 return Err(IssuanceError::IdempotencyConflict(
                     req.idempotency_key.unwrap_or_default(),
                 ));
+            }
+            if matches!(row.state.as_str(), state::QUEUED | state::SUBMITTED) {
+                self.spawn(row.id.clone());
             }
             return Ok((row, false));
         }
@@ -493,15 +504,26 @@ impl IssuanceService {
                 return;
             }
         }
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.drive(&id).await {
-                tracing::error!(issuance = %id, error = %e, "issuance worker stopped; it resumes at the next start");
+        /// Takes the id out of the running set however the worker ends, panics included.
+        struct Running(Arc<IssuanceService>, String);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0
+                    .driving
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&self.1);
             }
-            me.driving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+        }
+        let running = Running(self.clone(), id);
+        tokio::spawn(async move {
+            let (me, id) = (&running.0, &running.1);
+            // A store error (a busy database, a full disk) must not strand the issuance: the row
+            // is the truth, so wait and carry on from it.
+            while let Err(e) = me.drive(id).await {
+                tracing::error!(issuance = %id, error = %e, "issuance worker failed; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
         });
     }
 
@@ -719,7 +741,9 @@ impl IssuanceService {
             row.state = state::STALLED.into();
             row.next_attempt_at = None;
             row.last_error = Some(format!(
-                "gave up after {} attempts; resume with POST /admin/issuances/{}/resume. Last error: {}",
+                "gave up after {} attempts; the issuance is recorded: an admin resumes it with \
+                 POST /admin/issuances/{}/resume (sending the request again without the same \
+                 Idempotency-Key would start a second issuance). Last error: {}",
                 row.attempts,
                 row.id,
                 row.last_error.as_deref().unwrap_or("none")

@@ -53,7 +53,7 @@ pub struct NewKycEvent<'a> {
     pub issuance_id: Option<&'a str>,
 }
 
-/// Records an event; fails with a constraint violation for a second actionable event with the same
+/// Records an event; fails with a constraint violation for a second queued event with the same
 /// scanRef.
 #[tracing::instrument(skip_all)]
 pub fn record(conn: &Connection, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i64, StoreError> {
@@ -75,7 +75,7 @@ pub fn record(conn: &Connection, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i
     Ok(conn.last_insert_rowid())
 }
 
-/// Whether an actionable (queued or unmatched) event already exists for this scanRef.
+/// Whether this scanRef already started an issuance.
 #[tracing::instrument(skip_all)]
 pub fn seen_scan_ref(
     conn: &Connection,
@@ -84,7 +84,7 @@ pub fn seen_scan_ref(
 ) -> Result<bool, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT 1 FROM kyc_events WHERE provider = ?1 AND scan_ref = ?2 AND outcome IN ('queued', 'unmatched')",
+            "SELECT 1 FROM kyc_events WHERE provider = ?1 AND scan_ref = ?2 AND outcome = 'queued'",
             params![provider, scan_ref],
             |_| Ok(()),
         )

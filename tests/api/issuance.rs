@@ -349,6 +349,7 @@ async fn bursts_of_429_and_500_are_retried_until_the_issuance_succeeds() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
+        let started = std::time::Instant::now();
         let (status, body) = issue(
             &app,
             &key,
@@ -357,6 +358,14 @@ async fn bursts_of_429_and_500_are_retried_until_the_issuance_succeeds() {
         .await;
         assert_eq!(status, 200, "{code}: {body}");
         assert_eq!(body["state"], "submitted");
+        if code == 429 {
+            // The emulator sends Retry-After: 1 with each 429; three of them cost three seconds.
+            assert!(
+                started.elapsed() >= Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+        }
         assert!(body["attempts"].as_u64().unwrap() >= 4, "{body}");
         assert_eq!(upstream.control.issue_calls().len(), 1, "issued once");
     }
@@ -507,7 +516,7 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
     let (status, _) = issue(&app, &key, ok.clone()).await;
     assert_eq!(status, 200, "the emulator has now cached the JWKS");
 
-    // A normal rotation: the successor signs only after the lead, when every cache has expired.
+    // A normal rotation publishes the successor at once; it signs only after the lead.
     let res = app
         .admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
         .await;
@@ -515,7 +524,12 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
         .as_str()
         .unwrap()
         .to_owned();
+    // Past max-age the emulator refetches the JWKS during the lead: it now holds the successor.
     tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, _) = issue(&app, &key, ok.clone()).await;
+    assert_eq!(status, 200, "still signed by the old key");
+    // The lead ends (keyhost's clock) while the emulator's fresh cache has not expired: the
+    // successor signs at once, and the emulator already knows it.
     app.advance(2).await;
     assert!(app.kids_in("active").await.contains(&successor));
     let (status, body) = issue(&app, &key, ok.clone()).await;
@@ -759,4 +773,18 @@ async fn an_issuance_cut_off_by_a_killed_process_resumes_after_restart() {
     assert!((1..=2).contains(&upstream.control.issue_calls().len()));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_idempotency_key_issue_once() {
+    let (app, upstream, key) =
+        spawn_issuing(|e| e.latency = Duration::from_millis(200), |_| {}).await;
+    let body = json!({"email": "u@example.com", "credentialSubject": subject()});
+    let (a, b) = tokio::join!(
+        issue_with(&app, &key, body.clone(), Some("same-key")),
+        issue_with(&app, &key, body.clone(), Some("same-key")),
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(a.1["issuanceId"], b.1["issuanceId"]);
+    assert_eq!(upstream.control.issue_calls().len(), 1);
 }

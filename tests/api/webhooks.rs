@@ -104,7 +104,23 @@ async fn a_bad_or_missing_signature_is_refused_and_only_audited() {
         .iter()
         .filter(|e| e["action"] == "webhook.rejected")
         .count();
-    assert_eq!(rejected, 4);
+    assert_eq!(
+        rejected, 1,
+        "one audit row per minute, not one per forged delivery"
+    );
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.internal))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keyhost_webhook_rejected_total{provider=\"idenfy\"} 4"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -169,6 +185,20 @@ async fn a_client_id_is_mapped_to_an_email_or_recorded_as_unmatched() {
     assert_eq!(answer["action"], "queued", "{answer}");
     let row = until_state(&app, answer["issuanceId"].as_str().unwrap(), "submitted").await;
     assert_eq!(row["email"], "mapped@example.com");
+
+    // The unmatched verification, redelivered once its clientId is mapped, issues too.
+    let res = app
+        .admin_post(
+            "/admin/kyc-subjects",
+            json!({"clientId": "user-8812", "email": "late@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let body = idenfy_body("scan-007", "user-8812", true, "APPROVED");
+    let (_, answer) = signed_idenfy(&app, &body).await;
+    assert_eq!(answer["action"], "queued", "{answer}");
+    let row = until_state(&app, answer["issuanceId"].as_str().unwrap(), "submitted").await;
+    assert_eq!(row["email"], "late@example.com");
 }
 
 #[tokio::test]
@@ -217,6 +247,10 @@ async fn the_kyc_complete_webhook_issues_the_seed_subject_when_signed() {
     assert_eq!(answer["coreClaimHash"].as_str().unwrap().len(), 64);
     let row = &issuances(&app).await[0];
     assert_eq!(row["source"], "webhook:kyc");
+    let subject = &row["credentialSubject"];
+    assert_eq!(subject["kycVerified"], true);
+    assert_eq!(subject["kycLevel"], "basic");
+    assert!(subject["verifiedAt"].as_str().unwrap().ends_with('Z'));
     let detail: Value = app
         .admin_get(&format!(
             "/admin/issuances/{}",
@@ -241,4 +275,50 @@ async fn an_unconfigured_webhook_says_which_setting_enables_it() {
             .unwrap()
             .contains("KEYHOST_IDENFY_SIGNING_KEY")
     );
+}
+
+#[tokio::test]
+async fn a_non_final_result_then_the_final_approval_issues_once() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let (_, first) = signed_idenfy(
+        &app,
+        &idenfy_body("scan-010", "j@example.com", false, "APPROVED"),
+    )
+    .await;
+    assert_eq!(first["action"], "ignored");
+    let (_, second) = signed_idenfy(
+        &app,
+        &idenfy_body("scan-010", "j@example.com", true, "APPROVED"),
+    )
+    .await;
+    assert_eq!(second["action"], "queued");
+    until_state(&app, second["issuanceId"].as_str().unwrap(), "submitted").await;
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_kyc_complete_redelivery_with_its_idempotency_key_is_the_same_issuance_later_too() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body =
+        serde_json::to_vec(&json!({"userEmail": "kyc@example.com", "kycLevel": "basic"})).unwrap();
+    let send = || {
+        app.http
+            .post(format!("{}/webhooks/kyc-complete", app.internal))
+            .header("content-type", "application/json")
+            .header("Idempotency-Key", "kyc-event-77")
+            .header(
+                "X-Keyhost-Signature",
+                format!("sha256={}", hex_hmac(KYC_SECRET, &body)),
+            )
+            .body(body.clone())
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    // A second later the subject's verifiedAt would differ; it is still the same event.
+    app.clock.advance(5);
+    let res = send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(first["issuanceId"], second["issuanceId"]);
+    assert_eq!(upstream.control.issue_calls().len(), 1);
 }
