@@ -23,7 +23,7 @@ use crate::http::{self, AppState};
 use crate::issuance::{IssuanceService, IssuanceSettings};
 use crate::keys::KeyService;
 use crate::keys::live::LiveKeys;
-use crate::keys::master::{self, MasterKeySource};
+use crate::keys::master::{self, MasterKeySource, create_private_dir};
 use crate::ledger::MintLedger;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -88,6 +88,32 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
     Ok(Opened { store, keys })
 }
 
+/// Takes an exclusive lock on `data_dir/keyhost.lock`, so that two servers never drive the same
+/// store (both would resume the same issuances). CLI commands do not take it: they are safe beside
+/// a running server.
+fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    create_private_dir(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("keyhost.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another keyhost server is already using {} (lock {}); run one server per data directory",
+            config.data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 fn warn_if_readable_by_others(path: &std::path::Path) {
     #[cfg(unix)]
     {
@@ -103,6 +129,8 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
 /// A built server, listening but not yet serving.
 pub struct Application {
     state: AppState,
+    /// Held while serving: one server per data directory.
+    _instance_lock: std::fs::File,
     public: TcpListener,
     internal: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -117,6 +145,7 @@ impl Application {
     /// Builds the server on `clock` (tests use a manual clock).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         config.validate()?;
+        let instance_lock = lock_data_dir(&config)?;
         let config = Arc::new(config);
         let (cfg, clk) = (config.clone(), clock.clone());
         let (opened, admin) = tokio::task::spawn_blocking(move || {
@@ -221,6 +250,7 @@ impl Application {
         };
         Ok(Self {
             state,
+            _instance_lock: instance_lock,
             public,
             internal,
             tls,

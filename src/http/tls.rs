@@ -27,6 +27,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+/// TLS handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 1024;
+
 /// Longest time a client may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -134,6 +137,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(128);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let acceptor_task = tokio::spawn(async move {
             loop {
                 let (stream, addr) = match tcp.accept().await {
@@ -147,8 +151,13 @@ impl TlsListener {
                 if tx.is_closed() {
                     return;
                 }
+                // Bound the handshakes in progress; beyond that, new connections wait their turn.
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, addr)).await;

@@ -150,3 +150,19 @@ async fn a_wrong_master_key_refuses_to_start_and_changes_nothing() {
         .expect("starts with the right key");
     assert_eq!(app.jwks().await, jwks);
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let app = spawn_app().await;
+    let config = test_config(app.dir.path());
+    let err = start(app.dir.clone(), app.clock.clone(), config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{err:#}").contains("another keyhost server"),
+        "{err:#}"
+    );
+    // The first one is unaffected.
+    assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 2);
+}
