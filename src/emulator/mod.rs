@@ -243,7 +243,7 @@ impl Emulator {
 
     /// Serves until Ctrl-C or SIGTERM.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(crate::startup::shutdown_signal()).await
     }
 }
 
@@ -270,25 +270,4 @@ fn jwks_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Cli
         builder = builder.tls_certs_merge(certs);
     }
     builder.build().context("building the JWKS HTTP client")
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -89,8 +89,11 @@ async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
     .await;
 }
 
-fn verify(
+/// Checks a delivery's signature (`header`, hex) under `secret`; a refusal is audited (at most
+/// once a minute per provider) and answered 401. An unset secret means the webhook is off (503).
+async fn authenticate(
     state: &AppState,
+    provider: &str,
     secret: Option<&SecretString>,
     setting: &str,
     header: Option<&str>,
@@ -102,12 +105,13 @@ fn verify(
             3600,
         ));
     };
-    let _ = state;
-    match header {
-        Some(sig) if signature_matches(secret, body, sig) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("invalid webhook signature")),
-        None => Err(ApiError::unauthorized("missing webhook signature")),
-    }
+    let refusal = match header {
+        Some(sig) if signature_matches(secret, body, sig) => return Ok(()),
+        Some(_) => "invalid webhook signature",
+        None => "missing webhook signature",
+    };
+    audit_rejection(state, provider, refusal).await;
+    Err(ApiError::unauthorized(refusal))
 }
 
 fn issuance_error(e: IssuanceError) -> ApiError {
@@ -130,18 +134,15 @@ async fn kyc_complete(
         .get("x-keyhost-signature")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.strip_prefix("sha256=").unwrap_or("not-hex"));
-    if let Err(e) = verify(
+    authenticate(
         &state,
+        "kyc-complete",
         state.config.kyc_webhook_secret.as_ref(),
         "KEYHOST_KYC_WEBHOOK_SECRET",
         header,
         &body,
-    ) {
-        if e.status() == StatusCode::UNAUTHORIZED {
-            audit_rejection(&state, "kyc-complete", e.message()).await;
-        }
-        return Err(e);
-    }
+    )
+    .await?;
     let req: KycComplete = parse_json_object(&body)?;
     let email = req
         .user_email
@@ -214,18 +215,15 @@ async fn idenfy(
     let header = headers
         .get("idenfy-signature")
         .and_then(|v| v.to_str().ok());
-    if let Err(e) = verify(
+    authenticate(
         &state,
+        "idenfy",
         state.config.idenfy_signing_key.as_ref(),
         "KEYHOST_IDENFY_SIGNING_KEY",
         header,
         &body,
-    ) {
-        if e.status() == StatusCode::UNAUTHORIZED {
-            audit_rejection(&state, "idenfy", e.message()).await;
-        }
-        return Err(e);
-    }
+    )
+    .await?;
     let hook: IdenfyWebhook = parse_json_object(&body)?;
     let scan_ref = hook
         .scan_ref

@@ -192,6 +192,18 @@ impl TestApp {
         body
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.internal))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Every key as the admin API lists it.
     pub async fn keys(&self) -> Vec<Value> {
         let body: Value = self.admin_get("/admin/keys").await.json().await.unwrap();

@@ -276,15 +276,7 @@ async fn a_401_from_air_kit_is_explained_and_counted_per_kid() {
     assert!(message.contains("AIR Kit answered 401"), "{message}");
     assert!(message.contains("KEYHOST_ISSUE_SCOPE"), "{message}");
     assert_eq!(upstream.control.issue_calls().len(), 0, "rejected at auth");
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.internal))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let kid = app.kids_in("active").await;
     assert!(
         metrics
@@ -553,15 +545,7 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
     assert!(message.contains("kid not found"), "{message}");
     assert!(message.contains("publish"), "{message}");
     assert_eq!(upstream.control.status_counts().get(&401), Some(&1));
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.internal))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(&new_kid),
         "401 counted for {new_kid}: {metrics}"

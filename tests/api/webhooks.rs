@@ -108,15 +108,7 @@ async fn a_bad_or_missing_signature_is_refused_and_only_audited() {
         rejected, 1,
         "one audit row per minute, not one per forged delivery"
     );
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.internal))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("keyhost_webhook_rejected_total{provider=\"idenfy\"} 4"),
         "{metrics}"
