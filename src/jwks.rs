@@ -114,6 +114,8 @@ pub struct JwksDocument {
     pub body: Bytes,
     /// A strong ETag (quoted) derived from the bytes.
     pub etag: String,
+    /// The same ETag, ready to send.
+    pub etag_header: axum::http::HeaderValue,
     /// Key ids in the document, in order.
     pub kids: Vec<String>,
 }
@@ -145,6 +147,7 @@ impl JwksDocument {
         let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&hash.as_ref()[..18]));
         Self {
             body: Bytes::from(body),
+            etag_header: axum::http::HeaderValue::from_str(&etag).expect("base64url is ASCII"),
             etag,
             kids: published.iter().map(|k| k.kid.clone()).collect(),
         }

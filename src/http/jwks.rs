@@ -25,10 +25,9 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
 
 async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let doc = state.live.jwks();
-    let etag = HeaderValue::from_str(&doc.etag).expect("ETags are ASCII");
     let common = [
         (header::CACHE_CONTROL, state.jwks_cache_control.clone()),
-        (header::ETAG, etag),
+        (header::ETAG, doc.etag_header.clone()),
         (
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
             HeaderValue::from_static("*"),
