@@ -19,7 +19,7 @@ use crate::airkit::{AirKit, HttpAirKit};
 use crate::auth::{AdminToken, AdminTokenSource, ClientRegistry};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, AppStateInner};
 use crate::issuance::{IssuanceService, IssuanceSettings};
 use crate::keys::KeyService;
 use crate::keys::live::LiveKeys;
@@ -232,7 +232,7 @@ impl Application {
                 poll_deadline: config.airkit_poll_deadline,
             },
         );
-        let state = AppState {
+        let state = AppState::new(AppStateInner {
             ledger: Arc::new(MintLedger::default()),
             rate_limit,
             issuance,
@@ -247,7 +247,7 @@ impl Application {
             admin: Arc::new(admin),
             rng: Arc::new(SystemRandom::new()),
             jwks_cache_control,
-        };
+        });
         Ok(Self {
             state,
             _instance_lock: instance_lock,

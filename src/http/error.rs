@@ -7,9 +7,7 @@ use std::any::Any;
 use std::error::Error as StdError;
 
 use axum::Json;
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -224,8 +222,7 @@ fn identifier_for(status: StatusCode) -> &'static str {
 /// Guarantees the error shape for responses made outside the handlers (routing, body limits,
 /// the HTTP layer): any error response that is not JSON gets the standard body; headers such as
 /// `Allow` are kept.
-pub async fn json_errors(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+pub async fn json_errors(res: Response) -> Response {
     let status = res.status();
     let is_json = res
         .headers()

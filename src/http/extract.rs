@@ -45,6 +45,14 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             "An error occurred while parsing/constructing JSON: the body is empty",
         ));
     }
+    // Fast path: a well-formed object parses straight into `T`; only a failure pays for the
+    // slower walk below, which names exactly what is wrong. (A leading `{` is required because
+    // serde would also accept an array for a struct.)
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && let Ok(value) = serde_json::from_slice::<T>(bytes)
+    {
+        return Ok(value);
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::encoding_error(format!(
             "the request body is not valid UTF-8 (invalid byte at offset {})",

@@ -24,7 +24,7 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
 }
 
 async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let doc = state.live.jwks();
+    let doc = state.live.jwks_now();
     let common = [
         (header::CACHE_CONTROL, state.jwks_cache_control.clone()),
         (header::ETAG, doc.etag_header.clone()),

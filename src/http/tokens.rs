@@ -114,7 +114,7 @@ async fn mint(
         ));
     };
     let now = state.clock.now();
-    let signers = state.live.signers();
+    let signers = state.live.signers_now();
     let key = match signers.active.get(&alg) {
         Some(k) if k.signable_at <= now => k,
         _ => {

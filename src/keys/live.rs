@@ -59,6 +59,17 @@ impl LiveKeys {
         self.signers.load_full()
     }
 
+    /// The current JWKS without taking a reference count (hot path; do not hold across awaits).
+    pub fn jwks_now(&self) -> arc_swap::Guard<Arc<JwksDocument>> {
+        self.jwks.load()
+    }
+
+    /// The current signing keys without taking a reference count (hot path; do not hold across
+    /// awaits).
+    pub fn signers_now(&self) -> arc_swap::Guard<Arc<SignerSet>> {
+        self.signers.load()
+    }
+
     /// Rebuilds both views from the store.
     pub fn refresh(&self, service: &KeyService) -> Result<(), KeyError> {
         let records = service.list()?;
