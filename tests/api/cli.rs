@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PARTNER_ID, spawn_app, verify};
+use crate::helpers::{PARTNER_ID, eventually, spawn_app, verify};
 use crate::import::fixture;
 
 fn keyhost(dir: &Path, args: &[&str]) -> Output {
@@ -160,18 +160,17 @@ async fn the_running_server_picks_up_clients_created_with_the_cli() {
         ],
     );
     let key = json_of(&out)["apiKey"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let res = app.mint(&key, json!({"email": "a@example.com"})).await;
-        if res.status() == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never saw the client"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the server never saw the client",
+        || async {
+            app.mint(&key, json!({"email": "a@example.com"}))
+                .await
+                .status()
+                == 200
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -180,16 +179,15 @@ async fn the_running_server_refuses_a_client_disabled_with_the_cli() {
     let (id, key) = app.create_client(&["issue"]).await;
     app.mint_ok(&key, json!({"email": "a@example.com"})).await;
     json_of(&keyhost(app.dir.path(), &["clients", "disable", &id]));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let res = app.mint(&key, json!({"email": "a@example.com"})).await;
-        if res.status() == 401 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the disabled client still mints"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the disabled client still mints",
+        || async {
+            app.mint(&key, json!({"email": "a@example.com"}))
+                .await
+                .status()
+                == 401
+        },
+    )
+    .await;
 }

@@ -292,3 +292,17 @@ pub fn verify(token: &str, jwks: &Value, now: i64) -> Result<Value, String> {
     }
     Ok(claims)
 }
+
+/// Polls `check` every 50 ms until it holds; fails with `what` after `limit`. For effects that a
+/// background task or another process produces in real time.
+pub async fn eventually<F, Fut>(limit: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -668,19 +668,13 @@ fn keyhost_process(
 }
 
 async fn until_healthy(http: &reqwest::Client, internal: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("http://127.0.0.1:{internal}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "keyhost did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(Duration::from_secs(30), "keyhost did not start", || async {
+        http.get(format!("http://127.0.0.1:{internal}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
 }
 
 #[tokio::test]

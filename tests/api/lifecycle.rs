@@ -185,18 +185,14 @@ async fn the_background_task_applies_a_due_transition_on_its_own() {
     // Move the clock without running the lifecycle ourselves.
     app.clock.advance(24 * 3600);
     let (_, key) = app.create_client(&["issue"]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let minted = app.mint_ok(&key, json!({"email": "u@example.com"})).await;
-        if minted["kid"] == new.as_str() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new key never took over"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(
+        Duration::from_secs(5),
+        "the new key never took over",
+        || async {
+            app.mint_ok(&key, json!({"email": "u@example.com"})).await["kid"] == new.as_str()
+        },
+    )
+    .await;
     assert_eq!(app.kids_in("retired").await.len(), 1);
 }
 
