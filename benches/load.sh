@@ -3,10 +3,14 @@
 #
 # Usage:
 #   benches/load.sh
-#   DURATION=30s CONNECTIONS=100 benches/load.sh
+#   ROUNDS=9 DURATION=10s CONNECTIONS=100 benches/load.sh
 #
-#   DURATION     length of each scenario (default 10s; a bare number means seconds)
+#   ROUNDS       how many times the whole set of scenarios is repeated (default 5)
+#   DURATION     length of each scenario in each round (default 5s; a bare number means seconds)
 #   CONNECTIONS  concurrent connections per scenario (default 50)
+#   LOADGEN_POLICY
+#                scheduling policy of the load generator: `batch` (default) runs it under
+#                SCHED_BATCH (`chrt --batch 0`), `normal` as an ordinary task; see below
 #   Other KEYHOST_* variables in the environment are passed to the server unchanged.
 #   The per-client rate limit is lifted for the run (KEYHOST_CLIENT_RATE_LIMIT=0) unless
 #   KEYHOST_CLIENT_RATE_LIMIT is set.
@@ -14,22 +18,34 @@
 # What it does: builds keyhost in release mode, starts it with a throw-away data and keys
 # directory on loopback (public 127.0.0.1:18080, internal 127.0.0.1:18081), creates an API
 # client, copies the JWKS into a file served by nginx on 127.0.0.1:18090 (identical bytes),
-# then measures:
+# then, in each round, measures
 #   (a) nginx serving the JWKS as a static file (the reference ceiling),
 #   (b) keyhost GET /.well-known/jwks.json,
 #   (c) keyhost POST /v1/tokens, ES256 (default algorithm),
 #   (d) keyhost POST /v1/tokens, RS256,
-# and `openssl speed -multi 2` for the raw signing rate of this machine. It prints a
-# markdown table, the JWKS rate relative to nginx, the mint rate relative to the composite
-# ceiling 1/(1/R_jwks + 1/R_sign), and keyhost's resident memory before and after load.
+#   (e) (c) again with the load generator under the other scheduling policy,
+# and `openssl speed -multi 2` for the raw signing rate of this machine. It prints the
+# median of each figure over the rounds, the JWKS rate relative to nginx and the mint rates
+# relative to the composite ceiling 1/(1/R_jwks + 1/R_sign) (each ratio is computed within
+# a round, from figures taken minutes apart at most, and the median of the rounds is
+# reported), and keyhost's resident memory before and after load.
 #
-# The load generator, nginx and keyhost share the same cores: compare rows with each
-# other, not with figures from other machines.
+# Why rounds: on a shared virtual machine the speed of the same scenario drifts by 20-30 %
+# within minutes. Interleaving the scenarios and taking medians keeps that drift out of the
+# ratios.
 #
-# Requirements: cargo, curl, python3; openssl is optional. Missing tools are installed:
-# oha with `cargo install oha --locked` (falls back to wrk from apt), nginx from apt.
-# Installing from apt needs root (or sudo). Note that on a host running systemd, installing
-# the nginx package also starts the system nginx service on port 80.
+# Why SCHED_BATCH: the load generator, nginx and keyhost share the same cores. When the
+# server is the bottleneck (minting), every response wakes a sleeping load-generator thread,
+# which by default preempts the server mid-request; the server then spends as much time in
+# context switches as in signing. A SCHED_BATCH task keeps its fair share of CPU but does not
+# preempt on wakeup, which is the closest one machine gets to a load generator on another
+# host. Row (e) shows the same scenario with the other policy, so the effect is visible in
+# every run. Compare rows with each other, not with figures from other machines.
+#
+# Requirements: cargo, curl, python3; openssl and chrt (util-linux) are optional. Missing
+# tools are installed: oha with `cargo install oha --locked` (falls back to wrk from apt),
+# nginx from apt. Installing from apt needs root (or sudo). Note that on a host running
+# systemd, installing the nginx package also starts the system nginx service on port 80.
 #
 # Everything stays on loopback, every run stops by itself, and the server, nginx and the
 # temporary directory are removed on exit.
@@ -37,8 +53,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-50}
+LOADGEN_POLICY=${LOADGEN_POLICY:-batch}
 if [[ "$DURATION" =~ ^[0-9]+$ ]]; then
     DURATION="${DURATION}s"
 fi
@@ -46,6 +64,18 @@ if ! [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]]; then
     echo "CONNECTIONS must be a positive integer, got '$CONNECTIONS'" >&2
     exit 2
 fi
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2
+    exit 2
+fi
+case "$LOADGEN_POLICY" in
+    batch) OTHER_POLICY="normal" ;;
+    normal) OTHER_POLICY="batch" ;;
+    *)
+        echo "LOADGEN_POLICY must be batch or normal, got '$LOADGEN_POLICY'" >&2
+        exit 2
+        ;;
+esac
 
 PUBLIC_ADDR=127.0.0.1:18080
 INTERNAL_ADDR=127.0.0.1:18081
@@ -102,6 +132,13 @@ if ! command -v nginx >/dev/null 2>&1; then
     apt_install nginx-light || apt_install nginx
 fi
 command -v nginx >/dev/null 2>&1 || die "nginx is not available"
+
+# SCHED_BATCH needs chrt and a kernel that allows it (any Linux does for an unprivileged task).
+if ! chrt --batch 0 true >/dev/null 2>&1; then
+    log "chrt --batch is not available: the load generator runs as an ordinary task only"
+    LOADGEN_POLICY=normal
+    OTHER_POLICY=
+fi
 
 # oha changed its JSON switch over time: `--output-format json` in newer releases, `-j` before.
 # Requests still in flight at the deadline are awaited (when supported) rather than counted
@@ -299,18 +336,22 @@ cmp -s "$TMP/www$JWKS_PATH" "$TMP/jwks-nginx.json" || die "nginx does not serve 
 # ---------------------------------------------------------------------------
 # Load
 # ---------------------------------------------------------------------------
-# run_load NAME METHOD URL [BODY]; POST requests carry the client's API key.
+# run_load NAME POLICY METHOD URL [BODY]; POST requests carry the client's API key.
 # Writes "req/s p50_ms p99_ms non2xx errors" to $TMP/NAME.result.
 run_load() {
-    local name=$1 method=$2 url=$3 body=${4:-}
+    local name=$1 policy=$2 method=$3 url=$4 body=${5:-}
     local out="$TMP/$name.out"
-    log "$name: $method $url for $DURATION with $CONNECTIONS connections"
+    local sched=()
+    if [ "$policy" = batch ]; then
+        sched=(chrt --batch 0)
+    fi
+    log "$name: $method $url for $DURATION with $CONNECTIONS connections ($policy)"
     if [ "$LOADGEN" = oha ]; then
         local args=(-z "$DURATION" -c "$CONNECTIONS" --no-tui "${OHA_FLAGS[@]}" -m "$method")
         if [ -n "$body" ]; then
             args+=(-H "Authorization: Bearer $API_KEY" -H 'content-type: application/json' -d "$body")
         fi
-        run_waited "$out" oha "${args[@]}" "$url"
+        run_waited "$out" "${sched[@]}" oha "${args[@]}" "$url"
         python3 - "$out" >"$TMP/$name.result" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -337,7 +378,7 @@ PY
         else
             printf 'wrk.method = "%s"\n' "$method" >"$script"
         fi
-        run_waited "$out" wrk -t "$threads" -c "$CONNECTIONS" -d "$DURATION" --latency -s "$script" "$url"
+        run_waited "$out" "${sched[@]}" wrk -t "$threads" -c "$CONNECTIONS" -d "$DURATION" --latency -s "$script" "$url"
         python3 - "$out" >"$TMP/$name.result" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -357,24 +398,17 @@ PY
     log "$name: $(cat "$TMP/$name.result") (req/s p50_ms p99_ms non2xx errors)"
 }
 
-run_load nginx-jwks GET "$NGINX_URL$JWKS_PATH"
-run_load keyhost-jwks GET "$PUBLIC_URL$JWKS_PATH"
-run_load tokens-es256 POST "$INTERNAL_URL/v1/tokens" '{"email":"bench@example.com"}'
-run_load tokens-rs256 POST "$INTERNAL_URL/v1/tokens" '{"email":"bench@example.com","alg":"RS256"}'
-
-kill -0 "$KEYHOST_PID" 2>/dev/null || die "keyhost exited during the load test"
-LOADED_RSS_KB=$(rss_kb "$KEYHOST_PID")
-PEAK_RSS_KB=$(hwm_kb "$KEYHOST_PID")
-
-# ---------------------------------------------------------------------------
-# Raw signing rate of this machine
-# ---------------------------------------------------------------------------
-SPEED_RSA=
-SPEED_EC=
-if command -v openssl >/dev/null 2>&1; then
-    log "openssl speed -multi 2 -seconds 3 rsa2048 ecdsap256"
-    if run_waited "$TMP/speed.out" openssl speed -multi 2 -seconds 3 rsa2048 ecdsap256 2>"$TMP/speed.err"; then
-        read -r SPEED_RSA SPEED_EC < <(python3 - "$TMP/speed.out" <<'PY'
+# run_speed ROUND: `openssl speed -multi 2` for RSA-2048 and P-256 signing; writes
+# "rsa_sign_per_s ec_sign_per_s" to $TMP/speed.ROUND.result (nan when unavailable).
+run_speed() {
+    local round=$1
+    if ! command -v openssl >/dev/null 2>&1; then
+        echo "nan nan" >"$TMP/speed.$round.result"
+        return
+    fi
+    log "openssl speed -multi 2 -seconds 2 rsa2048 ecdsap256"
+    if run_waited "$TMP/speed.out" openssl speed -multi 2 -seconds 2 rsa2048 ecdsap256 2>"$TMP/speed.err"; then
+        python3 - "$TMP/speed.out" >"$TMP/speed.$round.result" <<'PY'
 import re, sys
 rsa = ec = "nan"
 for line in open(sys.argv[1]):
@@ -385,23 +419,40 @@ for line in open(sys.argv[1]):
         ec = fields[-2]
 print(rsa, ec)
 PY
-)
     else
         log "openssl speed failed; composite ceilings are left out"
+        echo "nan nan" >"$TMP/speed.$round.result"
     fi
-else
-    log "openssl not found; composite ceilings are left out"
-fi
+}
+
+command -v openssl >/dev/null 2>&1 || log "openssl not found; composite ceilings are left out"
+ES_BODY='{"email":"bench@example.com"}'
+RS_BODY='{"email":"bench@example.com","alg":"RS256"}'
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    run_load "nginx-jwks.$round" "$LOADGEN_POLICY" GET "$NGINX_URL$JWKS_PATH"
+    run_load "keyhost-jwks.$round" "$LOADGEN_POLICY" GET "$PUBLIC_URL$JWKS_PATH"
+    run_load "tokens-es256.$round" "$LOADGEN_POLICY" POST "$INTERNAL_URL/v1/tokens" "$ES_BODY"
+    run_load "tokens-rs256.$round" "$LOADGEN_POLICY" POST "$INTERNAL_URL/v1/tokens" "$RS_BODY"
+    if [ -n "$OTHER_POLICY" ]; then
+        run_load "tokens-es256-other.$round" "$OTHER_POLICY" POST "$INTERNAL_URL/v1/tokens" "$ES_BODY"
+    fi
+    run_speed "$round"
+    kill -0 "$KEYHOST_PID" 2>/dev/null || die "keyhost exited during the load test"
+done
+
+LOADED_RSS_KB=$(rss_kb "$KEYHOST_PID")
+PEAK_RSS_KB=$(hwm_kb "$KEYHOST_PID")
 
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-python3 - "$TMP" "$DURATION" "$CONNECTIONS" "$LOADGEN" "$JWKS_BYTES" \
-    "$IDLE_RSS_KB" "$LOADED_RSS_KB" "$PEAK_RSS_KB" "${SPEED_RSA:-nan}" "${SPEED_EC:-nan}" <<'PY'
-import math, sys
-tmp, duration, connections, loadgen, jwks_bytes = sys.argv[1:6]
-idle_kb, loaded_kb, peak_kb = (int(v) for v in sys.argv[6:9])
-speed_rsa, speed_ec = (float(v) for v in sys.argv[9:11])
+python3 - "$TMP" "$ROUNDS" "$DURATION" "$CONNECTIONS" "$LOADGEN" "$LOADGEN_POLICY" \
+    "${OTHER_POLICY:-}" "$JWKS_BYTES" "$IDLE_RSS_KB" "$LOADED_RSS_KB" "$PEAK_RSS_KB" <<'PY'
+import math, statistics, sys
+tmp, rounds, duration, connections, loadgen, policy, other, jwks_bytes = sys.argv[1:9]
+idle_kb, loaded_kb, peak_kb = (int(v) for v in sys.argv[9:12])
+rounds = range(1, int(rounds) + 1)
 
 rows = [
     ("nginx-jwks", "(a) nginx static JWKS"),
@@ -409,41 +460,82 @@ rows = [
     ("tokens-es256", "(c) keyhost POST /v1/tokens ES256"),
     ("tokens-rs256", "(d) keyhost POST /v1/tokens RS256"),
 ]
-res = {}
-for key, _ in rows:
-    rps, p50, p99, non2xx, errors = open(f"{tmp}/{key}.result").read().split()
-    res[key] = (float(rps), float(p50), float(p99), int(non2xx), int(errors))
+if other:
+    rows.append(("tokens-es256-other", f"(e) = (c), load generator {other}"))
+
+def load(key, r):
+    rps, p50, p99, non2xx, errors = open(f"{tmp}/{key}.{r}.result").read().split()
+    return float(rps), float(p50), float(p99), int(non2xx), int(errors)
+
+res = {key: [load(key, r) for r in rounds] for key, _ in rows}
+speed = [tuple(float(v) for v in open(f"{tmp}/speed.{r}.result").read().split()) for r in rounds]
+
+def median(values):
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else float("nan")
 
 def num(v, fmt="{:,.0f}"):
     return "n/a" if math.isnan(v) else fmt.format(v)
 
+def spread(values, fmt="{:.0f}"):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    return f"{fmt.format(median(values))} (range {fmt.format(min(values))}-{fmt.format(max(values))})"
+
 print()
-print(f"## keyhost load test ({loadgen}, {duration} per scenario, {connections} connections, "
-      f"JWKS {jwks_bytes} bytes)")
+print(f"## keyhost load test ({loadgen} under {policy} scheduling, {len(rounds)} rounds of "
+      f"{duration} per scenario, {connections} connections, JWKS {jwks_bytes} bytes)")
+print()
+print("Medians over the rounds:")
 print()
 print("| scenario | req/s | p50 ms | p99 ms | non-2xx | errors |")
 print("|---|---:|---:|---:|---:|---:|")
 for key, label in rows:
-    rps, p50, p99, non2xx, errors = res[key]
+    runs = res[key]
+    rps = median([x[0] for x in runs])
+    p50 = median([x[1] for x in runs])
+    p99 = median([x[2] for x in runs])
+    non2xx = sum(x[3] for x in runs)
+    errors = sum(x[4] for x in runs)
     print(f"| {label} | {num(rps)} | {num(p50, '{:.2f}')} | {num(p99, '{:.2f}')} | {non2xx} | {errors} |")
 print()
 
-r_nginx = res["nginx-jwks"][0]
-r_jwks = res["keyhost-jwks"][0]
-print(f"- keyhost JWKS rate: {100 * r_jwks / r_nginx:.0f} % of nginx serving the same bytes")
-for key, alg, r_sign in (("tokens-es256", "ES256", speed_ec), ("tokens-rs256", "RS256", speed_rsa)):
-    mint = res[key][0]
-    if math.isnan(r_sign) or r_sign <= 0:
+def ratio_per_round(mint_key, speed_index):
+    out = []
+    for i, _ in enumerate(rounds):
+        r_jwks = res["keyhost-jwks"][i][0]
+        r_sign = speed[i][speed_index]
+        if math.isnan(r_sign) or r_sign <= 0:
+            continue
+        ceiling = 1.0 / (1.0 / r_jwks + 1.0 / r_sign)
+        out.append(100.0 * res[mint_key][i][0] / ceiling)
+    return out
+
+jwks_vs_nginx = [100.0 * j[0] / n[0] for j, n in zip(res["keyhost-jwks"], res["nginx-jwks"])]
+print(f"- keyhost JWKS rate: {spread(jwks_vs_nginx)} % of nginx serving the same bytes")
+for key, alg, idx in (("tokens-es256", "ES256", 1), ("tokens-rs256", "RS256", 0)):
+    r_sign = median([s[idx] for s in speed])
+    ratios = ratio_per_round(key, idx)
+    if not ratios:
         print(f"- {alg}: no openssl figure, composite ceiling not computed")
         continue
-    ceiling = 1.0 / (1.0 / r_jwks + 1.0 / r_sign)
+    ceiling = 1.0 / (1.0 / median([x[0] for x in res["keyhost-jwks"]]) + 1.0 / r_sign)
     print(f"- {alg}: openssl sign/s (2 processes) {r_sign:,.0f}; composite ceiling "
-          f"1/(1/R_jwks + 1/R_sign) = {ceiling:,.0f} req/s; mint rate {mint:,.0f} req/s "
-          f"= {100 * mint / ceiling:.0f} % of it")
+          f"1/(1/R_jwks + 1/R_sign) = {ceiling:,.0f} req/s; mint rate {spread(ratios)} % of it")
+if other:
+    ratios = ratio_per_round("tokens-es256-other", 1)
+    if ratios:
+        print(f"- ES256 with the load generator under {other} scheduling: {spread(ratios)} % "
+              "of the composite ceiling")
+print(f"- per round, {policy}: " + "; ".join(
+    f"JWKS {res['keyhost-jwks'][i][0]:,.0f} / nginx {res['nginx-jwks'][i][0]:,.0f}, "
+    f"ES256 {res['tokens-es256'][i][0]:,.0f}, openssl {speed[i][1]:,.0f}"
+    for i, _ in enumerate(rounds)))
 print(f"- keyhost RSS: idle {idle_kb / 1024:.1f} MB, after load {loaded_kb / 1024:.1f} MB "
       f"(peak {peak_kb / 1024:.1f} MB)")
 
-bad = [label for key, label in rows if res[key][3] or res[key][4]]
+bad = [label for key, label in rows if any(x[3] or x[4] for x in res[key])]
 if bad:
     print()
     print("WARNING: some requests failed or were rejected (see non-2xx / errors), so the rates above")
