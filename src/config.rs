@@ -26,7 +26,13 @@ const VERBATIM_VARS: &[&str] = &[
     "KEYHOST_ADMIN_TOKEN",
     "KEYHOST_MASTER_KEY",
     "KEYHOST_PARTNER_ID",
+    "KEYHOST_KYC_WEBHOOK_SECRET",
+    "KEYHOST_IDENFY_SIGNING_KEY",
 ];
+
+/// Shortest webhook secret accepted: anyone can forge an HMAC under an empty or guessable key,
+/// and the webhook paths face the internet.
+pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
 
 /// Every non-secret setting, by its name without the `KEYHOST_` prefix. Environment variables outside this
 /// list are ignored with a warning (orchestrators inject `KEYHOST_SERVICE_HOST` and the like);
@@ -369,6 +375,21 @@ impl Config {
         }
         crate::clients::validate_scope(&self.issue_scope)
             .map_err(|e| ConfigError::Invalid(format!("KEYHOST_ISSUE_SCOPE: {e}")))?;
+        for (name, secret) in [
+            ("KEYHOST_KYC_WEBHOOK_SECRET", &self.kyc_webhook_secret),
+            ("KEYHOST_IDENFY_SIGNING_KEY", &self.idenfy_signing_key),
+        ] {
+            use secrecy::ExposeSecret;
+            if let Some(secret) = secret
+                && secret.expose_secret().trim().len() < MIN_WEBHOOK_SECRET_LEN
+            {
+                return invalid(format!(
+                    "{name} is set but shorter than {MIN_WEBHOOK_SECRET_LEN} characters: anyone could \
+                     forge deliveries under it; use a long random secret (e.g. `head -c 32 \
+                     /dev/urandom | base64`) or unset it to turn the webhook off"
+                ));
+            }
+        }
         if self.rotation_period <= lead {
             return invalid(format!(
                 "KEYHOST_ROTATION_PERIOD ({}) must be longer than KEYHOST_PUBLISH_LEAD ({})",
@@ -558,6 +579,32 @@ mod tests {
             jail.set_env("KEYHOST_PUBLISH_LEAD", "soon");
             let err = Config::load().unwrap_err().to_string();
             assert!(!err.contains("12345678901234567890"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn webhook_secrets_come_from_the_environment_verbatim_and_must_be_long() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_KYC_WEBHOOK_SECRET", "0123456789012345678");
+            jail.set_env("KEYHOST_IDENFY_SIGNING_KEY", "idenfy-signing-key-1234");
+            let c = Config::load().map_err(|e| e.to_string())?;
+            use secrecy::ExposeSecret;
+            assert_eq!(
+                c.kyc_webhook_secret.unwrap().expose_secret(),
+                "0123456789012345678"
+            );
+            assert_eq!(
+                c.idenfy_signing_key.unwrap().expose_secret(),
+                "idenfy-signing-key-1234"
+            );
+            assert!(Config::unknown_env_vars().is_empty());
+            for short in ["", "   ", "short-secret"] {
+                jail.set_env("KEYHOST_KYC_WEBHOOK_SECRET", short);
+                let err = Config::load().unwrap_err().to_string();
+                assert!(err.contains("KEYHOST_KYC_WEBHOOK_SECRET"), "{err}");
+                assert!(short.trim().is_empty() || !err.contains(short), "{err}");
+            }
             Ok(())
         });
     }
