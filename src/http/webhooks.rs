@@ -1,9 +1,13 @@
 //! KYC webhooks that trigger issuance.
 //!
 //! - `POST /webhooks/kyc-complete`: the Issue-on-Behalf reference's example (`{userEmail,
-//!   kycLevel}` → subject `{kycVerified: true, kycLevel, verifiedAt}`), signed with
-//!   `X-Keyhost-Signature: sha256=<hex HMAC-SHA256 of the raw body>` under
-//!   `KEYHOST_KYC_WEBHOOK_SECRET`.
+//!   kycLevel, eventId?}` → subject `{kycVerified: true, kycLevel, verifiedAt}`), signed with
+//!   `X-Keyhost-Signature: t=<unix seconds>,sha256=<hex HMAC-SHA256 of "<t>.<raw body>">` under
+//!   `KEYHOST_KYC_WEBHOOK_SECRET`. A delivery is accepted within [`SIGNATURE_TOLERANCE`] of its
+//!   `t`, and a replay inside that window is the same issuance: the deduplication key is the
+//!   signed `eventId` when there is one, else the signature itself. (An `Idempotency-Key`
+//!   header is refused here: it is not signed, so a captured delivery with a new key would be a
+//!   new issuance.)
 //! - `POST /webhooks/idenfy`: iDenfy's verification webhook, signed with `Idenfy-Signature` (hex
 //!   HMAC-SHA256 of the raw body) under `KEYHOST_IDENFY_SIGNING_KEY`. Acts only on `final: true`
 //!   with `status.overall == "APPROVED"`, once per `scanRef`; maps `clientId` to an email (an
@@ -23,6 +27,8 @@ use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
@@ -53,11 +59,46 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 /// Whether `signature_hex` is the HMAC-SHA256 of `body` under `secret` (constant time).
 pub fn signature_matches(secret: &SecretString, body: &[u8], signature_hex: &str) -> bool {
+    timestamped_signature_matches(secret, None, body, signature_hex)
+}
+
+/// Whether `signature_hex` is the HMAC-SHA256 of `"<t>.<body>"` (or of `body` alone when `t` is
+/// `None`) under `secret`, compared in constant time.
+fn timestamped_signature_matches(
+    secret: &SecretString,
+    t: Option<&str>,
+    body: &[u8],
+    signature_hex: &str,
+) -> bool {
     let Some(signature) = decode_hex(signature_hex) else {
         return false;
     };
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret().as_bytes());
-    hmac::verify(&key, body, &signature).is_ok()
+    let mut ctx = hmac::Context::with_key(&key);
+    if let Some(t) = t {
+        ctx.update(t.as_bytes());
+        ctx.update(b".");
+    }
+    ctx.update(body);
+    bool::from(ctx.sign().as_ref().ct_eq(signature.as_slice()))
+}
+
+/// How far a kyc-complete delivery's `t` may be from keyhost's clock, either way, in seconds.
+pub const SIGNATURE_TOLERANCE: i64 = 300;
+
+/// The parts of `X-Keyhost-Signature: t=<unix seconds>,sha256=<hex>` (in any order).
+fn parse_keyhost_signature(header: &str) -> Option<(&str, &str)> {
+    let (mut t, mut sig) = (None, None);
+    for part in header.split(',') {
+        match part.trim().split_once('=')? {
+            ("t", v) if !v.is_empty() && v.len() <= 12 && v.bytes().all(|b| b.is_ascii_digit()) => {
+                t = Some(v)
+            }
+            ("sha256", v) => sig = Some(v),
+            _ => return None,
+        }
+    }
+    Some((t?, sig?))
 }
 
 async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
@@ -123,6 +164,7 @@ fn issuance_error(e: IssuanceError) -> ApiError {
 struct KycComplete {
     user_email: Option<String>,
     kyc_level: Option<Value>,
+    event_id: Option<String>,
 }
 
 async fn kyc_complete(
@@ -130,19 +172,42 @@ async fn kyc_complete(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let Some(secret) = state.config.kyc_webhook_secret.as_ref() else {
+        return Err(ApiError::unavailable(
+            "this webhook is not configured: set KEYHOST_KYC_WEBHOOK_SECRET",
+            3600,
+        ));
+    };
     let header = headers
         .get("x-keyhost-signature")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("sha256=").unwrap_or("not-hex"));
-    authenticate(
-        &state,
-        "kyc-complete",
-        state.config.kyc_webhook_secret.as_ref(),
-        "KEYHOST_KYC_WEBHOOK_SECRET",
-        header,
-        &body,
-    )
-    .await?;
+        .map(|v| v.to_str().ok().and_then(parse_keyhost_signature));
+    let refusal = match header {
+        None => "missing webhook signature (X-Keyhost-Signature: t=<unix seconds>,sha256=<hex>)",
+        Some(None) => {
+            "malformed X-Keyhost-Signature: expected t=<unix seconds>,sha256=<hex HMAC-SHA256 of \
+             \"<t>.<raw body>\">"
+        }
+        Some(Some((t, sig))) if timestamped_signature_matches(secret, Some(t), &body, sig) => {
+            let skew = t.parse::<i64>().map_or(i64::MAX, |t| t - state.clock.now());
+            if skew.abs() <= SIGNATURE_TOLERANCE {
+                ""
+            } else {
+                "the signature's timestamp t is more than 5 minutes from keyhost's clock: a \
+                 replayed delivery, or a sender whose clock is wrong"
+            }
+        }
+        Some(Some(_)) => "invalid webhook signature",
+    };
+    if !refusal.is_empty() {
+        audit_rejection(&state, "kyc-complete", refusal).await;
+        return Err(ApiError::unauthorized(refusal));
+    }
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::bad_value(
+            "Idempotency-Key is not covered by the webhook signature; put the event id in the \
+             signed body as eventId",
+        ));
+    }
     let req: KycComplete = parse_json_object(&body)?;
     let email = req
         .user_email
@@ -151,17 +216,24 @@ async fn kyc_complete(
     let level = req
         .kyc_level
         .ok_or_else(|| ApiError::missing_value("kycLevel is required"))?;
+    let idempotency_key = match req.event_id {
+        Some(id) if id.is_empty() || id.len() > 200 => {
+            return Err(ApiError::bad_value(
+                "eventId must be between 1 and 200 characters",
+            ));
+        }
+        Some(id) => format!("event:{id}"),
+        None => {
+            let sig = header.flatten().map_or("", |(_, sig)| sig);
+            format!("sig:{}", sig.trim().to_ascii_lowercase())
+        }
+    };
     let now = state.clock.now();
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .map(str::to_owned);
     let (row, _) = state
         .issuance
         .submit(NewIssuance {
             source: "webhook:kyc".into(),
-            idempotency_key,
+            idempotency_key: Some(idempotency_key),
             email,
             issuer_did: None,
             credential_id: None,

@@ -117,7 +117,7 @@ pub enum IssuanceError {
     #[error("{0}")]
     Invalid(String),
     /// The idempotency key was used for a different request.
-    #[error("Idempotency-Key {0:?} was already used for a different request")]
+    #[error("idempotency key {0:?} was already used for a different request")]
     IdempotencyConflict(String),
     /// The store failed.
     #[error(transparent)]
@@ -338,9 +338,17 @@ impl IssuanceService {
                 "credentialSubject must be an object".into(),
             ));
         }
+        // A webhook's subject carries the time keyhost received it (`verifiedAt`): a redelivery
+        // of the same event is the same request although that time differs.
+        let mut hashed_subject = req.credential_subject.clone();
+        if req.source.starts_with("webhook:")
+            && let Some(subject) = hashed_subject.as_object_mut()
+        {
+            subject.remove("verifiedAt");
+        }
         let canonical = json!({
             "email": req.email, "issuerDid": issuer_did, "credentialId": credential_id,
-            "credentialSubject": req.credential_subject, "onDuplicate": on_duplicate,
+            "credentialSubject": hashed_subject, "onDuplicate": on_duplicate,
         });
         let request_hash: String = crate::auth::sha256(canonical.to_string().as_bytes())
             .iter()
@@ -393,9 +401,7 @@ impl IssuanceService {
             })
             .await?;
         if !created {
-            // A webhook's key is the provider's event id: a redelivery is the same event even
-            // though the subject carries a new `verifiedAt`.
-            if row.request_hash != request_hash && !row.source.starts_with("webhook:") {
+            if row.request_hash != request_hash {
                 return Err(IssuanceError::IdempotencyConflict(
                     req.idempotency_key.unwrap_or_default(),
                 ));
@@ -847,8 +853,15 @@ impl IssuanceService {
         Ok(())
     }
 
-    /// Proxies AIR's status for `hash`, authenticated for the issuance's email (or `email`).
-    pub async fn status(&self, hash: &str, email: Option<&str>) -> Result<Reply, StatusError> {
+    /// AIR Kit's status of the credential `hash`, asked with a Partner JWT for the issuance's
+    /// email when `caller` issued it through keyhost, else for `email` (required then): a client
+    /// learns nothing through keyhost about another source's issuances that AIR would not tell it.
+    pub async fn status(
+        &self,
+        hash: &str,
+        email: Option<&str>,
+        caller: &str,
+    ) -> Result<Reply, StatusError> {
         let airkit = self
             .airkit()
             .map_err(|e| StatusError::NotConfigured(e.to_string()))?
@@ -859,11 +872,12 @@ impl IssuanceService {
                 .await
                 .map_err(StatusError::Store)?
         };
-        let email = match (known.as_ref(), email) {
+        let email = match (known.as_ref().filter(|row| row.source == caller), email) {
             (Some(row), _) => row.email.clone(),
             (None, Some(e)) => e.to_owned(),
             (None, None) => return Err(StatusError::UnknownHash),
         };
+        let _permit = self.in_flight.acquire().await.expect("never closed");
         let (token, kid) = self.token(&email).map_err(StatusError::NoToken)?;
         let result = airkit.status(&token, hash).await;
         self.count_upstream("status", &result);
@@ -897,7 +911,9 @@ pub enum StatusError {
     #[error("{0}")]
     NotConfigured(String),
     /// keyhost did not issue this hash and no email was given.
-    #[error("keyhost has no issuance with this coreClaimHash; pass email= to check it anyway")]
+    #[error(
+        "this client has no issuance with this coreClaimHash through keyhost; pass email= to check it anyway"
+    )]
     UnknownHash,
     /// No token could be minted.
     #[error("cannot mint a Partner JWT: {0}")]

@@ -1,6 +1,7 @@
 //! KYC webhooks that trigger issuance: iDenfy's verification webhook and the kyc-complete example.
 
 use aws_lc_rs::hmac;
+use keyhost::clock::Clock;
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
@@ -38,6 +39,43 @@ async fn post_idenfy(app: &TestApp, body: &[u8], signature: Option<String>) -> (
     let res = req.send().await.unwrap();
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// `X-Keyhost-Signature` of `body` at time `t`.
+fn kyc_signature(secret: &str, t: i64, body: &[u8]) -> String {
+    let signed = [format!("{t}.").as_bytes(), body].concat();
+    format!("t={t},sha256={}", hex_hmac(secret, &signed))
+}
+
+/// Posts to kyc-complete with the given signature header (if any) and extra headers.
+async fn post_kyc(
+    app: &TestApp,
+    body: &[u8],
+    signature: Option<String>,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}/webhooks/kyc-complete", app.internal))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(sig) = signature {
+        req = req.header("X-Keyhost-Signature", sig);
+    }
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn kyc_body(email: &str, event_id: Option<&str>) -> Vec<u8> {
+    let mut body = json!({"userEmail": email, "kycLevel": "basic"});
+    if let Some(id) = event_id {
+        body["eventId"] = json!(id);
+    }
+    serde_json::to_vec(&body).unwrap()
 }
 
 async fn signed_idenfy(app: &TestApp, body: &[u8]) -> (u16, Value) {
@@ -214,27 +252,24 @@ async fn malformed_idenfy_bodies_get_the_standard_errors() {
 #[tokio::test]
 async fn the_kyc_complete_webhook_issues_the_seed_subject_when_signed() {
     let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
-    let body =
-        serde_json::to_vec(&json!({"userEmail": "kyc@example.com", "kycLevel": "basic"})).unwrap();
-    let send = |sig: String| {
-        app.http
-            .post(format!("{}/webhooks/kyc-complete", app.internal))
-            .header("content-type", "application/json")
-            .header("X-Keyhost-Signature", sig)
-            .body(body.clone())
-            .send()
-    };
-    let res = send(format!("sha256={}", hex_hmac("wrong", &body)))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
+    let body = kyc_body("kyc@example.com", None);
+    let now = app.clock.now();
+    let (status, answer) =
+        post_kyc(&app, &body, Some(kyc_signature("wrong", now, &body)), &[]).await;
+    assert_eq!(
+        (status, &answer["identifier"]),
+        (401, &json!("UNAUTHORIZED"))
+    );
     assert!(upstream.control.issue_calls().is_empty());
 
-    let res = send(format!("sha256={}", hex_hmac(KYC_SECRET, &body)))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let answer: Value = res.json().await.unwrap();
+    let (status, answer) = post_kyc(
+        &app,
+        &body,
+        Some(kyc_signature(KYC_SECRET, now, &body)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["success"], true);
     assert_eq!(answer["coreClaimHash"].as_str().unwrap().len(), 64);
     let row = &issuances(&app).await[0];
@@ -253,6 +288,78 @@ async fn the_kyc_complete_webhook_issues_the_seed_subject_when_signed() {
         .await
         .unwrap();
     assert_eq!(detail["email"], "kyc@example.com");
+}
+
+#[tokio::test]
+async fn a_kyc_complete_signature_binds_the_time_and_is_refused_outside_five_minutes() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = kyc_body("kyc@example.com", None);
+    let now = app.clock.now();
+    let refused = [
+        // No header, a body-only signature, garbage, and a signature made for another time.
+        None,
+        Some(format!("sha256={}", hex_hmac(KYC_SECRET, &body))),
+        Some("t=abc,sha256=00".to_owned()),
+        Some(kyc_signature(KYC_SECRET, now, &body).replacen(
+            &format!("t={now}"),
+            &format!("t={}", now + 1),
+            1,
+        )),
+        // Correctly signed, but too old or too far ahead.
+        Some(kyc_signature(KYC_SECRET, now - 301, &body)),
+        Some(kyc_signature(KYC_SECRET, now + 301, &body)),
+    ];
+    for signature in refused {
+        let (status, answer) = post_kyc(&app, &body, signature.clone(), &[]).await;
+        assert_eq!(status, 401, "{signature:?}: {answer}");
+        assert_eq!(answer["identifier"], "UNAUTHORIZED");
+    }
+    let (_, stale) = post_kyc(
+        &app,
+        &body,
+        Some(kyc_signature(KYC_SECRET, now - 301, &body)),
+        &[],
+    )
+    .await;
+    assert!(
+        stale["message"].as_str().unwrap().contains("5 minutes"),
+        "{stale}"
+    );
+    assert!(upstream.control.issue_calls().is_empty());
+
+    let (status, answer) = post_kyc(
+        &app,
+        &body,
+        Some(kyc_signature(KYC_SECRET, now - 299, &body)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn a_replayed_kyc_complete_delivery_is_the_same_issuance() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = kyc_body("kyc@example.com", None);
+    let signature = kyc_signature(KYC_SECRET, app.clock.now(), &body);
+    let (_, first) = post_kyc(&app, &body, Some(signature.clone()), &[]).await;
+    app.clock.advance(60);
+    let (status, second) = post_kyc(&app, &body, Some(signature), &[]).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(first["issuanceId"], second["issuanceId"]);
+    assert_eq!(issuances(&app).await.len(), 1);
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+
+    // An unsigned Idempotency-Key would let a captured delivery through as a new event.
+    let fresh = kyc_signature(KYC_SECRET, app.clock.now(), &body);
+    let (status, answer) =
+        post_kyc(&app, &body, Some(fresh), &[("Idempotency-Key", "new-key")]).await;
+    assert_eq!((status, &answer["identifier"]), (400, &json!("BAD_VALUE")));
+    assert!(
+        answer["message"].as_str().unwrap().contains("eventId"),
+        "{answer}"
+    );
+    assert_eq!(issuances(&app).await.len(), 1);
 }
 
 #[tokio::test]
@@ -289,28 +396,26 @@ async fn a_non_final_result_then_the_final_approval_issues_once() {
 }
 
 #[tokio::test]
-async fn a_kyc_complete_redelivery_with_its_idempotency_key_is_the_same_issuance_later_too() {
+async fn a_kyc_complete_redelivery_with_its_event_id_is_the_same_issuance_later_too() {
     let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
-    let body =
-        serde_json::to_vec(&json!({"userEmail": "kyc@example.com", "kycLevel": "basic"})).unwrap();
-    let send = || {
-        app.http
-            .post(format!("{}/webhooks/kyc-complete", app.internal))
-            .header("content-type", "application/json")
-            .header("Idempotency-Key", "kyc-event-77")
-            .header(
-                "X-Keyhost-Signature",
-                format!("sha256={}", hex_hmac(KYC_SECRET, &body)),
-            )
-            .body(body.clone())
-            .send()
-    };
-    let first: Value = send().await.unwrap().json().await.unwrap();
-    // A second later the subject's verifiedAt would differ; it is still the same event.
-    app.clock.advance(5);
-    let res = send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let second: Value = res.json().await.unwrap();
+    let body = kyc_body("kyc@example.com", Some("kyc-event-77"));
+    let sign = |app: &TestApp| kyc_signature(KYC_SECRET, app.clock.now(), &body);
+    let (_, first) = post_kyc(&app, &body, Some(sign(&app)), &[]).await;
+    // Re-signed later, and the subject's verifiedAt would differ; it is still the same event.
+    app.clock.advance(600);
+    let (status, second) = post_kyc(&app, &body, Some(sign(&app)), &[]).await;
+    assert_eq!(status, 200, "{second}");
     assert_eq!(first["issuanceId"], second["issuanceId"]);
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+
+    // The same event id for another user is a conflict, not the first user's issuance.
+    let other = kyc_body("someone.else@example.com", Some("kyc-event-77"));
+    let signature = kyc_signature(KYC_SECRET, app.clock.now(), &other);
+    let (status, answer) = post_kyc(&app, &other, Some(signature), &[]).await;
+    assert_eq!(
+        (status, &answer["identifier"]),
+        (409, &json!("CONFLICT")),
+        "{answer}"
+    );
     assert_eq!(upstream.control.issue_calls().len(), 1);
 }
