@@ -128,6 +128,7 @@ async fn issue(
     JsonBody(req): JsonBody<IssueRequest>,
 ) -> Result<Response, ApiError> {
     require_issue_scope(&state, &client)?;
+    super::check_client_rate(&state, &client.id)?;
     let key = idempotency_key(&headers)?;
     let email = req
         .email
@@ -190,9 +191,10 @@ async fn status(
     if let Some(e) = &q.email {
         validate_email(e)?;
     }
+    super::check_client_rate(&state, &client.id)?;
     let reply = state
         .issuance
-        .status(&hash, q.email.as_deref())
+        .status(&hash, q.email.as_deref(), &client.id)
         .await
         .map_err(|e| match e {
             StatusError::NotConfigured(m) => ApiError::unavailable(m, 60),

@@ -94,6 +94,30 @@ pub struct AppStateInner {
 /// Token requests per client id (GCRA, burst of the whole hourly quota).
 pub type ClientRateLimiter = governor::DefaultKeyedRateLimiter<String>;
 
+/// Counts one Partner JWT request of `client` against `KEYHOST_CLIENT_RATE_LIMIT`: minting a
+/// token, or asking keyhost to call AIR Kit with one (issue, status). 429 with `Retry-After` when
+/// the hourly quota is spent.
+pub fn check_client_rate(state: &AppState, client_id: &str) -> Result<(), ApiError> {
+    let Some(limiter) = &state.rate_limit else {
+        return Ok(());
+    };
+    limiter
+        .check_key(&client_id.to_owned())
+        .map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            ApiError::too_many_requests(
+                format!(
+                    "client {client_id} exceeded {} Partner JWT requests per hour \
+                 (KEYHOST_CLIENT_RATE_LIMIT; tokens, issuances and status calls all count)",
+                    state.config.client_rate_limit
+                ),
+                wait.as_secs() + 1,
+            )
+        })
+}
+
 /// The limiter for `per_hour` requests per client, or `None` for 0 (unlimited).
 pub fn client_rate_limiter(per_hour: u32) -> Option<Arc<ClientRateLimiter>> {
     let per_hour = std::num::NonZeroU32::new(per_hour)?;

@@ -65,20 +65,7 @@ async fn mint(
     ClientAuth(client): ClientAuth,
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    if let Some(limiter) = &state.rate_limit
-        && let Err(not_until) = limiter.check_key(&client.id)
-    {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        return Err(ApiError::too_many_requests(
-            format!(
-                "client {} exceeded {} token requests per hour (KEYHOST_CLIENT_RATE_LIMIT)",
-                client.id, state.config.client_rate_limit
-            ),
-            wait.as_secs() + 1,
-        ));
-    }
+    super::check_client_rate(&state, &client.id)?;
     let email = req
         .email
         .ok_or_else(|| ApiError::missing_value("email is required"))?;

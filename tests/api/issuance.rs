@@ -766,3 +766,85 @@ async fn concurrent_requests_with_one_idempotency_key_issue_once() {
     assert_eq!(a.1["issuanceId"], b.1["issuanceId"]);
     assert_eq!(upstream.control.issue_calls().len(), 1);
 }
+
+/// Issues a credential for `email` as the client `key` and returns its coreClaimHash.
+async fn issued_hash(app: &TestApp, key: &str, email: &str) -> String {
+    let (status, body) = issue(
+        app,
+        key,
+        json!({"email": email, "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["coreClaimHash"].as_str().unwrap().to_owned()
+}
+
+async fn status_query(app: &TestApp, key: &str, hash: &str, email: Option<&str>) -> (u16, Value) {
+    let mut query = vec![("coreClaimHash", hash)];
+    if let Some(email) = email {
+        query.push(("email", email));
+    }
+    let res = app
+        .http
+        .get(format!("{}/v1/credentials/status", app.internal))
+        .query(&query)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_client_gets_the_status_of_its_own_issuances_and_must_name_the_email_for_others() {
+    let (app, _upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let (_, other_key) = app.create_client(&["issue"]).await;
+    let hash = issued_hash(&app, &key, "owner@example.com").await;
+
+    let (status, answer) = status_query(&app, &key, &hash, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["coreClaimHash"], hash.as_str());
+
+    // keyhost does not lend another client the issuance's email...
+    let (status, answer) = status_query(&app, &other_key, &hash, None).await;
+    assert_eq!((status, &answer["identifier"]), (404, &json!("NOT_FOUND")));
+    assert!(
+        answer["message"].as_str().unwrap().contains("email="),
+        "{answer}"
+    );
+    // ...but with the email it asks AIR Kit, which answers any Partner JWT of the partner.
+    let (status, answer) = status_query(&app, &other_key, &hash, Some("owner@example.com")).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn issuances_and_status_calls_count_against_the_client_rate_limit() {
+    let (app, _upstream, key) = spawn_issuing(|_| {}, |c| c.client_rate_limit = 2).await;
+    let (_, other_key) = app.create_client(&["issue"]).await;
+    let hash = issued_hash(&app, &key, "user@example.com").await;
+    assert_eq!(status_query(&app, &key, &hash, None).await.0, 200);
+
+    let (status, answer) = status_query(&app, &key, &hash, None).await;
+    assert_eq!(
+        (status, &answer["identifier"]),
+        (429, &json!("TOO_MANY_REQUESTS"))
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("KEYHOST_CLIENT_RATE_LIMIT"),
+        "{answer}"
+    );
+    let (status, _) = issue(
+        &app,
+        &key,
+        json!({"email": "second@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 429);
+    // The quota is per client.
+    let (status, answer) = status_query(&app, &other_key, &hash, Some("user@example.com")).await;
+    assert_eq!(status, 200, "{answer}");
+}
