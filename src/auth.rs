@@ -225,18 +225,21 @@ impl AdminToken {
             return Ok((Self { hash }, AdminTokenSource::Stored));
         }
         let file = keys_dir.join(ADMIN_TOKEN_FILE);
+        let read = || {
+            fs::read_to_string(&file)
+                .map(|t| Zeroizing::new(t.trim().to_owned()))
+                .map_err(|e| AdminTokenError::Io(file.clone(), e))
+        };
         let token = if file.exists() {
-            Zeroizing::new(
-                fs::read_to_string(&file)
-                    .map_err(|e| AdminTokenError::Io(file.clone(), e))?
-                    .trim()
-                    .to_owned(),
-            )
+            read()?
         } else {
             let token = Zeroizing::new(format!("{ADMIN_TOKEN_PREFIX}{}", random_b64(32).as_str()));
-            write_secret_file(&file, token.as_bytes())
-                .map_err(|e| AdminTokenError::Io(file.clone(), e))?;
-            token
+            match write_secret_file(&file, token.as_bytes()) {
+                Ok(()) => token,
+                // Created by another process a moment ago: the first file wins.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read()?,
+                Err(e) => return Err(AdminTokenError::Io(file.clone(), e)),
+            }
         };
         let me = Self::from_token(&token);
         let hex: String = me.hash.iter().map(|b| format!("{b:02x}")).collect();

@@ -181,13 +181,7 @@ pub fn resolve(
             MasterKeySource::Environment,
         )
     } else if file.exists() {
-        let text = Zeroizing::new(
-            fs::read_to_string(&file).map_err(|e| MasterKeyError::Io("read", file.clone(), e))?,
-        );
-        (
-            MasterKey::from_base64(&text, &file.display().to_string())?,
-            MasterKeySource::File(file.clone()),
-        )
+        (read_key_file(&file)?, MasterKeySource::File(file.clone()))
     } else if let Some(expected) = recorded_id {
         return Err(MasterKeyError::Mismatch {
             expected: expected.to_owned(),
@@ -196,9 +190,15 @@ pub fn resolve(
         });
     } else {
         let (key, text) = MasterKey::generate();
-        write_secret_file(&file, text.as_bytes())
-            .map_err(|e| MasterKeyError::Io("create", file.clone(), e))?;
-        (key, MasterKeySource::Created(file.clone()))
+        match write_secret_file(&file, text.as_bytes()) {
+            Ok(()) => (key, MasterKeySource::Created(file.clone())),
+            // Another process (a CLI command beside the starting server) created it first: the
+            // first file wins, and every process uses it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                (read_key_file(&file)?, MasterKeySource::File(file.clone()))
+            }
+            Err(e) => return Err(MasterKeyError::Io("create", file.clone(), e)),
+        }
     };
     if let Some(expected) = recorded_id
         && expected != key.id()
@@ -212,10 +212,11 @@ pub fn resolve(
     Ok((key, source))
 }
 
-/// Creates `path` (and its directory, 0700) with mode 0600 and fails if it already exists. The
-/// contents are written to a temporary file, synced, renamed into place and the directory synced,
-/// so that a crash or power loss leaves either no file or the whole file, never an empty one
-/// beside keys it was meant to open.
+/// Creates `path` (and its directory, 0700) with mode 0600 and fails with `AlreadyExists` if it
+/// exists, even when another process creates it at the same moment. The contents are written to
+/// a temporary file of this process, synced, linked into place (a link, unlike a rename, never
+/// replaces an existing file) and the directory synced, so that a crash or power loss leaves
+/// either no file or the whole file, never an empty one beside keys it was meant to open.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
@@ -225,18 +226,35 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
             "refusing to overwrite an existing secret file",
         ));
     }
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
+    let mut nonce = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| std::io::Error::other("no randomness for a temporary file name"))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    ));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp)?;
-    f.write_all(contents)?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
+    let written = options.open(&tmp).and_then(|mut f| {
+        f.write_all(contents)?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    });
+    let linked = written.and_then(|()| match fs::hard_link(&tmp, path) {
+        // A file system without hard links (some network and FAT mounts): rename, which closes
+        // the same window except against a process creating the file at the very same moment.
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !path.exists() => {
+            fs::rename(&tmp, path)
+        }
+        other => other,
+    });
+    let _ = fs::remove_file(&tmp);
+    linked?;
     #[cfg(unix)]
     fs::File::open(if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -245,6 +263,13 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     })?
     .sync_all()?;
     Ok(())
+}
+
+fn read_key_file(file: &Path) -> Result<MasterKey, MasterKeyError> {
+    let text = Zeroizing::new(
+        fs::read_to_string(file).map_err(|e| MasterKeyError::Io("read", file.to_owned(), e))?,
+    );
+    MasterKey::from_base64(&text, &file.display().to_string())
 }
 
 /// Creates `dir` with mode 0700 if it does not exist.
@@ -292,6 +317,35 @@ mod tests {
         let (k2, src) = resolve(None, &keys, Some(k1.id())).unwrap();
         assert_eq!(src, MasterKeySource::File(keys.join(MASTER_KEY_FILE)));
         assert_eq!(k1.id(), k2.id());
+    }
+
+    #[test]
+    fn processes_starting_together_on_an_empty_install_agree_on_one_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| resolve(None, &keys_dir, None).unwrap().0.id().to_owned()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = resolve(None, &keys_dir, None).unwrap().0.id().to_owned();
+        assert!(ids.iter().all(|id| *id == on_disk), "{ids:?} vs {on_disk}");
+        let leftovers: Vec<_> = fs::read_dir(&keys_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from(MASTER_KEY_FILE)]);
+    }
+
+    #[test]
+    fn a_secret_file_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        write_secret_file(&path, b"first").unwrap();
+        let err = write_secret_file(&path, b"second").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "first\n");
     }
 
     #[test]
