@@ -73,8 +73,13 @@ impl Lifecycle {
             // Clients first and regardless of the key steps: a client disabled from the CLI must
             // stop minting even while the key lifecycle is failing.
             let clients_result = clients.reload(&store);
-            let report = keys.tick(actor)?;
-            live.refresh(&keys)?;
+            // The in-memory keys follow the store even when planning failed: the store is
+            // consistent either way (each plan is one transaction), and a key revoked meanwhile
+            // must stop signing.
+            let report = keys.tick(actor);
+            let refreshed = live.refresh(&keys);
+            let report = report?;
+            refreshed?;
             keys.mark_served()?;
             clients_result?;
             Ok(report)

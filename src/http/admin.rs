@@ -287,6 +287,9 @@ async fn rotate(
     let emergency = req.emergency.unwrap_or(false);
     let keys = state.keys.clone();
     let rotated = blocking(move || keys.rotate(alg, emergency, ACTOR)).await?;
+    for kid in &rotated.revoked {
+        state.live.withdraw(kid);
+    }
     settle(&state).await?;
     if let Some(w) = &rotated.warning {
         tracing::warn!(kid = %rotated.key.kid, warning = %w, "emergency rotation");
@@ -319,6 +322,7 @@ async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     let keys = state.keys.clone();
     let (key, warning) = blocking(move || keys.revoke(&kid, ACTOR)).await?;
+    state.live.withdraw(&key.kid);
     settle(&state).await?;
     let mut body = json!({ "key": KeyView::from(&key) });
     if let Some(w) = warning {

@@ -64,6 +64,20 @@ impl LiveKeys {
         self.jwks.load()
     }
 
+    /// Stops the key `kid` from signing at once, without reading the store: a revocation takes
+    /// effect even if the refresh that follows it fails. The JWKS follows at that refresh.
+    pub fn withdraw(&self, kid: &str) {
+        self.signers.rcu(|set| SignerSet {
+            active: set
+                .active
+                .iter()
+                .filter(|(_, key)| key.kid != kid)
+                .map(|(alg, key)| (*alg, key.clone()))
+                .collect(),
+            next_signable: set.next_signable.clone(),
+        });
+    }
+
     /// The current signing keys without taking a reference count (hot path; do not hold across
     /// awaits).
     pub fn signers_now(&self) -> arc_swap::Guard<Arc<SignerSet>> {
@@ -118,5 +132,32 @@ impl LiveKeys {
         }
         self.signers.store(Arc::new(set));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+
+    #[test]
+    fn a_withdrawn_key_stops_signing_at_once_and_the_others_keep_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::rooted_at(dir.path());
+        let opened = crate::startup::open(&config, ManualClock::starting_now(), true).unwrap();
+        opened.keys.tick("test").unwrap();
+        let live = LiveKeys::default();
+        live.refresh(&opened.keys).unwrap();
+        let es256 = live.signers().active[&Alg::ES256].kid.clone();
+        let rs256 = live.signers().active[&Alg::RS256].kid.clone();
+
+        live.withdraw(&es256);
+        let set = live.signers();
+        assert!(!set.active.contains_key(&Alg::ES256));
+        assert_eq!(set.active[&Alg::RS256].kid, rs256);
+        // The store still says active (nothing was revoked there), so a refresh brings it back.
+        live.refresh(&opened.keys).unwrap();
+        assert_eq!(live.signers().active[&Alg::ES256].kid, es256);
     }
 }
