@@ -30,7 +30,7 @@
 # a round, from figures taken minutes apart at most, and the median of the rounds is
 # reported), and keyhost's resident memory before and after load.
 #
-# Why rounds: on a shared virtual machine the speed of the same scenario drifts by 20-30 %
+# Why rounds: on a virtual machine with noisy neighbours the speed of the same scenario drifts by 20-30 %
 # within minutes. Interleaving the scenarios and taking medians keeps that drift out of the
 # ratios.
 #
