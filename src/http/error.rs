@@ -264,3 +264,19 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     )
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_with_the_standard_body_and_without_its_message() {
+        let res = panic_response(Box::new(String::from("secret detail from a handler")));
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["identifier"], "INTERNAL_ERROR");
+        assert!(value["message"].is_string());
+        assert!(!String::from_utf8_lossy(&body).contains("secret detail"));
+    }
+}

@@ -1,6 +1,10 @@
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_public_only, spawn_app};
+use std::sync::Arc;
+
+use keyhost::clock::ManualClock;
+
+use crate::helpers::{T0, assert_public_only, spawn_app, start, test_config};
 
 const DAY: i64 = 24 * 3600;
 
@@ -8,17 +12,30 @@ const DAY: i64 = 24 * 3600;
 async fn every_admin_route_requires_the_admin_token() {
     let app = spawn_app().await;
     let (client_id, client_key) = app.create_client(&["issue"]).await;
-    let routes = [
-        ("GET", "/admin/keys".to_owned()),
-        ("POST", "/admin/keys/rotate".to_owned()),
-        ("POST", "/admin/keys/import".to_owned()),
-        ("POST", "/admin/keys/somekid/retire".to_owned()),
-        ("POST", "/admin/keys/somekid/revoke".to_owned()),
-        ("GET", "/admin/clients".to_owned()),
-        ("POST", "/admin/clients".to_owned()),
-        ("POST", format!("/admin/clients/{client_id}/disable")),
-        ("GET", "/admin/audit".to_owned()),
-    ];
+    // Every admin operation the server documents, so that a new one is covered the day it is
+    // added (another test checks that every documented operation is routed).
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.internal))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut routes = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/admin/") {
+            continue;
+        }
+        let path = path.replace("{kid}", "somekid").replace("{id}", &client_id);
+        for method in ops.as_object().unwrap().keys() {
+            if method != "servers" && method != "parameters" {
+                routes.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    assert_eq!(routes.len(), 15, "{routes:?}");
     for (method, path) in &routes {
         for token in [
             None,
@@ -316,5 +333,134 @@ async fn mints_are_accounted_per_client_and_key_in_the_audit_trail_without_touch
         mints
             .iter()
             .any(|e| e["subject"] == rs["kid"] && e["detail"]["count"] == 1)
+    );
+}
+
+#[tokio::test]
+async fn an_emergency_rotation_also_revokes_the_pending_successor() {
+    let app = spawn_app().await;
+    let active = app.kids_in("active").await;
+    let pending = app.rotate("ES256", false).await["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let es256_active = app
+        .keys()
+        .await
+        .into_iter()
+        .find(|k| k["state"] == "active" && k["alg"] == "ES256")
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(active.contains(&es256_active));
+
+    let body = app.rotate("ES256", true).await;
+    let revoked: Vec<&str> = body["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(revoked.len(), 2, "{body}");
+    assert!(revoked.contains(&es256_active.as_str()) && revoked.contains(&pending.as_str()));
+    let jwks = app.jwks().await.to_string();
+    assert!(!jwks.contains(&es256_active) && !jwks.contains(&pending));
+    assert_eq!(app.kids_in("revoked").await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_audit_trail_pages_backwards_with_before() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        app.create_client(&["issue"]).await;
+    }
+    let page = |query: String| {
+        let app = &app;
+        async move {
+            let body: Value = app
+                .admin_get(&format!("/admin/audit?{query}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            body["entries"].as_array().unwrap().clone()
+        }
+    };
+    let all = page("limit=1000".into()).await;
+    assert!(all.len() >= 5, "key generation and three clients: {all:?}");
+    let ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+
+    let first = page("limit=2".into()).await;
+    assert_eq!(first, all[..2]);
+    let last_id = first[1]["id"].as_i64().unwrap();
+    let second = page(format!("limit=2&before={last_id}")).await;
+    assert_eq!(second, all[2..4]);
+    let res = app.admin_get("/admin/audit?limit=0").await;
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn without_a_configured_token_one_is_generated_once_into_a_private_file() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = test_config(dir.path());
+    config.admin_token = None;
+    let app = start(dir, ManualClock::new(T0), config.clone())
+        .await
+        .unwrap();
+    let file = app.dir.path().join("keys/admin.token");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(token.starts_with("kha_") && token.len() > 40, "{token}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let admin_keys = |app: &crate::helpers::TestApp, token: String| {
+        app.http
+            .get(format!("{}/admin/keys", app.internal))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(admin_keys(&app, token.clone()).await.unwrap().status(), 200);
+    let db = std::fs::read(app.dir.path().join("data/keyhost.db")).unwrap();
+    assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
+
+    // A restart neither rewrites the file nor changes the token.
+    let (dir, clock) = app.stop().await;
+    let app = start(dir, clock, config).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    assert_eq!(admin_keys(&app, token).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn readiness_fails_while_an_algorithm_has_no_key_that_may_sign() {
+    let app = spawn_app().await;
+    let ready = || app.http.get(format!("{}/readyz", app.internal)).send();
+    let res = ready().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["kids"].as_array().unwrap().len(), 2);
+
+    let es256 = app
+        .keys()
+        .await
+        .into_iter()
+        .find(|k| k["alg"] == "ES256")
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.admin_post(&format!("/admin/keys/{es256}/revoke"), json!({}))
+        .await;
+    let res = ready().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("ES256"),
+        "{body}"
     );
 }

@@ -19,7 +19,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::helpers::{PARTNER_ID, TestApp, spawn_app, start, test_config};
+use crate::helpers::{PARTNER_ID, TestApp, spawn_app_at_wall_clock, start, test_config};
 use crate::import::fixture;
 
 const ISSUER_DID: &str = "did:air:id:test:5P44fsVUhPctDTWH2Nz26pZJFsg6CqyiAELTGeVQDB";
@@ -149,7 +149,7 @@ async fn env() -> Env {
 }
 
 async fn env_with(tweak: impl FnOnce(&mut EmulatorArgs)) -> Env {
-    let app = spawn_app().await;
+    let app = spawn_app_at_wall_clock().await;
     let mut args = args_for(&app);
     tweak(&mut args);
     let emu = Emu::start(args).await;
@@ -301,13 +301,7 @@ async fn relay(app: &TestApp, cache_control: &'static str, delay: Duration) -> R
 
 /// Rotates keyhost's ES256 key in an emergency: the new key signs at once.
 async fn emergency_rotation(app: &TestApp) {
-    let res = app
-        .admin_post(
-            "/admin/keys/rotate",
-            json!({"alg": "ES256", "emergency": true}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
+    app.rotate("ES256", true).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -621,7 +615,7 @@ async fn unknown_kid_is_rejected_while_the_cached_jwks_is_fresh() {
 
 #[tokio::test]
 async fn a_stale_jwks_is_refetched_on_the_next_request_and_the_new_kid_then_verifies() {
-    let app = spawn_app().await;
+    let app = spawn_app_at_wall_clock().await;
     let relay = relay(&app, "public, max-age=1", Duration::ZERO).await;
     let mut args = args_for(&app);
     args.jwks_url = relay.url.clone();
@@ -660,7 +654,7 @@ async fn a_stale_jwks_is_refetched_on_the_next_request_and_the_new_kid_then_veri
 
 #[tokio::test]
 async fn a_no_store_jwks_is_fetched_for_every_request() {
-    let app = spawn_app().await;
+    let app = spawn_app_at_wall_clock().await;
     let relay = relay(&app, "no-store", Duration::ZERO).await;
     let mut args = args_for(&app);
     args.jwks_url = relay.url.clone();
@@ -685,7 +679,7 @@ async fn a_no_store_jwks_is_fetched_for_every_request() {
 
 #[tokio::test]
 async fn concurrent_requests_share_one_jwks_fetch() {
-    let app = spawn_app().await;
+    let app = spawn_app_at_wall_clock().await;
     let relay = relay(&app, "public, max-age=300", Duration::from_millis(150)).await;
     let mut args = args_for(&app);
     args.jwks_url = relay.url.clone();
@@ -764,7 +758,7 @@ async fn missing_claims_are_named_and_a_missing_exp_is_refused() {
 
 #[tokio::test]
 async fn a_token_for_another_partner_is_rejected() {
-    let app = spawn_app().await;
+    let app = spawn_app_at_wall_clock().await;
     let mut args = args_for(&app);
     args.partner_id = "partner-someone-else".into();
     let emu = Emu::start(args).await;
@@ -832,7 +826,7 @@ async fn a_missing_or_unreadable_partner_token_is_401() {
 
 #[tokio::test]
 async fn an_unreachable_jwks_is_a_401_naming_the_cause() {
-    let app = spawn_app().await;
+    let app = spawn_app_at_wall_clock().await;
     let (_, key) = app.create_client(&["issue"]).await;
     let token = app.mint_ok(&key, json!({"email": "u@example.com"})).await["token"]
         .as_str()

@@ -64,6 +64,17 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     start(dir, clock, config).await.expect("server starts")
 }
 
+/// Starts a server whose manual clock starts at the real time, for tests whose other party (the
+/// AIR Kit emulator) checks `exp` against the wall clock: a fixed past or future start would make
+/// them fail once the real date passes it.
+pub async fn spawn_app_at_wall_clock() -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let config = test_config(dir.path());
+    start(dir, ManualClock::starting_now(), config)
+        .await
+        .expect("server starts")
+}
+
 /// Starts a server on an existing directory and clock.
 pub async fn start(
     dir: Arc<TempDir>,
@@ -208,6 +219,18 @@ impl TestApp {
     pub async fn keys(&self) -> Vec<Value> {
         let body: Value = self.admin_get("/admin/keys").await.json().await.unwrap();
         body["keys"].as_array().unwrap().clone()
+    }
+
+    /// Rotates the `alg` key (an emergency rotation if `emergency`) and returns the answer.
+    pub async fn rotate(&self, alg: &str, emergency: bool) -> Value {
+        let res = self
+            .admin_post(
+                "/admin/keys/rotate",
+                json!({"alg": alg, "emergency": emergency}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "rotating {alg}");
+        res.json().await.unwrap()
     }
 
     /// Kids of keys in `state`.

@@ -113,7 +113,7 @@ async fn unsupported_or_unusable_keys_are_refused_with_a_reason() {
         (
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_owned(),
             "BAD_VALUE",
-            "",
+            "does not contain a valid key",
         ),
     ];
     for (pem, identifier, hint) in cases {

@@ -707,10 +707,12 @@ async fn an_issuance_cut_off_by_a_killed_process_resumes_after_restart() {
         .await
         .unwrap();
     assert_eq!(res.status(), 202, "still waiting for AIR Kit");
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
     let id = res.json::<Value>().await.unwrap()["issuanceId"]
         .as_str()
         .unwrap()
         .to_owned();
+    assert_eq!(location, format!("/v1/issuances/{id}"));
 
     child.kill().unwrap();
     child.wait().unwrap();
@@ -847,4 +849,57 @@ async fn issuances_and_status_calls_count_against_the_client_rate_limit() {
     // The quota is per client.
     let (status, answer) = status_query(&app, &other_key, &hash, Some("user@example.com")).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_cannot_read_another_clients_issuance() {
+    let (app, _upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let (_, other_key) = app.create_client(&["issue"]).await;
+    let (status, body) = issue(
+        &app,
+        &key,
+        json!({"email": "u@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["issuanceId"].as_str().unwrap();
+    let get = |key: &str| {
+        app.http
+            .get(format!("{}/v1/issuances/{id}", app.internal))
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(get(&key).await.unwrap().status(), 200);
+    let res = get(&other_key).await.unwrap();
+    assert_eq!(res.status(), 404);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["identifier"], "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_credential_not_onchain_by_the_poll_deadline_is_unconfirmed_and_can_be_resumed() {
+    let (app, _upstream, key) = spawn_issuing(
+        |e| e.onchain_delay = Duration::from_secs(3600),
+        |c| c.airkit_poll_deadline = Duration::from_secs(5),
+    )
+    .await;
+    let (status, body) = issue(
+        &app,
+        &key,
+        json!({"email": "u@example.com", "credentialSubject": subject()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "submitted");
+    let id = body["issuanceId"].as_str().unwrap().to_owned();
+
+    app.clock.advance(6);
+    let row = until_state(&app, &id, "unconfirmed").await;
+    let error = row["lastError"].as_str().unwrap();
+    assert!(error.contains("resume"), "{row}");
+    let res = app
+        .admin_post(&format!("/admin/issuances/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    until_state(&app, &id, "submitted").await;
 }

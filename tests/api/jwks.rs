@@ -86,7 +86,9 @@ async fn head_requests_get_the_headers_without_the_body() {
 #[tokio::test]
 async fn kid_is_the_rfc7638_thumbprint_of_the_published_key() {
     let app = spawn_app().await;
-    for key in app.jwks().await["keys"].as_array().unwrap() {
+    let keys = app.jwks().await["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2, "one ES256 and one RS256 key");
+    for key in &keys {
         let canonical = match key["kty"].as_str().unwrap() {
             "EC" => format!(
                 r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,

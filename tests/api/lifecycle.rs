@@ -1,6 +1,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use keyhost::clock::rfc3339;
 use serde_json::{Value, json};
 
 use crate::helpers::{T0, TestApp, assert_public_only, spawn_app, spawn_app_with, verify};
@@ -159,11 +160,9 @@ async fn retired_key_stays_published_until_grace_ends_then_its_private_key_is_de
 async fn a_key_never_signs_before_its_signable_time_even_when_the_clock_runs_backwards() {
     let app = spawn_app().await;
     let (_, key) = app.create_client(&["issue"]).await;
-    app.admin_post(
-        "/admin/keys/rotate",
-        json!({"alg": "ES256", "emergency": true}),
-    )
-    .await;
+    let rotated = app.rotate("ES256", true).await;
+    assert_eq!(rotated["key"]["state"], "active");
+    assert_eq!(rotated["key"]["signableAt"], rfc3339(T0));
     app.clock.set(T0 - 10);
     app.settle().await;
     let res = app.mint(&key, json!({"email": "u@example.com"})).await;
@@ -199,20 +198,27 @@ async fn the_background_task_applies_a_due_transition_on_its_own() {
 #[tokio::test]
 async fn a_forward_clock_jump_postpones_pending_keys_and_retired_keys_expiry() {
     let app = spawn_app().await;
-    let res = app
-        .admin_post("/admin/keys/rotate", json!({"alg": "ES256"}))
-        .await;
-    let before: Value = res.json().await.unwrap();
-    assert_eq!(before["key"]["signableAt"], "2027-01-16T08:00:00Z");
+    let lead = 24 * 3600;
+    let grace = 3600;
+    // A retired key (its successor took over at T0 + lead) and a new pending key.
+    app.rotate("ES256", false).await;
+    app.advance(lead).await;
+    let retired = app.kids_in("retired").await;
+    assert_eq!(retired.len(), 1);
+    let pending = app.rotate("ES256", false).await;
+    assert_eq!(pending["key"]["signableAt"], rfc3339(T0 + 2 * lead));
+
     let moved = app.state.keys.postpone_schedule(3600, "scheduler").unwrap();
-    assert_eq!(moved, 1);
-    let pending = app
-        .keys()
-        .await
-        .into_iter()
-        .find(|k| k["state"] == "pending")
-        .unwrap();
-    assert_eq!(pending["signableAt"], "2027-01-16T09:00:00Z");
+    assert_eq!(
+        moved, 2,
+        "the pending key's signableAt and the retired key's expiresAt"
+    );
+    let keys = app.keys().await;
+    let find = |kid: &str| keys.iter().find(|k| k["kid"] == kid).unwrap().clone();
+    let pending = find(pending["key"]["kid"].as_str().unwrap());
+    assert_eq!(pending["signableAt"], rfc3339(T0 + 2 * lead + 3600));
+    let retired = find(&retired[0]);
+    assert_eq!(retired["expiresAt"], rfc3339(T0 + lead + grace + 3600));
     let audit: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
     assert_eq!(audit["entries"][0]["action"], "clock.jump");
 }
