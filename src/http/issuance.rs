@@ -128,7 +128,7 @@ async fn issue(
     JsonBody(req): JsonBody<IssueRequest>,
 ) -> Result<Response, ApiError> {
     require_issue_scope(&state, &client)?;
-    super::check_client_rate(&state, &client.id)?;
+    super::check_client_rate(&state, &client)?;
     let key = idempotency_key(&headers)?;
     let email = req
         .email
@@ -191,7 +191,7 @@ async fn status(
     if let Some(e) = &q.email {
         validate_email(e)?;
     }
-    super::check_client_rate(&state, &client.id)?;
+    super::check_client_rate(&state, &client)?;
     let reply = state
         .issuance
         .status(&hash, q.email.as_deref(), &client.id)

@@ -28,7 +28,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{AdminToken, ClientRegistry};
+use crate::auth::{AdminToken, Client, ClientRegistry};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::issuance::IssuanceService;
@@ -97,25 +97,23 @@ pub type ClientRateLimiter = governor::DefaultKeyedRateLimiter<String>;
 /// Counts one Partner JWT request of `client` against `KEYHOST_CLIENT_RATE_LIMIT`: minting a
 /// token, or asking keyhost to call AIR Kit with one (issue, status). 429 with `Retry-After` when
 /// the hourly quota is spent.
-pub fn check_client_rate(state: &AppState, client_id: &str) -> Result<(), ApiError> {
+pub fn check_client_rate(state: &AppState, client: &Client) -> Result<(), ApiError> {
     let Some(limiter) = &state.rate_limit else {
         return Ok(());
     };
-    limiter
-        .check_key(&client_id.to_owned())
-        .map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            ApiError::too_many_requests(
-                format!(
-                    "client {client_id} exceeded {} Partner JWT requests per hour \
-                 (KEYHOST_CLIENT_RATE_LIMIT; tokens, issuances and status calls all count)",
-                    state.config.client_rate_limit
-                ),
-                wait.as_secs() + 1,
-            )
-        })
+    limiter.check_key(&client.id).map_err(|not_until| {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        ApiError::too_many_requests(
+            format!(
+                "client {} exceeded {} Partner JWT requests per hour (KEYHOST_CLIENT_RATE_LIMIT; \
+                 tokens, issuances and status calls all count)",
+                client.id, state.config.client_rate_limit
+            ),
+            wait.as_secs() + 1,
+        )
+    })
 }
 
 /// The limiter for `per_hour` requests per client, or `None` for 0 (unlimited).

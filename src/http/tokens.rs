@@ -65,7 +65,7 @@ async fn mint(
     ClientAuth(client): ClientAuth,
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    super::check_client_rate(&state, &client.id)?;
+    super::check_client_rate(&state, &client)?;
     let email = req
         .email
         .ok_or_else(|| ApiError::missing_value("email is required"))?;

@@ -112,7 +112,7 @@ async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
         provider.to_owned(),
         why.to_owned(),
     );
-    let _ = tokio::task::spawn_blocking(move || {
+    let written = tokio::task::spawn_blocking(move || {
         store.with(|c| {
             store::audit::record(
                 c,
@@ -128,6 +128,9 @@ async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
         })
     })
     .await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::error!("could not write the audit line of a rejected webhook delivery");
+    }
 }
 
 /// Checks a delivery's signature (`header`, hex) under `secret`; a refusal is audited (at most
