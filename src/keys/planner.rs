@@ -55,6 +55,8 @@ pub enum Transition {
         alg: Alg,
         /// Active at once (only on an empty store) rather than pending.
         activate_now: bool,
+        /// When it may sign: now for a key active at once, else after the publish lead.
+        signable_at: UnixTime,
         /// Why, for the audit trail.
         reason: &'static str,
     },
@@ -94,6 +96,16 @@ impl Plan {
     }
 }
 
+/// When a key created at `now` may sign: at once if it is `active_now` (an empty store, an
+/// emergency), else after the publish lead, so that every verifier has had time to fetch it.
+pub fn new_key_signable_at(now: UnixTime, policy: &Policy, active_now: bool) -> UnixTime {
+    if active_now {
+        now
+    } else {
+        now + policy.publish_lead
+    }
+}
+
 /// Decides which transitions are due at `now`. `ever_served` tells whether a server has ever
 /// served this store's JWKS (until then nobody can have cached it).
 pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: bool) -> Plan {
@@ -103,7 +115,7 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
     for key in keys {
         match key.state {
             KeyState::Pending if key.published_at.is_none() => {
-                let signable_at = now + lead;
+                let signable_at = new_key_signable_at(now, policy, false);
                 plan.transitions.push(Transition::Publish {
                     id: key.id,
                     signable_at,
@@ -165,6 +177,7 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
             None if pending.is_empty() => plan.transitions.push(Transition::Generate {
                 alg,
                 activate_now: !ever_served,
+                signable_at: new_key_signable_at(now, policy, !ever_served),
                 reason: if ever_served {
                     "no active or pending key"
                 } else {
@@ -181,6 +194,7 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
                     plan.transitions.push(Transition::Generate {
                         alg,
                         activate_now: false,
+                        signable_at: new_key_signable_at(now, policy, false),
                         reason: "scheduled rotation",
                     });
                 } else {
@@ -241,7 +255,10 @@ mod tests {
                         k.signable_at = Some(signable_at);
                     }
                     Transition::Generate {
-                        alg, activate_now, ..
+                        alg,
+                        activate_now,
+                        signable_at,
+                        ..
                     } => {
                         self.next_id += 1;
                         self.keys.push(KeyRecord {
@@ -262,11 +279,7 @@ mod tests {
                             },
                             created_at: now,
                             published_at: Some(now),
-                            signable_at: Some(if activate_now {
-                                now
-                            } else {
-                                now + p.publish_lead
-                            }),
+                            signable_at: Some(signable_at),
                             activated_at: activate_now.then_some(now),
                             retired_at: None,
                             expires_at: None,
@@ -543,8 +556,9 @@ mod tests {
             [Transition::Generate {
                 alg: Alg::RS256,
                 activate_now: true,
+                signable_at,
                 ..
-            }]
+            }] if signable_at == T0 + H
         ));
     }
 
@@ -557,6 +571,7 @@ mod tests {
             vec![Transition::Generate {
                 alg: Alg::RS256,
                 activate_now: false,
+                signable_at: T0 + D + policy().publish_lead,
                 reason: "no active or pending key"
             }]
         );

@@ -237,6 +237,7 @@ impl KeyService {
             Transition::Generate {
                 alg,
                 activate_now,
+                signable_at,
                 reason,
             } => {
                 let m = spare
@@ -247,7 +248,15 @@ impl KeyService {
                 } else {
                     KeyState::Pending
                 };
-                let rec = self.insert(tx, &m, None, Origin::Generated, state, now)?;
+                let rec = self.insert(
+                    tx,
+                    &m,
+                    None,
+                    Origin::Generated,
+                    state,
+                    Some(signable_at),
+                    now,
+                )?;
                 (
                     "key.generate",
                     rec.kid,
@@ -334,7 +343,16 @@ impl KeyService {
         Ok(())
     }
 
-    /// Seals and inserts key material; the row's timestamps follow from `state`.
+    /// When a key added now by an admin action may sign: see [`planner::new_key_signable_at`];
+    /// `None` (not yet published) when no server runs, since the publish lead counts from the
+    /// moment a server serves the key (the planner then publishes it).
+    fn signable_at_of_new(&self, state: KeyState, now: UnixTime) -> Option<UnixTime> {
+        let active = state == KeyState::Active;
+        (active || self.serving).then(|| planner::new_key_signable_at(now, &self.policy, active))
+    }
+
+    /// Seals and inserts key material in `state`, published now if it has a `signable_at`.
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         tx: &Connection,
@@ -342,6 +360,7 @@ impl KeyService {
         kid: Option<&str>,
         origin: Origin,
         state: KeyState,
+        signable_at: Option<UnixTime>,
         now: UnixTime,
     ) -> Result<KeyRecord, KeyError> {
         let public = m.pair.public_jwk();
@@ -349,11 +368,8 @@ impl KeyService {
             .map(str::to_owned)
             .unwrap_or_else(|| public.thumbprint());
         let alg = m.pair.alg();
-        let (published_at, signable_at, activated_at) = match state {
-            KeyState::Active => (Some(now), Some(now), Some(now)),
-            _ if self.serving => (Some(now), Some(now + self.policy.publish_lead), None),
-            _ => (None, None, None),
-        };
+        let published_at = signable_at.map(|_| now);
+        let activated_at = (state == KeyState::Active).then_some(now);
         let sealed = self
             .master
             .seal(&envelope_context(alg, &kid, now), &m.pkcs8);
@@ -453,7 +469,8 @@ impl KeyService {
                 warning = None;
                 KeyState::Pending
             };
-            let key = self.insert(&tx, &m, None, Origin::Generated, state, now)?;
+            let signable_at = self.signable_at_of_new(state, now);
+            let key = self.insert(&tx, &m, None, Origin::Generated, state, signable_at, now)?;
             store::audit::record(
                 &tx,
                 now,
@@ -605,7 +622,8 @@ impl KeyService {
             } else {
                 KeyState::Pending
             };
-            let key = self.insert(&tx, &m, kid, Origin::Imported, state, now)?;
+            let signable_at = self.signable_at_of_new(state, now);
+            let key = self.insert(&tx, &m, kid, Origin::Imported, state, signable_at, now)?;
             store::audit::record(
                 &tx,
                 now,
