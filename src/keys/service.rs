@@ -352,7 +352,7 @@ impl KeyService {
     }
 
     /// Seals and inserts key material in `state`, published now if it has a `signable_at`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one row's worth of facts, each from a different caller
     fn insert(
         &self,
         tx: &Connection,
