@@ -9,9 +9,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{AdminAuth, JsonBody, QueryParams};
+use super::{AppState, blocking};
 use crate::clients::{self, ClientError};
 use crate::clock::rfc3339;
 use crate::issuance::IssuanceView;
@@ -241,19 +241,6 @@ impl From<ClientError> for ApiError {
     }
 }
 
-/// Runs blocking store work off the async workers.
-async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    E: Send + 'static,
-    ApiError: From<E>,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(ApiError::from)
-}
-
 /// After a change: apply what it made due and rebuild the views.
 async fn settle(state: &AppState) -> Result<(), ApiError> {
     state.lifecycle.settle(ACTOR).await?;
@@ -451,10 +438,4 @@ async fn audit(
         })
         .collect();
     Ok(Json(json!({ "entries": entries })))
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError::internal(&e)
-    }
 }

@@ -30,13 +30,13 @@ use serde_json::{Value, json};
 
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::parse_json_object;
 use super::issuance::issuance_response;
 use super::tokens::validate_email;
+use super::{AppState, blocking};
 use crate::clock::rfc3339;
-use crate::issuance::{IssuanceError, NewIssuance, WaitFor};
+use crate::issuance::{NewIssuance, WaitFor};
 use crate::store::{self, kyc::NewKycEvent};
 
 /// Webhook routes.
@@ -133,15 +133,15 @@ async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
     }
 }
 
-/// Checks a delivery's signature (`header`, hex) under `secret`; a refusal is audited (at most
-/// once a minute per provider) and answered 401. An unset secret means the webhook is off (503).
+/// Runs a delivery's signature `check` under `secret` (it answers why it refuses); a refusal is
+/// audited (at most once a minute per provider) and answered 401. An unset secret means the
+/// webhook is off (503).
 async fn authenticate(
     state: &AppState,
     provider: &str,
     secret: Option<&SecretString>,
     setting: &str,
-    header: Option<&str>,
-    body: &[u8],
+    check: impl FnOnce(&SecretString) -> Result<(), &'static str>,
 ) -> Result<(), ApiError> {
     let Some(secret) = secret else {
         return Err(ApiError::unavailable(
@@ -149,17 +149,11 @@ async fn authenticate(
             3600,
         ));
     };
-    let refusal = match header {
-        Some(sig) if signature_matches(secret, body, sig) => return Ok(()),
-        Some(_) => "invalid webhook signature",
-        None => "missing webhook signature",
+    let Err(refusal) = check(secret) else {
+        return Ok(());
     };
     audit_rejection(state, provider, refusal).await;
     Err(ApiError::unauthorized(refusal))
-}
-
-fn issuance_error(e: IssuanceError) -> ApiError {
-    e.into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,36 +169,38 @@ async fn kyc_complete(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(secret) = state.config.kyc_webhook_secret.as_ref() else {
-        return Err(ApiError::unavailable(
-            "this webhook is not configured: set KEYHOST_KYC_WEBHOOK_SECRET",
-            3600,
-        ));
-    };
     let header = headers
         .get("x-keyhost-signature")
         .map(|v| v.to_str().ok().and_then(parse_keyhost_signature));
-    let refusal = match header {
-        None => "missing webhook signature (X-Keyhost-Signature: t=<unix seconds>,sha256=<hex>)",
-        Some(None) => {
-            "malformed X-Keyhost-Signature: expected t=<unix seconds>,sha256=<hex HMAC-SHA256 of \
-             \"<t>.<raw body>\">"
-        }
-        Some(Some((t, sig))) if timestamped_signature_matches(secret, Some(t), &body, sig) => {
-            let skew = t.parse::<i64>().map_or(i64::MAX, |t| t - state.clock.now());
-            if skew.abs() <= SIGNATURE_TOLERANCE {
-                ""
-            } else {
-                "the signature's timestamp t is more than 5 minutes from keyhost's clock: a \
-                 replayed delivery, or a sender whose clock is wrong"
+    let now = state.clock.now();
+    authenticate(
+        &state,
+        "kyc-complete",
+        state.config.kyc_webhook_secret.as_ref(),
+        "KEYHOST_KYC_WEBHOOK_SECRET",
+        |secret| match header {
+            None => Err(
+                "missing webhook signature (X-Keyhost-Signature: t=<unix seconds>,sha256=<hex>)",
+            ),
+            Some(None) => Err(
+                "malformed X-Keyhost-Signature: expected t=<unix seconds>,sha256=<hex HMAC-SHA256 \
+                 of \"<t>.<raw body>\">",
+            ),
+            Some(Some((t, sig))) if timestamped_signature_matches(secret, Some(t), &body, sig) => {
+                let skew = t.parse::<i64>().map_or(i64::MAX, |t| t - now);
+                if skew.abs() <= SIGNATURE_TOLERANCE {
+                    Ok(())
+                } else {
+                    Err(
+                        "the signature's timestamp t is more than 5 minutes from keyhost's clock: \
+                         a replayed delivery, or a sender whose clock is wrong",
+                    )
+                }
             }
-        }
-        Some(Some(_)) => "invalid webhook signature",
-    };
-    if !refusal.is_empty() {
-        audit_rejection(&state, "kyc-complete", refusal).await;
-        return Err(ApiError::unauthorized(refusal));
-    }
+            Some(Some(_)) => Err("invalid webhook signature"),
+        },
+    )
+    .await?;
     if headers.contains_key("idempotency-key") {
         return Err(ApiError::bad_value(
             "Idempotency-Key is not covered by the webhook signature; put the event id in the \
@@ -231,7 +227,6 @@ async fn kyc_complete(
             format!("sig:{}", sig.trim().to_ascii_lowercase())
         }
     };
-    let now = state.clock.now();
     let (row, _) = state
         .issuance
         .submit(NewIssuance {
@@ -244,7 +239,7 @@ async fn kyc_complete(
             on_duplicate: None,
         })
         .await
-        .map_err(issuance_error)?;
+        .map_err(ApiError::from)?;
     let row = state
         .issuance
         .wait(&row.id, WaitFor::Answer, state.config.airkit_wait)
@@ -295,8 +290,11 @@ async fn idenfy(
         "idenfy",
         state.config.idenfy_signing_key.as_ref(),
         "KEYHOST_IDENFY_SIGNING_KEY",
-        header,
-        &body,
+        |secret| match header {
+            Some(sig) if signature_matches(secret, &body, sig) => Ok(()),
+            Some(_) => Err("invalid webhook signature"),
+            None => Err("missing webhook signature"),
+        },
     )
     .await?;
     let hook: IdenfyWebhook = parse_json_object(&body)?;
@@ -308,17 +306,18 @@ async fn idenfy(
     let overall = hook.status.and_then(|s| s.overall);
     let now = state.clock.now();
     let store = state.store.clone();
-    let record = move |outcome: &'static str,
-                       detail: Option<String>,
-                       issuance_id: Option<String>,
-                       scan_ref: String,
-                       client_id: Option<String>,
-                       overall: Option<String>,
-                       is_final: Option<bool>| {
-        let store = store.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                store.with(|c| {
+    let is_final = hook.is_final;
+    // Records this delivery with its outcome.
+    let record = |outcome: &'static str, detail: Option<String>, issuance_id: Option<String>| {
+        let (store, scan_ref, client_id, overall) = (
+            store.clone(),
+            scan_ref.clone(),
+            client_id.clone(),
+            overall.clone(),
+        );
+        blocking(move || {
+            store
+                .with(|c| {
                     store::kyc::record(
                         c,
                         &NewKycEvent {
@@ -334,17 +333,14 @@ async fn idenfy(
                         now,
                     )
                 })
-            })
-            .await
-            .map_err(|e| ApiError::internal(&e))?
-            .map_err(|e| {
-                if e.is_constraint() {
-                    ApiError::conflict("duplicate")
-                } else {
-                    ApiError::internal(&e)
-                }
-            })
-        }
+                .map_err(|e| {
+                    if e.is_constraint() {
+                        ApiError::conflict("duplicate")
+                    } else {
+                        ApiError::internal(&e)
+                    }
+                })
+        })
     };
     let answer = |action: &str, extra: Value| {
         let mut body = json!({"received": true, "scanRef": scan_ref, "action": action});
@@ -354,65 +350,28 @@ async fn idenfy(
         (StatusCode::OK, Json(body)).into_response()
     };
 
-    if hook.is_final != Some(true) {
-        record(
-            "ignored",
-            Some("not final".into()),
-            None,
-            scan_ref.clone(),
-            client_id,
-            overall,
-            hook.is_final,
-        )
-        .await?;
+    if is_final != Some(true) {
+        record("ignored", Some("not final".into()), None).await?;
         return Ok(answer("ignored", json!({"reason": "not final"})));
     }
     if overall.as_deref() != Some("APPROVED") {
         let why = format!("status {}", overall.as_deref().unwrap_or("missing"));
-        record(
-            "ignored",
-            Some(why.clone()),
-            None,
-            scan_ref.clone(),
-            client_id,
-            overall,
-            hook.is_final,
-        )
-        .await?;
+        record("ignored", Some(why.clone()), None).await?;
         return Ok(answer("ignored", json!({"reason": why})));
     }
     let seen = {
         let (store, scan_ref) = (state.store.clone(), scan_ref.clone());
-        tokio::task::spawn_blocking(move || {
-            store.with(|c| store::kyc::seen_scan_ref(c, "idenfy", &scan_ref))
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(|e| ApiError::internal(&e))?
+        blocking(move || store.with(|c| store::kyc::seen_scan_ref(c, "idenfy", &scan_ref))).await?
     };
     if seen {
-        record(
-            "duplicate",
-            None,
-            None,
-            scan_ref.clone(),
-            client_id,
-            overall,
-            hook.is_final,
-        )
-        .await?;
+        record("duplicate", None, None).await?;
         return Ok(answer("duplicate", json!({})));
     }
     let email = match client_id.as_deref() {
         Some(c) if validate_email(c).is_ok() => Some(c.to_owned()),
         Some(c) => {
             let (store, c) = (state.store.clone(), c.to_owned());
-            tokio::task::spawn_blocking(move || {
-                store.with(|conn| store::kyc::subject_email(conn, &c))
-            })
-            .await
-            .map_err(|e| ApiError::internal(&e))?
-            .map_err(|e| ApiError::internal(&e))?
+            blocking(move || store.with(|conn| store::kyc::subject_email(conn, &c))).await?
         }
         None => None,
     };
@@ -422,10 +381,6 @@ async fn idenfy(
             "unmatched",
             Some("no email for this clientId; add one with POST /admin/kyc-subjects".into()),
             None,
-            scan_ref.clone(),
-            client_id,
-            overall,
-            hook.is_final,
         )
         .await;
         return match outcome {
@@ -446,18 +401,8 @@ async fn idenfy(
             on_duplicate: None,
         })
         .await
-        .map_err(issuance_error)?;
-    match record(
-        "queued",
-        None,
-        Some(row.id.clone()),
-        scan_ref.clone(),
-        client_id,
-        overall,
-        hook.is_final,
-    )
-    .await
-    {
+        .map_err(ApiError::from)?;
+    match record("queued", None, Some(row.id.clone())).await {
         Err(e) if e.status() == StatusCode::CONFLICT => Ok(answer("duplicate", json!({}))),
         Err(e) => Err(e),
         Ok(_) => Ok(answer("queued", json!({"issuanceId": row.id}))),
