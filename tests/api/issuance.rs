@@ -112,6 +112,16 @@ pub async fn issue_with(
     (status, res.json().await.unwrap())
 }
 
+/// Issues the usual subject for `email` as the client `key`.
+pub async fn issue_for(app: &TestApp, key: &str, email: &str) -> (u16, Value) {
+    issue(
+        app,
+        key,
+        json!({"email": email, "credentialSubject": subject()}),
+    )
+    .await
+}
+
 fn subject() -> Value {
     json!({"age": 25, "location": "United States", "isMember": true})
 }
@@ -143,12 +153,7 @@ pub async fn until_state(app: &TestApp, id: &str, state: &str) -> Value {
 #[tokio::test]
 async fn an_issuance_goes_from_wait_onchain_to_onchain_and_its_status_is_proxied() {
     let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
-    let (status, body) = issue(
-        &app,
-        &key,
-        json!({"email": "user@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, body) = issue_for(&app, &key, "user@example.com").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "submitted");
     assert_eq!(body["vcStatus"], "WAIT_ONCHAIN");
@@ -264,12 +269,7 @@ async fn a_401_from_air_kit_is_explained_and_counted_per_kid() {
     // AIR Kit accepts another scope than the one keyhost is configured to send.
     let (app, upstream, key) =
         spawn_issuing(|e| e.accept_scopes = vec!["issue on-behalf".into()], |_| {}).await;
-    let (status, body) = issue(
-        &app,
-        &key,
-        json!({"email": "u@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, body) = issue_for(&app, &key, "u@example.com").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["identifier"], "UNAUTHORIZED");
     let message = body["message"].as_str().unwrap();
@@ -290,12 +290,7 @@ async fn a_401_from_air_kit_is_explained_and_counted_per_kid() {
 #[tokio::test]
 async fn a_duplicate_with_on_duplicate_ignore_is_the_existing_issuance_not_a_failure() {
     let (app, _upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
-    let (_, first) = issue(
-        &app,
-        &key,
-        json!({"email": "dup@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (_, first) = issue_for(&app, &key, "dup@example.com").await;
     let (status, second) = issue(
         &app,
         &key,
@@ -342,12 +337,7 @@ async fn bursts_of_429_and_500_are_retried_until_the_issuance_succeeds() {
             }
         });
         let started = std::time::Instant::now();
-        let (status, body) = issue(
-            &app,
-            &key,
-            json!({"email": "u@example.com", "credentialSubject": subject()}),
-        )
-        .await;
+        let (status, body) = issue_for(&app, &key, "u@example.com").await;
         assert_eq!(status, 200, "{code}: {body}");
         assert_eq!(body["state"], "submitted");
         if code == 429 {
@@ -367,12 +357,7 @@ async fn bursts_of_429_and_500_are_retried_until_the_issuance_succeeds() {
 async fn an_outage_longer_than_the_retry_budget_parks_the_issuance_and_loses_nothing() {
     let (app, upstream, key) =
         spawn_issuing(|e| e.fail_rate_500 = 1.0, |c| c.airkit_max_attempts = 3).await;
-    let (status, body) = issue(
-        &app,
-        &key,
-        json!({"email": "u@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, body) = issue_for(&app, &key, "u@example.com").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["identifier"], "INTERNAL_ERROR");
     let message = body["message"].as_str().unwrap();
@@ -433,12 +418,7 @@ async fn an_idempotency_key_returns_the_earlier_issuance_instead_of_issuing_twic
 async fn issuing_requires_the_issue_scope_and_valid_input() {
     let (app, _upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
     let (_, verifier) = app.create_client(&["verify"]).await;
-    let (status, body) = issue(
-        &app,
-        &verifier,
-        json!({"email": "u@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, body) = issue_for(&app, &verifier, "u@example.com").await;
     assert_eq!(status, 403, "{body}");
     let (_, key) = app.create_client(&["issue"]).await;
     for (body, identifier) in [
@@ -771,12 +751,7 @@ async fn concurrent_requests_with_one_idempotency_key_issue_once() {
 
 /// Issues a credential for `email` as the client `key` and returns its coreClaimHash.
 async fn issued_hash(app: &TestApp, key: &str, email: &str) -> String {
-    let (status, body) = issue(
-        app,
-        key,
-        json!({"email": email, "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, body) = issue_for(app, key, email).await;
     assert_eq!(status, 200, "{body}");
     body["coreClaimHash"].as_str().unwrap().to_owned()
 }
@@ -839,12 +814,7 @@ async fn issuances_and_status_calls_count_against_the_client_rate_limit() {
             .contains("KEYHOST_CLIENT_RATE_LIMIT"),
         "{answer}"
     );
-    let (status, _) = issue(
-        &app,
-        &key,
-        json!({"email": "second@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, _) = issue_for(&app, &key, "second@example.com").await;
     assert_eq!(status, 429);
     // The quota is per client.
     let (status, answer) = status_query(&app, &other_key, &hash, Some("user@example.com")).await;
@@ -855,12 +825,7 @@ async fn issuances_and_status_calls_count_against_the_client_rate_limit() {
 async fn a_client_cannot_read_another_clients_issuance() {
     let (app, _upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
     let (_, other_key) = app.create_client(&["issue"]).await;
-    let (status, body) = issue(
-        &app,
-        &key,
-        json!({"email": "u@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, body) = issue_for(&app, &key, "u@example.com").await;
     assert_eq!(status, 200, "{body}");
     let id = body["issuanceId"].as_str().unwrap();
     let get = |key: &str| {
@@ -883,12 +848,7 @@ async fn a_credential_not_onchain_by_the_poll_deadline_is_unconfirmed_and_can_be
         |c| c.airkit_poll_deadline = Duration::from_secs(5),
     )
     .await;
-    let (status, body) = issue(
-        &app,
-        &key,
-        json!({"email": "u@example.com", "credentialSubject": subject()}),
-    )
-    .await;
+    let (status, body) = issue_for(&app, &key, "u@example.com").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "submitted");
     let id = body["issuanceId"].as_str().unwrap().to_owned();
