@@ -217,7 +217,7 @@ async fn clients_are_created_with_a_key_shown_once_listed_without_secrets_and_di
     let app = spawn_app().await;
     let (id, key) = app.create_client(&["issue", "verify"]).await;
     assert!(key.starts_with("khc_"));
-    let list: Value = app.admin_get("/admin/clients").await.json().await.unwrap();
+    let list: Value = app.admin_json("/admin/clients").await;
     let text = list.to_string();
     assert!(text.contains(&id));
     assert!(!text.contains(&key[20..]), "the secret is never listed");
@@ -266,7 +266,7 @@ async fn every_key_transition_and_client_change_is_audited_with_actor_and_time()
     app.admin_post(&format!("/admin/clients/{id}/disable"), json!({}))
         .await;
     app.advance(DAY).await;
-    let body: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let body: Value = app.admin_json("/admin/audit").await;
     let entries = body["entries"].as_array().unwrap();
     let has = |action: &str, actor: &str| {
         entries
@@ -283,12 +283,7 @@ async fn every_key_transition_and_client_change_is_audited_with_actor_and_time()
         !body.to_string().contains("khc_"),
         "no secrets in the audit trail"
     );
-    let limited: Value = app
-        .admin_get("/admin/audit?limit=2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let limited: Value = app.admin_json("/admin/audit?limit=2").await;
     assert_eq!(limited["entries"].as_array().unwrap().len(), 2);
 }
 
@@ -302,7 +297,7 @@ async fn mints_are_accounted_per_client_and_key_in_the_audit_trail_without_touch
     let rs = app
         .mint_ok(&key, json!({"email": "a@example.com", "alg": "RS256"}))
         .await;
-    let before: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let before: Value = app.admin_json("/admin/audit").await;
     assert!(
         !before.to_string().contains("token.mint"),
         "written later, in bulk"
@@ -311,7 +306,7 @@ async fn mints_are_accounted_per_client_and_key_in_the_audit_trail_without_touch
     let (dir, clock) = app.stop().await;
     let config = crate::helpers::test_config(dir.path());
     let app = crate::helpers::start(dir, clock, config).await.unwrap();
-    let body: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let body: Value = app.admin_json("/admin/audit").await;
     let mints: Vec<&Value> = body["entries"]
         .as_array()
         .unwrap()
@@ -378,12 +373,7 @@ async fn the_audit_trail_pages_backwards_with_before() {
     let page = |query: String| {
         let app = &app;
         async move {
-            let body: Value = app
-                .admin_get(&format!("/admin/audit?{query}"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let body: Value = app.admin_json(&format!("/admin/audit?{query}")).await;
             body["entries"].as_array().unwrap().clone()
         }
     };

@@ -146,6 +146,13 @@ impl TestApp {
         res.json().await.expect("JWKS is JSON")
     }
 
+    /// An admin GET that must succeed, as JSON.
+    pub async fn admin_json(&self, path: &str) -> Value {
+        let res = self.admin_get(path).await;
+        assert!(res.status().is_success(), "GET {path}: {}", res.status());
+        res.json().await.unwrap()
+    }
+
     /// An authenticated admin GET.
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http
@@ -217,7 +224,7 @@ impl TestApp {
 
     /// Every key as the admin API lists it.
     pub async fn keys(&self) -> Vec<Value> {
-        let body: Value = self.admin_get("/admin/keys").await.json().await.unwrap();
+        let body: Value = self.admin_json("/admin/keys").await;
         body["keys"].as_array().unwrap().clone()
     }
 

@@ -127,11 +127,7 @@ fn subject() -> Value {
 }
 
 pub async fn issuance(app: &TestApp, id: &str) -> Value {
-    app.admin_get(&format!("/admin/issuances/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap()
+    app.admin_json(&format!("/admin/issuances/{id}")).await
 }
 
 /// Polls an issuance until it is in `state` (at most 10 s).
@@ -255,12 +251,7 @@ async fn each_air_kit_refusal_surfaces_with_air_status_message_and_fix_and_is_no
             "not retried"
         );
     }
-    let failed: Value = app
-        .admin_get("/admin/issuances?state=failed")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let failed: Value = app.admin_json("/admin/issuances?state=failed").await;
     assert_eq!(failed["issuances"].as_array().unwrap().len(), 3);
 }
 
@@ -365,12 +356,7 @@ async fn an_outage_longer_than_the_retry_budget_parks_the_issuance_and_loses_not
         message.contains("after 3 attempts") && message.contains("resume"),
         "{message}"
     );
-    let stalled: Value = app
-        .admin_get("/admin/issuances?state=stalled")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stalled: Value = app.admin_json("/admin/issuances?state=stalled").await;
     let row = &stalled["issuances"][0];
     assert_eq!(row["attempts"], 3);
     assert_eq!(row["email"], "u@example.com");
@@ -441,12 +427,7 @@ async fn issuing_requires_the_issue_scope_and_valid_input() {
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["identifier"], identifier, "{body}: {answer}");
     }
-    let none: Value = app
-        .admin_get("/admin/issuances")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let none: Value = app.admin_json("/admin/issuances").await;
     assert!(
         none["issuances"].as_array().unwrap().is_empty(),
         "nothing recorded"

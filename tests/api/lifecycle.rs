@@ -219,6 +219,6 @@ async fn a_forward_clock_jump_postpones_pending_keys_and_retired_keys_expiry() {
     assert_eq!(pending["signableAt"], rfc3339(T0 + 2 * lead + 3600));
     let retired = find(&retired[0]);
     assert_eq!(retired["expiresAt"], rfc3339(T0 + lead + grace + 3600));
-    let audit: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let audit: Value = app.admin_json("/admin/audit").await;
     assert_eq!(audit["entries"][0]["action"], "clock.jump");
 }

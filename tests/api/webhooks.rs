@@ -83,22 +83,12 @@ async fn signed_idenfy(app: &TestApp, body: &[u8]) -> (u16, Value) {
 }
 
 async fn events(app: &TestApp) -> Vec<Value> {
-    let body: Value = app
-        .admin_get("/admin/kyc-events")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.admin_json("/admin/kyc-events").await;
     body["events"].as_array().unwrap().clone()
 }
 
 async fn issuances(app: &TestApp) -> Vec<Value> {
-    let body: Value = app
-        .admin_get("/admin/issuances")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.admin_json("/admin/issuances").await;
     body["issuances"].as_array().unwrap().clone()
 }
 
@@ -135,7 +125,7 @@ async fn a_bad_or_missing_signature_is_refused_and_only_audited() {
     assert!(events(&app).await.is_empty(), "nothing recorded");
     assert!(issuances(&app).await.is_empty());
     assert!(upstream.control.issue_calls().is_empty());
-    let audit: Value = app.admin_get("/admin/audit").await.json().await.unwrap();
+    let audit: Value = app.admin_json("/admin/audit").await;
     let rejected = audit["entries"]
         .as_array()
         .unwrap()
@@ -194,12 +184,7 @@ async fn a_client_id_is_mapped_to_an_email_or_recorded_as_unmatched() {
     let (status, answer) = signed_idenfy(&app, &body).await;
     assert_eq!(status, 200);
     assert_eq!(answer["action"], "unmatched");
-    let unmatched: Value = app
-        .admin_get("/admin/kyc-events?outcome=unmatched")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let unmatched: Value = app.admin_json("/admin/kyc-events?outcome=unmatched").await;
     assert_eq!(unmatched["events"][0]["clientId"], "user-8812");
     assert!(issuances(&app).await.is_empty());
 
@@ -279,14 +264,11 @@ async fn the_kyc_complete_webhook_issues_the_seed_subject_when_signed() {
     assert_eq!(subject["kycLevel"], "basic");
     assert!(subject["verifiedAt"].as_str().unwrap().ends_with('Z'));
     let detail: Value = app
-        .admin_get(&format!(
+        .admin_json(&format!(
             "/admin/issuances/{}",
             row["issuanceId"].as_str().unwrap()
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(detail["email"], "kyc@example.com");
 }
 
