@@ -14,15 +14,7 @@ async fn every_admin_route_requires_the_admin_token() {
     let (client_id, client_key) = app.create_client(&["issue"]).await;
     // Every admin operation the server documents, so that a new one is covered the day it is
     // added (another test checks that every documented operation is routed).
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.internal))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let mut routes = Vec::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         if !path.starts_with("/admin/") {

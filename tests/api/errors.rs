@@ -160,15 +160,7 @@ async fn a_broken_database_gives_500_internal_error_without_details() {
 #[tokio::test]
 async fn every_operation_in_the_openapi_document_is_routed() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.internal))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 20);
     let listener = |server: &Value| match server["url"].as_str().unwrap() {

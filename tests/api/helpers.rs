@@ -146,6 +146,18 @@ impl TestApp {
         res.json().await.expect("JWKS is JSON")
     }
 
+    /// The OpenAPI document the internal listener serves.
+    pub async fn openapi(&self) -> Value {
+        let res = self
+            .http
+            .get(format!("{}/openapi.json", self.internal))
+            .send()
+            .await
+            .expect("OpenAPI request");
+        assert_eq!(res.status(), 200);
+        res.json().await.expect("OpenAPI is JSON")
+    }
+
     /// An admin GET that must succeed, as JSON.
     pub async fn admin_json(&self, path: &str) -> Value {
         let res = self.admin_get(path).await;
