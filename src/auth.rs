@@ -66,7 +66,7 @@ pub fn issue_client_key() -> IssuedClientKey {
     SystemRandom::new()
         .fill(&mut raw)
         .expect("the system RNG works");
-    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let id = hex::encode(raw);
     let secret = random_b64(32);
     IssuedClientKey {
         api_key: SecretString::from(format!("{CLIENT_KEY_PREFIX}{id}_{}", secret.as_str())),
@@ -242,20 +242,20 @@ impl AdminToken {
             }
         };
         let me = Self::from_token(&token);
-        let hex: String = me.hash.iter().map(|b| format!("{b:02x}")).collect();
-        store.with(|c| store::settings::set(c, store::settings::ADMIN_TOKEN_SHA256, &hex))?;
+        store.with(|c| {
+            store::settings::set(
+                c,
+                store::settings::ADMIN_TOKEN_SHA256,
+                &hex::encode(me.hash),
+            )
+        })?;
         Ok((me, AdminTokenSource::Generated(file)))
     }
 }
 
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 

@@ -198,6 +198,7 @@ impl From<KeyError> for ApiError {
             KeyError::Import(e) => match e {
                 ImportError::RsaTooSmall
                 | ImportError::RsaTooLarge
+                | ImportError::RsaExponent(_)
                 | ImportError::Unsupported(_)
                 | ImportError::Encrypted
                 | ImportError::Several(_)

@@ -1,7 +1,10 @@
 //! Request extractors that fail with the API's error shape.
 //!
 //! [`JsonBody`] checks, in order: content type (415), size (413), UTF-8 (`ENCODING_ERROR`),
-//! JSON syntax (`JSON_ERROR`), that the body is an object (`BAD_VALUE`; `null` is
+//! JSON syntax (`JSON_ERROR`), that no object repeats a member (`JSON_ERROR`: RFC 8259 leaves
+//! duplicates to the parser, so two parsers may read two different requests; I-JSON, RFC 7493,
+//! forbids them), that no integer needs more than 64 bits (`BAD_VALUE`: it would silently become
+//! a float before being forwarded), that the body is an object (`BAD_VALUE`; `null` is
 //! `MISSING_VALUE`, as in iDenfy's reference), then field types with the field's path in the
 //! message. Credentials are checked by [`AdminAuth`] and [`ClientAuth`], which handlers list
 //! first so that unauthenticated requests learn nothing about body validation.
@@ -12,7 +15,9 @@ use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor,
+};
 
 use super::AppState;
 use super::error::ApiError;
@@ -38,6 +43,135 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// Walks a JSON document and fails on the first object that names a member twice (names are
+/// compared after unescaping, so `"\u0065mail"` repeats `"email"`).
+struct UniqueMembers;
+
+/// Members compared pairwise below this count; a set beyond it, so that a 64 KiB object of
+/// distinct names costs linear time.
+const SMALL_OBJECT: usize = 16;
+
+impl<'de> DeserializeSeed<'de> for UniqueMembers {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueMembers {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(UniqueMembers)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut names: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut many: Option<std::collections::HashSet<std::borrow::Cow<'de, str>>> = None;
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let repeated = match &mut many {
+                Some(set) => !set.insert(name.clone()),
+                None if names.len() < SMALL_OBJECT => names.contains(&name),
+                None => {
+                    let mut set: std::collections::HashSet<_> = names.drain(..).collect();
+                    let repeated = !set.insert(name.clone());
+                    many = Some(set);
+                    repeated
+                }
+            };
+            if repeated {
+                return Err(de::Error::custom(format_args!(
+                    "the member {name:?} appears twice in one object"
+                )));
+            }
+            if many.is_none() {
+                names.push(name);
+            }
+            map.next_value_seed(UniqueMembers)?;
+        }
+        Ok(())
+    }
+}
+
+/// The first integer literal (outside strings) that fits neither `i64` nor `u64`. Run on
+/// syntactically valid JSON only.
+fn oversized_integer(bytes: &[u8]) -> Option<&str> {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&bytes[start..i]).unwrap_or_default();
+                let integer = !token.contains(['.', 'e', 'E']);
+                if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                    return Some(token);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The checks every JSON body passes before it is read as a request: no repeated member, no
+/// integer beyond 64 bits. Syntax errors are left to the caller's parse, which names them.
+fn strict_checks(bytes: &[u8]) -> Result<(), ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match UniqueMembers.deserialize(&mut de).and_then(|()| de.end()) {
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(ApiError::json_error(format!(
+                "the request body is not valid JSON here: {e}; each member may appear once"
+            )));
+        }
+        Err(_) => return Ok(()),
+        Ok(()) => {}
+    }
+    if let Some(token) = oversized_integer(bytes) {
+        let shown: String = token.chars().take(40).collect();
+        return Err(ApiError::bad_value(format!(
+            "the integer {shown}{} does not fit in 64 bits and would lose precision; send it as a string",
+            if shown.len() < token.len() { "…" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
 /// Deserialises a JSON object from raw bytes with the API's error mapping.
 pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -45,6 +179,7 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             "An error occurred while parsing/constructing JSON: the body is empty",
         ));
     }
+    strict_checks(bytes)?;
     // Fast path: a well-formed object parses straight into `T`; only a failure pays for the
     // slower walk below, which names exactly what is wrong. (A leading `{` is required because
     // serde would also accept an array for a struct.)
@@ -228,6 +363,51 @@ mod tests {
         }
         let err = parse_json_object::<T>(b"{\"email\": 5}").unwrap_err();
         assert!(err.message().starts_with("email:"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_at_any_depth_and_however_it_is_escaped() {
+        let cases: &[&[u8]] = &[
+            br#"{"email": "a@b.c", "email": "x@y.z"}"#,
+            br#"{"email": "a@b.c", "\u0065mail": "x@y.z"}"#,
+            br#"{"email": "a@b.c", "ttl": 1, "sub": {"x": 1, "x": 2}}"#,
+            br#"{"email": "a@b.c", "ttl": 1, "sub": [{"y": 1}, {"x": 1, "x": 2}]}"#,
+        ];
+        for body in cases {
+            let err = parse_json_object::<serde_json::Value>(body).unwrap_err();
+            assert_eq!(err.identifier(), "JSON_ERROR", "{}", err.message());
+            assert!(err.message().contains("twice"), "{}", err.message());
+        }
+        let many: String = (0..2000).map(|i| format!("\"k{i}\":{i},")).collect();
+        let body = format!("{{{many}\"k1999\":0}}");
+        let err = parse_json_object::<serde_json::Value>(body.as_bytes()).unwrap_err();
+        assert!(err.message().contains("k1999"), "{}", err.message());
+        let distinct = format!("{{{}}}", many.trim_end_matches(','));
+        parse_json_object::<serde_json::Value>(distinct.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_not_rounded() {
+        for big in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+        ] {
+            let body = format!(r#"{{"a": {{"n": [1, {big}]}}}}"#);
+            let err = parse_json_object::<serde_json::Value>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.identifier(), "BAD_VALUE", "{big}: {}", err.message());
+            assert!(err.message().contains(&big[..10]), "{}", err.message());
+        }
+        for fine in [
+            "18446744073709551615",
+            "-9223372036854775808",
+            "1.5e300",
+            "0.1",
+            "-0",
+        ] {
+            let body = format!(r#"{{"n": {fine}, "s": "123456789012345678901234567890"}}"#);
+            parse_json_object::<serde_json::Value>(body.as_bytes()).unwrap();
+        }
     }
 
     #[test]

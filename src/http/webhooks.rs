@@ -46,33 +46,26 @@ pub fn routes() -> Router<AppState> {
         .route("/webhooks/idenfy", post(idenfy))
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if !s.len().is_multiple_of(2) || s.len() > 256 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+/// A decoded HMAC-SHA256 webhook signature.
+pub type Mac = [u8; 32];
+
+/// Decodes a hex HMAC-SHA256 (upper or lower case, surrounding spaces ignored), strictly: exactly
+/// 64 hex digits and nothing else, so that one signature has exactly one accepted spelling
+/// (`u8::from_str_radix` also took `+d` for `0d`, which let a replay pass as a new delivery).
+pub fn decode_mac(text: &str) -> Option<Mac> {
+    let mut mac = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut mac).ok()?;
+    Some(mac)
 }
 
 /// Whether `signature_hex` is the HMAC-SHA256 of `body` under `secret` (constant time).
 pub fn signature_matches(secret: &SecretString, body: &[u8], signature_hex: &str) -> bool {
-    timestamped_signature_matches(secret, None, body, signature_hex)
+    decode_mac(signature_hex).is_some_and(|mac| mac_matches(secret, None, body, &mac))
 }
 
-/// Whether `signature_hex` is the HMAC-SHA256 of `"<t>.<body>"` (or of `body` alone when `t` is
-/// `None`) under `secret`, compared in constant time.
-fn timestamped_signature_matches(
-    secret: &SecretString,
-    t: Option<&str>,
-    body: &[u8],
-    signature_hex: &str,
-) -> bool {
-    let Some(signature) = decode_hex(signature_hex) else {
-        return false;
-    };
+/// Whether `mac` is the HMAC-SHA256 of `"<t>.<body>"` (or of `body` alone when `t` is `None`)
+/// under `secret`, compared in constant time.
+fn mac_matches(secret: &SecretString, t: Option<&str>, body: &[u8], mac: &Mac) -> bool {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret().as_bytes());
     let mut ctx = hmac::Context::with_key(&key);
     if let Some(t) = t {
@@ -80,25 +73,39 @@ fn timestamped_signature_matches(
         ctx.update(b".");
     }
     ctx.update(body);
-    bool::from(ctx.sign().as_ref().ct_eq(signature.as_slice()))
+    bool::from(ctx.sign().as_ref().ct_eq(mac.as_slice()))
 }
 
 /// How far a kyc-complete delivery's `t` may be from keyhost's clock, either way, in seconds.
 pub const SIGNATURE_TOLERANCE: i64 = 300;
 
-/// The parts of `X-Keyhost-Signature: t=<unix seconds>,sha256=<hex>` (in any order).
-fn parse_keyhost_signature(header: &str) -> Option<(&str, &str)> {
-    let (mut t, mut sig) = (None, None);
+/// `X-Keyhost-Signature: t=<unix seconds>,sha256=<hex>`, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyhostSignature<'a> {
+    /// The signed timestamp, as sent (it is part of the signed text).
+    pub t: &'a str,
+    /// The decoded MAC.
+    pub mac: Mac,
+}
+
+/// Parses `X-Keyhost-Signature` (parts in any order, each once); `None` for anything else.
+pub fn parse_keyhost_signature(header: &str) -> Option<KeyhostSignature<'_>> {
+    let (mut t, mut mac) = (None, None);
     for part in header.split(',') {
         match part.trim().split_once('=')? {
-            ("t", v) if !v.is_empty() && v.len() <= 12 && v.bytes().all(|b| b.is_ascii_digit()) => {
+            ("t", v)
+                if t.is_none()
+                    && !v.is_empty()
+                    && v.len() <= 12
+                    && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 t = Some(v)
             }
-            ("sha256", v) => sig = Some(v),
+            ("sha256", v) if mac.is_none() => mac = Some(decode_mac(v)?),
             _ => return None,
         }
     }
-    Some((t?, sig?))
+    Some(KeyhostSignature { t: t?, mac: mac? })
 }
 
 async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
@@ -136,24 +143,26 @@ async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
 /// Runs a delivery's signature `check` under `secret` (it answers why it refuses); a refusal is
 /// audited (at most once a minute per provider) and answered 401. An unset secret means the
 /// webhook is off (503).
-async fn authenticate(
+async fn authenticate<T>(
     state: &AppState,
     provider: &str,
     secret: Option<&SecretString>,
     setting: &str,
-    check: impl FnOnce(&SecretString) -> Result<(), &'static str>,
-) -> Result<(), ApiError> {
+    check: impl FnOnce(&SecretString) -> Result<T, &'static str>,
+) -> Result<T, ApiError> {
     let Some(secret) = secret else {
         return Err(ApiError::unavailable(
             format!("this webhook is not configured: set {setting}"),
             3600,
         ));
     };
-    let Err(refusal) = check(secret) else {
-        return Ok(());
-    };
-    audit_rejection(state, provider, refusal).await;
-    Err(ApiError::unauthorized(refusal))
+    match check(secret) {
+        Ok(proof) => Ok(proof),
+        Err(refusal) => {
+            audit_rejection(state, provider, refusal).await;
+            Err(ApiError::unauthorized(refusal))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,7 +182,7 @@ async fn kyc_complete(
         .get("x-keyhost-signature")
         .map(|v| v.to_str().ok().and_then(parse_keyhost_signature));
     let now = state.clock.now();
-    authenticate(
+    let signature = authenticate(
         &state,
         "kyc-complete",
         state.config.kyc_webhook_secret.as_ref(),
@@ -186,10 +195,10 @@ async fn kyc_complete(
                 "malformed X-Keyhost-Signature: expected t=<unix seconds>,sha256=<hex HMAC-SHA256 \
                  of \"<t>.<raw body>\">",
             ),
-            Some(Some((t, sig))) if timestamped_signature_matches(secret, Some(t), &body, sig) => {
-                let skew = t.parse::<i64>().map_or(i64::MAX, |t| t - now);
+            Some(Some(sig)) if mac_matches(secret, Some(sig.t), &body, &sig.mac) => {
+                let skew = sig.t.parse::<i64>().map_or(i64::MAX, |t| t - now);
                 if skew.abs() <= SIGNATURE_TOLERANCE {
-                    Ok(())
+                    Ok(sig)
                 } else {
                     Err(
                         "the signature's timestamp t is more than 5 minutes from keyhost's clock: \
@@ -222,10 +231,8 @@ async fn kyc_complete(
             ));
         }
         Some(id) => format!("event:{id}"),
-        None => {
-            let sig = header.flatten().map_or("", |(_, sig)| sig);
-            format!("sig:{}", sig.trim().to_ascii_lowercase())
-        }
+        // The decoded MAC, not its text: one delivery has one key however its hex is spelt.
+        None => format!("sig:{}", hex::encode(signature.mac)),
     };
     let (row, _) = state
         .issuance
@@ -418,7 +425,7 @@ mod tests {
         let secret = SecretString::from("s3cret".to_owned());
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"s3cret");
         let tag = hmac::sign(&key, b"{\"a\":1}");
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(tag.as_ref());
         assert!(signature_matches(&secret, b"{\"a\":1}", &hex));
         assert!(signature_matches(
             &secret,

@@ -240,8 +240,7 @@ impl std::fmt::Debug for IssuanceService {
 fn random_id(rng: &SystemRandom, prefix: &str) -> String {
     let mut raw = [0u8; 12];
     rng.fill(&mut raw).expect("the system RNG works");
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{hex}")
+    format!("{prefix}{}", hex::encode(raw))
 }
 
 fn is_transient(status: u16) -> bool {
@@ -350,10 +349,7 @@ impl IssuanceService {
             "email": req.email, "issuerDid": issuer_did, "credentialId": credential_id,
             "credentialSubject": hashed_subject, "onDuplicate": on_duplicate,
         });
-        let request_hash: String = crate::auth::sha256(canonical.to_string().as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let request_hash = hex::encode(crate::auth::sha256(canonical.to_string().as_bytes()));
         let now = self.clock.now();
         let row = IssuanceRow {
             id: random_id(&self.rng, "iss_"),

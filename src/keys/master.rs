@@ -74,10 +74,7 @@ impl MasterKey {
             &hmac::Key::new(hmac::HMAC_SHA256, bytes),
             b"keyhost master key id v1",
         );
-        let id = tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = hex::encode(&tag.as_ref()[..8]);
         Self { key, id }
     }
 

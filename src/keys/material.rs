@@ -153,6 +153,12 @@ pub enum ImportError {
     /// An RSA key above 8192 bits.
     #[error("RSA key is larger than 8192 bits")]
     RsaTooLarge,
+    /// An RSA key whose public exponent is not 65537.
+    #[error(
+        "RSA key has the public exponent {0}; only 65537 is accepted (the exponent key generators \
+         use and verifiers expect; small exponents such as 3 are fragile)"
+    )]
+    RsaExponent(String),
     /// An EC key on another curve, or another key type.
     #[error("{0}: only RSA (2048 bits or more) and EC P-256 keys can sign RS256 or ES256")]
     Unsupported(&'static str),
@@ -275,6 +281,14 @@ pub fn import_pem(text: &str) -> Result<KeyMaterial, ImportError> {
         let bits = (k.public_modulus_len() * 8) as u32;
         if bits < 2048 {
             return Err(ImportError::RsaTooSmall);
+        }
+        let e = PublicKeyComponents::<Vec<u8>>::from(k.public_key()).e;
+        let significant = &e[e.iter().position(|&b| b != 0).unwrap_or(e.len())..];
+        if significant != [0x01, 0x00, 0x01] {
+            let value = significant.iter().fold(0u128, |acc, &b| {
+                acc.saturating_mul(256).saturating_add(u128::from(b))
+            });
+            return Err(ImportError::RsaExponent(value.to_string()));
         }
     }
     let pkcs8 = match &pair {

@@ -97,6 +97,7 @@ async fn unsupported_or_unusable_keys_are_refused_with_a_reason() {
     let app = spawn_app().await;
     let cases = [
         (fixture("rsa1024.pkcs8.pem"), "VALIDATION_ERROR", "2048"),
+        (fixture("rsa2048-e3.pkcs8.pem"), "VALIDATION_ERROR", "65537"),
         (fixture("p384.sec1.pem"), "VALIDATION_ERROR", "P-256"),
         (fixture("ed25519.pkcs8.pem"), "VALIDATION_ERROR", "P-256"),
         (

@@ -844,3 +844,27 @@ async fn a_credential_not_onchain_by_the_poll_deadline_is_unconfirmed_and_can_be
     assert_eq!(res.status(), 200);
     until_state(&app, &id, "submitted").await;
 }
+
+#[tokio::test]
+async fn an_integer_beyond_64_bits_in_the_subject_is_refused_rather_than_rounded() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let res = app
+        .http
+        .post(format!("{}/v1/credentials/issue-on-behalf", app.internal))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(r#"{"email": "big@example.com", "credentialSubject": {"balance": 123456789012345678901234}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["identifier"], "BAD_VALUE", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("64 bits"),
+        "{body}"
+    );
+    assert!(upstream.control.issue_calls().is_empty());
+    let listed: Value = app.admin_json("/admin/issuances").await;
+    assert!(listed["issuances"].as_array().unwrap().is_empty());
+}

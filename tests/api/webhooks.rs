@@ -12,7 +12,7 @@ const KYC_SECRET: &str = "kyc-webhook-test-secret";
 
 fn hex_hmac(secret: &str, body: &[u8]) -> String {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), body);
-    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(tag.as_ref())
 }
 
 fn idenfy_body(scan_ref: &str, client_id: &str, is_final: bool, overall: &str) -> Vec<u8> {
@@ -344,6 +344,55 @@ async fn a_replayed_kyc_complete_delivery_is_the_same_issuance() {
     assert_eq!(issuances(&app).await.len(), 1);
 }
 
+/// Spellings of one signature's hex that `u8::from_str_radix` would read as the same bytes: a
+/// byte `0x` written `+x`, and upper case.
+fn respellings(hex: &str) -> Vec<String> {
+    let plus: String = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [b'0', low] => format!("+{}", *low as char),
+            _ => String::from_utf8(pair.to_vec()).unwrap(),
+        })
+        .collect();
+    vec![plus, hex.to_uppercase(), format!(" {hex} ")]
+}
+
+#[tokio::test]
+async fn a_replay_with_the_signature_respelt_is_refused_or_the_same_issuance() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = kyc_body("respelt@example.com", None);
+    // A time whose signature has a byte below 0x10, so that the `+x` spelling differs.
+    let (t, hex) = (0..64)
+        .map(|back| {
+            let t = app.clock.now() - back;
+            let signed = [format!("{t}.").as_bytes(), body.as_slice()].concat();
+            (t, hex_hmac(KYC_SECRET, &signed))
+        })
+        .find(|(_, hex)| hex.as_bytes().chunks(2).any(|p| p[0] == b'0'))
+        .unwrap();
+    let (status, first) = post_kyc(&app, &body, Some(format!("t={t},sha256={hex}")), &[]).await;
+    assert_eq!(status, 200, "{first}");
+    for spelt in respellings(&hex) {
+        let (status, answer) =
+            post_kyc(&app, &body, Some(format!("t={t},sha256={spelt}")), &[]).await;
+        assert!(
+            status == 401 || (status == 200 && answer["issuanceId"] == first["issuanceId"]),
+            "{spelt}: {status} {answer}"
+        );
+    }
+    let (status, _) = post_kyc(
+        &app,
+        &body,
+        Some(format!("t={t},sha256={}", respellings(&hex)[0])),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401, "a sign in the hex is not hex");
+    assert_eq!(issuances(&app).await.len(), 1);
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+}
+
 #[tokio::test]
 async fn an_unconfigured_webhook_says_which_setting_enables_it() {
     let app = crate::helpers::spawn_app().await;
@@ -400,4 +449,79 @@ async fn a_kyc_complete_redelivery_with_its_event_id_is_the_same_issuance_later_
         "{answer}"
     );
     assert_eq!(upstream.control.issue_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn every_json_route_refuses_a_repeated_member_the_same_way() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let admin = crate::helpers::ADMIN_TOKEN;
+    let t = app.clock.now();
+    // (path, bearer, body): each body is valid but for one repeated member, nested or not.
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "/v1/tokens",
+            &key,
+            r#"{"email": "a@example.com", "email": "b@example.com"}"#.into(),
+        ),
+        (
+            "/v1/credentials/issue-on-behalf",
+            &key,
+            r#"{"email": "a@example.com", "credentialSubject": {"age": 30, "age": 17}}"#.into(),
+        ),
+        (
+            "/admin/clients",
+            admin,
+            r#"{"name": "x", "scopes": ["issue"], "scopes": ["verify"]}"#.into(),
+        ),
+        ("/admin/keys/rotate", admin, r#"{"alg": "ES256", "alg": "RS256"}"#.into()),
+        (
+            "/admin/kyc-subjects",
+            admin,
+            r#"{"clientId": "c1", "email": "a@example.com", "email": "b@example.com"}"#.into(),
+        ),
+        (
+            "/webhooks/kyc-complete",
+            "",
+            r#"{"userEmail": "a@example.com", "userEmail": "b@example.com", "kycLevel": 1}"#.into(),
+        ),
+        (
+            "/webhooks/idenfy",
+            "",
+            r#"{"final": true, "status": {"overall": "DENIED", "overall": "APPROVED"}, "scanRef": "s", "clientId": "a@example.com"}"#.into(),
+        ),
+    ];
+    for (path, bearer, body) in cases {
+        let mut req = app
+            .http
+            .post(format!("{}{path}", app.internal))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if !bearer.is_empty() {
+            req = req.bearer_auth(bearer);
+        }
+        if path == "/webhooks/kyc-complete" {
+            req = req.header(
+                "X-Keyhost-Signature",
+                kyc_signature(KYC_SECRET, t, body.as_bytes()),
+            );
+        }
+        if path == "/webhooks/idenfy" {
+            req = req.header("Idenfy-Signature", hex_hmac(IDENFY_KEY, body.as_bytes()));
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(
+            (status, answer["identifier"].as_str()),
+            (400, Some("JSON_ERROR")),
+            "{path}: {answer}"
+        );
+        assert!(
+            answer["message"].as_str().unwrap().contains("twice"),
+            "{answer}"
+        );
+    }
+    assert!(issuances(&app).await.is_empty());
+    assert!(events(&app).await.is_empty());
+    assert!(upstream.control.issue_calls().is_empty());
 }
