@@ -37,7 +37,7 @@ use super::tokens::validate_email;
 use super::{AppState, blocking};
 use crate::clock::rfc3339;
 use crate::issuance::{NewIssuance, WaitFor};
-use crate::store::{self, kyc::NewKycEvent};
+use crate::store::{self, StoreError, kyc::NewKycEvent};
 
 /// Webhook routes.
 pub fn routes() -> Router<AppState> {
@@ -314,31 +314,71 @@ async fn idenfy(
     let now = state.clock.now();
     let store = state.store.clone();
     let is_final = hook.is_final;
-    // Records this delivery with its outcome.
+    let answer = |action: &str, extra: Value| {
+        let mut body = json!({"received": true, "scanRef": scan_ref, "action": action});
+        if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        (StatusCode::OK, Json(body)).into_response()
+    };
+    // iDenfy signatures carry no timestamp, so a captured delivery can be replayed at will: an
+    // identical body is counted on its first row and answered from it, never stored again. An
+    // unmatched one gets another try (its clientId may have been mapped since).
+    let delivery = hex::encode(crate::auth::sha256(&body));
+    let first = {
+        let (store, delivery) = (store.clone(), delivery.clone());
+        blocking(move || store.with(|c| store::kyc::count_repeat(c, "idenfy", &delivery, now)))
+            .await?
+    };
+    let retry_of = match first {
+        Some(first) if first.outcome != "unmatched" => {
+            return Ok(answer(
+                "duplicate",
+                json!({"repeats": first.repeats, "firstReceivedAt": rfc3339(first.received_at)}),
+            ));
+        }
+        Some(first) => Some(first.id),
+        None => None,
+    };
+    // Records this delivery with its outcome (a retried one already has its row: only a new
+    // issuance changes it).
     let record = |outcome: &'static str, detail: Option<String>, issuance_id: Option<String>| {
-        let (store, scan_ref, client_id, overall) = (
+        let (store, scan_ref, client_id, overall, delivery) = (
             store.clone(),
             scan_ref.clone(),
             client_id.clone(),
             overall.clone(),
+            delivery.clone(),
         );
         blocking(move || {
             store
-                .with(|c| {
-                    store::kyc::record(
-                        c,
-                        &NewKycEvent {
-                            provider: "idenfy",
-                            scan_ref: Some(&scan_ref),
-                            client_id: client_id.as_deref(),
-                            is_final,
-                            status: overall.as_deref(),
-                            outcome,
-                            detail: detail.as_deref(),
-                            issuance_id: issuance_id.as_deref(),
-                        },
-                        now,
-                    )
+                .with(|c| match (retry_of, issuance_id.as_deref()) {
+                    (Some(id), Some(issuance)) => {
+                        store::kyc::mark_queued(c, id, issuance).map(|queued| queued.then_some(id))
+                    }
+                    (Some(id), None) => Ok(Some(id)),
+                    (None, issuance_id) => {
+                        let recorded = store::kyc::record(
+                            c,
+                            &NewKycEvent {
+                                provider: "idenfy",
+                                scan_ref: Some(&scan_ref),
+                                client_id: client_id.as_deref(),
+                                is_final,
+                                status: overall.as_deref(),
+                                outcome,
+                                detail: detail.as_deref(),
+                                issuance_id,
+                                delivery_hash: Some(&delivery),
+                            },
+                            now,
+                        );
+                        // The same delivery, arriving twice at once: the other copy has the row.
+                        if recorded.as_ref().is_err_and(StoreError::is_constraint) {
+                            store::kyc::count_repeat(c, "idenfy", &delivery, now)?;
+                        }
+                        recorded.map(Some)
+                    }
                 })
                 .map_err(|e| {
                     if e.is_constraint() {
@@ -347,32 +387,38 @@ async fn idenfy(
                         ApiError::internal(&e)
                     }
                 })
+                .and_then(|recorded| recorded.ok_or_else(|| ApiError::conflict("duplicate")))
         })
     };
-    let answer = |action: &str, extra: Value| {
-        let mut body = json!({"received": true, "scanRef": scan_ref, "action": action});
-        if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
-            obj.extend(more);
-        }
-        (StatusCode::OK, Json(body)).into_response()
-    };
 
+    let duplicate = || answer("duplicate", json!({}));
+    let ignored = |why: String| async move {
+        match record("ignored", Some(why.clone()), None).await {
+            Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(answer("ignored", json!({"reason": why}))),
+        }
+    };
     if is_final != Some(true) {
-        record("ignored", Some("not final".into()), None).await?;
-        return Ok(answer("ignored", json!({"reason": "not final"})));
+        return ignored("not final".into()).await;
     }
     if overall.as_deref() != Some("APPROVED") {
-        let why = format!("status {}", overall.as_deref().unwrap_or("missing"));
-        record("ignored", Some(why.clone()), None).await?;
-        return Ok(answer("ignored", json!({"reason": why})));
+        return ignored(format!(
+            "status {}",
+            overall.as_deref().unwrap_or("missing")
+        ))
+        .await;
     }
     let seen = {
         let (store, scan_ref) = (state.store.clone(), scan_ref.clone());
         blocking(move || store.with(|c| store::kyc::seen_scan_ref(c, "idenfy", &scan_ref))).await?
     };
     if seen {
-        record("duplicate", None, None).await?;
-        return Ok(answer("duplicate", json!({})));
+        return match record("duplicate", None, None).await {
+            Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(duplicate()),
+        };
     }
     let email = match client_id.as_deref() {
         Some(c) if validate_email(c).is_ok() => Some(c.to_owned()),
@@ -391,7 +437,7 @@ async fn idenfy(
         )
         .await;
         return match outcome {
-            Err(e) if e.status() == StatusCode::CONFLICT => Ok(answer("duplicate", json!({}))),
+            Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
             Err(e) => Err(e),
             Ok(_) => Ok(answer("unmatched", json!({}))),
         };
@@ -410,7 +456,7 @@ async fn idenfy(
         .await
         .map_err(ApiError::from)?;
     match record("queued", None, Some(row.id.clone())).await {
-        Err(e) if e.status() == StatusCode::CONFLICT => Ok(answer("duplicate", json!({}))),
+        Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
         Err(e) => Err(e),
         Ok(_) => Ok(answer("queued", json!({"issuanceId": row.id}))),
     }

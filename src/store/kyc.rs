@@ -30,6 +30,10 @@ pub struct KycEvent {
     pub issuance_id: Option<String>,
     /// When it arrived.
     pub received_at: UnixTime,
+    /// How many more times the same delivery (byte for byte) arrived.
+    pub repeats: u32,
+    /// When it last arrived, if more than once.
+    pub last_received_at: Option<UnixTime>,
 }
 
 /// A new event.
@@ -51,15 +55,38 @@ pub struct NewKycEvent<'a> {
     pub detail: Option<&'a str>,
     /// Issuance started.
     pub issuance_id: Option<&'a str>,
+    /// SHA-256 (hex) of the raw body: a second delivery with it is counted, not stored.
+    pub delivery_hash: Option<&'a str>,
+}
+
+const EVENT_COLUMNS: &str = "id, provider, scan_ref, client_id, final, status, outcome, detail, \
+                             issuance_id, received_at, repeats, last_received_at";
+
+fn event(r: &rusqlite::Row<'_>) -> Result<KycEvent, rusqlite::Error> {
+    Ok(KycEvent {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        scan_ref: r.get(2)?,
+        client_id: r.get(3)?,
+        is_final: r.get(4)?,
+        status: r.get(5)?,
+        outcome: r.get(6)?,
+        detail: r.get(7)?,
+        issuance_id: r.get(8)?,
+        received_at: r.get(9)?,
+        repeats: r.get(10)?,
+        last_received_at: r.get(11)?,
+    })
 }
 
 /// Records an event; fails with a constraint violation for a second queued event with the same
-/// scanRef.
+/// scanRef, or a second row for the same delivery.
 #[tracing::instrument(skip_all)]
 pub fn record(conn: &Connection, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i64, StoreError> {
     conn.execute(
-        "INSERT INTO kyc_events (provider, scan_ref, client_id, final, status, outcome, detail, issuance_id, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO kyc_events (provider, scan_ref, client_id, final, status, outcome, detail,
+                                 issuance_id, received_at, delivery_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             e.provider,
             e.scan_ref,
@@ -69,10 +96,44 @@ pub fn record(conn: &Connection, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i
             e.outcome,
             e.detail,
             e.issuance_id,
-            now
+            now,
+            e.delivery_hash
         ],
     )?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Counts one more arrival of the delivery `delivery_hash` on its row and returns the row, or
+/// `None` if it never arrived before.
+#[tracing::instrument(skip_all)]
+pub fn count_repeat(
+    conn: &Connection,
+    provider: &str,
+    delivery_hash: &str,
+    now: UnixTime,
+) -> Result<Option<KycEvent>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "UPDATE kyc_events SET repeats = repeats + 1, last_received_at = ?3
+                 WHERE provider = ?1 AND delivery_hash = ?2 RETURNING {EVENT_COLUMNS}"
+            ),
+            params![provider, delivery_hash, now],
+            event,
+        )
+        .optional()?)
+}
+
+/// Turns the unmatched event `id` into the one that queued `issuance_id` (its clientId has been
+/// mapped since it first arrived). False if another delivery got there first.
+#[tracing::instrument(skip_all)]
+pub fn mark_queued(conn: &Connection, id: i64, issuance_id: &str) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE kyc_events SET outcome = 'queued', detail = NULL, issuance_id = ?2
+         WHERE id = ?1 AND outcome = 'unmatched'",
+        params![id, issuance_id],
+    )?;
+    Ok(n == 1)
 }
 
 /// Whether this scanRef already started an issuance.
@@ -99,24 +160,11 @@ pub fn list(
     outcome: Option<&str>,
     limit: u32,
 ) -> Result<Vec<KycEvent>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, provider, scan_ref, client_id, final, status, outcome, detail, issuance_id, received_at
-         FROM kyc_events WHERE (?1 IS NULL OR outcome = ?1) ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![outcome, limit], |r| {
-        Ok(KycEvent {
-            id: r.get(0)?,
-            provider: r.get(1)?,
-            scan_ref: r.get(2)?,
-            client_id: r.get(3)?,
-            is_final: r.get(4)?,
-            status: r.get(5)?,
-            outcome: r.get(6)?,
-            detail: r.get(7)?,
-            issuance_id: r.get(8)?,
-            received_at: r.get(9)?,
-        })
-    })?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM kyc_events WHERE (?1 IS NULL OR outcome = ?1)
+         ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![outcome, limit], event)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

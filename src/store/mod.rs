@@ -24,6 +24,7 @@ use crate::keys::master::create_private_dir;
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),
     M::up(include_str!("../../migrations/0002_issuance.sql")),
+    M::up(include_str!("../../migrations/0003_kyc_repeats.sql")),
 ];
 
 /// Why a store operation failed.

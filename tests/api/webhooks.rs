@@ -525,3 +525,54 @@ async fn every_json_route_refuses_a_repeated_member_the_same_way() {
     assert!(events(&app).await.is_empty());
     assert!(upstream.control.issue_calls().is_empty());
 }
+
+#[tokio::test]
+async fn replayed_idenfy_deliveries_are_counted_on_their_first_row_not_stored_again() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let approved = idenfy_body("scan-r1", "replay@example.com", true, "APPROVED");
+    let pending = idenfy_body("scan-r2", "replay@example.com", false, "APPROVED");
+    let unmatched = idenfy_body("scan-r3", "user-404", true, "APPROVED");
+    let (_, first) = signed_idenfy(&app, &approved).await;
+    assert_eq!(first["action"], "queued", "{first}");
+    for _ in 0..40 {
+        for body in [&approved, &pending, &unmatched] {
+            let (status, answer) = signed_idenfy(&app, body).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    }
+    let (_, again) = signed_idenfy(&app, &approved).await;
+    assert_eq!(again["action"], "duplicate", "{again}");
+    assert_eq!(again["repeats"], 41, "{again}");
+    let events = events(&app).await;
+    assert_eq!(events.len(), 3, "one row per distinct delivery: {events:?}");
+    let repeats = |scan: &str| {
+        events
+            .iter()
+            .find(|e| e["scanRef"] == scan)
+            .map(|e| e["repeats"].as_i64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        (repeats("scan-r1"), repeats("scan-r2"), repeats("scan-r3")),
+        (41, 39, 39)
+    );
+    assert_eq!(issuances(&app).await.len(), 1);
+    until_state(&app, first["issuanceId"].as_str().unwrap(), "onchain").await;
+    assert_eq!(upstream.control.issue_calls().len(), 1);
+
+    // Once its clientId is mapped, the unmatched delivery (the same bytes) still issues, once.
+    let res = app
+        .admin_post(
+            "/admin/kyc-subjects",
+            json!({"clientId": "user-404", "email": "found@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let (_, queued) = signed_idenfy(&app, &unmatched).await;
+    assert_eq!(queued["action"], "queued", "{queued}");
+    let (_, replay) = signed_idenfy(&app, &unmatched).await;
+    assert_eq!(replay["action"], "duplicate", "{replay}");
+    let events = crate::webhooks::events(&app).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(issuances(&app).await.len(), 2);
+}
