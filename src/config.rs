@@ -44,6 +44,14 @@ pub const SETTINGS: &[&str] = &[
     "internal_addr",
     "tls_cert",
     "tls_key",
+    "public_max_connections",
+    "internal_max_connections",
+    "http_first_byte_timeout",
+    "http_header_timeout",
+    "http_body_timeout",
+    "tls_handshake_timeout",
+    "trusted_proxies",
+    "auth_failure_limit",
     "algorithms",
     "default_alg",
     "rsa_bits",
@@ -95,6 +103,30 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Connections the public listener holds at once (fitted under the open-files limit).
+    pub public_max_connections: usize,
+    /// Connections the internal listener holds at once (fitted under the open-files limit).
+    pub internal_max_connections: usize,
+    /// Time a new connection has to send its first byte (TLS handshake or request).
+    #[serde(with = "humantime_serde")]
+    pub http_first_byte_timeout: Duration,
+    /// Time a client has to send a request's headers, from the connection's start or the end of
+    /// the previous response (so also the keep-alive idle timeout).
+    #[serde(with = "humantime_serde")]
+    pub http_header_timeout: Duration,
+    /// Time a client has to send a request's whole body.
+    #[serde(with = "humantime_serde")]
+    pub http_body_timeout: Duration,
+    /// Time a client has to complete its TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or CIDR blocks); from
+    /// anyone else the header is ignored.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Failed authentications allowed per client address and minute (admin token, API keys);
+    /// beyond it the address is answered 429 until it is under the limit again.
+    pub auth_failure_limit: u32,
     /// The `partnerId` claim of every minted token.
     #[serde(deserialize_with = "text")]
     pub partner_id: Option<String>,
@@ -182,6 +214,14 @@ impl Default for Config {
             internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             tls_cert: None,
             tls_key: None,
+            public_max_connections: 4096,
+            internal_max_connections: 1024,
+            http_first_byte_timeout: Duration::from_secs(5),
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(15),
+            tls_handshake_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+            auth_failure_limit: 10,
             partner_id: None,
             admin_token: None,
             master_key: None,
@@ -347,6 +387,43 @@ impl Config {
                 humantime::format_duration(min_grace)
             ));
         }
+        for (name, value) in [
+            (
+                "KEYHOST_HTTP_FIRST_BYTE_TIMEOUT",
+                self.http_first_byte_timeout,
+            ),
+            ("KEYHOST_HTTP_HEADER_TIMEOUT", self.http_header_timeout),
+            ("KEYHOST_HTTP_BODY_TIMEOUT", self.http_body_timeout),
+            ("KEYHOST_TLS_HANDSHAKE_TIMEOUT", self.tls_handshake_timeout),
+        ] {
+            if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&value) {
+                return invalid(format!(
+                    "{name} is {}; use between 100ms and 10m (tens of seconds at most: every \
+                     second a silent client may hold a connection is a second an attacker may too)",
+                    humantime::format_duration(value)
+                ));
+            }
+        }
+        for (name, value) in [
+            (
+                "KEYHOST_PUBLIC_MAX_CONNECTIONS",
+                self.public_max_connections,
+            ),
+            (
+                "KEYHOST_INTERNAL_MAX_CONNECTIONS",
+                self.internal_max_connections,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return invalid(format!("{name} must be between 1 and 1000000"));
+            }
+        }
+        if self.auth_failure_limit == 0 || self.auth_failure_limit > 10_000 {
+            return invalid(
+                "KEYHOST_AUTH_FAILURE_LIMIT must be between 1 and 10000 failed attempts per address and minute"
+                    .into(),
+            );
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid(
                 "set both KEYHOST_TLS_CERT and KEYHOST_TLS_KEY (PEM files) to serve the JWKS over HTTPS, or neither"
@@ -451,6 +528,36 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         Form::Unsigned(n) => n.to_string(),
         Form::Signed(n) => n.to_string(),
     }))
+}
+
+/// Accepts `"10.0.0.0/8, 127.0.0.1"` (the environment form) or a list (the TOML form); a bare
+/// address is a single-host network.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Form::deserialize(d)? {
+        Form::List(v) => v,
+        Form::Text(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|item| item.trim())
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{item:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8)"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Accepts `"ES256,RS256"` (the environment form) or `["ES256", "RS256"]` (the TOML form).
@@ -638,6 +745,26 @@ mod tests {
             let c = Config::load().map_err(|e| e.to_string())?;
             assert_eq!(c.issue_scope, "issue");
             assert_eq!(c.airkit_max_attempts, 6);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trusted_proxies_and_connection_settings_are_read_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1");
+            jail.set_env("KEYHOST_HTTP_HEADER_TIMEOUT", "20s");
+            let c = Config::load().map_err(|e| e.to_string())?;
+            let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+            assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+            assert_eq!(c.http_header_timeout, Duration::from_secs(20));
+            jail.set_env("KEYHOST_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(err.contains("proxy.local"), "{err}");
+            jail.set_env("KEYHOST_TRUSTED_PROXIES", "");
+            jail.set_env("KEYHOST_HTTP_HEADER_TIMEOUT", "1h");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(err.contains("KEYHOST_HTTP_HEADER_TIMEOUT"), "{err}");
             Ok(())
         });
     }

@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Label: algorithm.
@@ -46,6 +47,31 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+/// Label: credential kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `admin` or `client`.
+    pub kind: String,
+}
+
+/// Label: listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `public` or `internal`.
+    pub listener: String,
+}
+
+/// The connection counters of one listener.
+#[derive(Clone, Debug)]
+pub struct ConnectionCounters {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed to make room for a new one.
+    pub shed: Counter,
+    /// Connections refused because every open one was busy.
+    pub refused: Counter,
+}
+
 /// The server's counters.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +87,16 @@ pub struct Metrics {
     pub issuances: Family<StateLabel, Counter>,
     /// Webhook deliveries refused for their signature.
     pub webhook_rejected: Family<ProviderLabel, Counter>,
+    /// Failed authentications by kind (`admin`, `client`).
+    pub auth_failures: Family<KindLabel, Counter>,
+    /// Requests answered 429 because their address spent its failed-authentication budget.
+    pub auth_throttled: Counter,
+    /// Open connections per listener.
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    /// Connections shed per listener.
+    pub connections_shed: Family<ListenerLabel, Counter>,
+    /// Connections refused per listener.
+    pub connections_refused: Family<ListenerLabel, Counter>,
     /// Minute of the last rejection written to the audit trail, per provider.
     rejection_audited: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -104,12 +140,47 @@ impl Default for Metrics {
             "Webhook deliveries refused for a missing or wrong signature",
             webhook_rejected.clone(),
         );
+        let auth_failures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests with a wrong admin token or API key",
+            auth_failures.clone(),
+        );
+        let auth_throttled = Counter::default();
+        registry.register(
+            "auth_throttled",
+            "Requests refused because their address failed to authenticate too often",
+            auth_throttled.clone(),
+        );
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, per listener",
+            connections_open.clone(),
+        );
+        let connections_shed = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_shed",
+            "Connections closed to make room for a new one on a full listener (silent or idle ones)",
+            connections_shed.clone(),
+        );
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused because every open one was in the middle of a request",
+            connections_refused.clone(),
+        );
         let label = |alg: &str| AlgLabel {
             alg: alg.to_owned(),
         };
         let minted_es256 = tokens_minted.get_or_create(&label("ES256")).clone();
         let minted_rs256 = tokens_minted.get_or_create(&label("RS256")).clone();
         Self {
+            auth_failures,
+            auth_throttled,
+            connections_open,
+            connections_shed,
+            connections_refused,
             minted_es256,
             minted_rs256,
             webhook_rejected,
@@ -147,6 +218,27 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         audited.insert(provider.to_owned(), minute) != Some(minute)
+    }
+
+    /// Counts a failed authentication of `kind`.
+    pub fn auth_failed(&self, kind: &str) {
+        self.auth_failures
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The connection counters of the listener `name`.
+    pub fn connections(&self, name: &str) -> ConnectionCounters {
+        let label = ListenerLabel {
+            listener: name.to_owned(),
+        };
+        ConnectionCounters {
+            open: self.connections_open.get_or_create(&label).clone(),
+            shed: self.connections_shed.get_or_create(&label).clone(),
+            refused: self.connections_refused.get_or_create(&label).clone(),
+        }
     }
 
     /// Counts a minted token: an atomic increment of a counter resolved at start (no lock, no

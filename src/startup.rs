@@ -131,9 +131,10 @@ pub struct Application {
     state: AppState,
     /// Held while serving: one server per data directory.
     _instance_lock: std::fs::File,
-    public: TcpListener,
-    internal: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    public: http::serve::Server,
+    internal: http::serve::Server,
+    /// Whether the public listener speaks HTTPS.
+    https: bool,
 }
 
 impl Application {
@@ -172,6 +173,36 @@ impl Application {
             (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
             _ => None,
         };
+        let https = tls.is_some();
+        let open_files = http::serve::open_files_limit();
+        let (public_limit, internal_limit) = http::serve::fit_connection_limits(
+            config.public_max_connections,
+            config.internal_max_connections,
+            open_files,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        if (public_limit, internal_limit)
+            != (
+                config.public_max_connections,
+                config.internal_max_connections,
+            )
+        {
+            tracing::warn!(
+                open_files = open_files.unwrap_or(0),
+                public = public_limit,
+                internal = internal_limit,
+                "the open-files limit is too low for the configured connection limits; lowered them \
+                 so that neither listener can take the other's descriptors (raise LimitNOFILE to keep them)"
+            );
+        }
+        let bounds = |max_connections| http::serve::Bounds {
+            max_connections,
+            first_byte_timeout: config.http_first_byte_timeout,
+            header_timeout: config.http_header_timeout,
+            tls_handshake: config.tls_handshake_timeout,
+        };
+        let public_bounds = bounds(public_limit);
+        let internal_bounds = bounds(internal_limit);
         let public = TcpListener::bind(config.public_addr)
             .await
             .with_context(|| format!("binding the public listener {}", config.public_addr))?;
@@ -196,13 +227,14 @@ impl Application {
                 "KEYHOST_PARTNER_ID is not set: the JWKS is served, but tokens cannot be minted until it is"
             );
         }
+        let metrics = Arc::new(Metrics::default());
+        let auth_throttle = http::throttle::AuthThrottle::new(config.auth_failure_limit);
         let jwks_cache_control = HeaderValue::from_str(&format!(
             "public, max-age={}",
             config.jwks_max_age.as_secs()
         ))
         .expect("ASCII");
         let rate_limit = http::client_rate_limiter(config.client_rate_limit);
-        let metrics = Arc::new(Metrics::default());
         let airkit: Option<Arc<dyn AirKit>> = match config.airkit_base_url() {
             Some(url) => {
                 tracing::info!(base_url = %url, "issuance proxy enabled");
@@ -247,13 +279,23 @@ impl Application {
             admin: Arc::new(admin),
             rng: Arc::new(SystemRandom::new()),
             jwks_cache_control,
+            auth_throttle,
         });
+        let public =
+            http::serve::Server::new("public", public, tls, public_bounds, state.metrics.clone());
+        let internal = http::serve::Server::new(
+            "internal",
+            internal,
+            None,
+            internal_bounds,
+            state.metrics.clone(),
+        );
         Ok(Self {
             state,
             _instance_lock: instance_lock,
             public,
             internal,
-            tls,
+            https,
         })
     }
 
@@ -279,7 +321,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.https { "https" } else { "http" };
         tracing::info!(
             public = %self.public_addr(),
             internal = %self.internal_addr(),
@@ -296,26 +338,14 @@ impl Application {
         if resumed > 0 {
             tracing::info!(resumed, "unfinished issuances resumed");
         }
-        let signal = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let public_router = http::public_router(self.state.clone());
-        let public: tokio::task::JoinHandle<std::io::Result<()>> = match self.tls {
-            Some(tls) => {
-                let listener = http::tls::TlsListener::new(self.public, tls)?;
-                let server = axum::serve(listener, public_router)
-                    .with_graceful_shutdown(signal(stop_rx.clone()));
-                tokio::spawn(async move { server.await })
-            }
-            None => {
-                let server = axum::serve(self.public, public_router)
-                    .with_graceful_shutdown(signal(stop_rx.clone()));
-                tokio::spawn(async move { server.await })
-            }
-        };
-        let internal = axum::serve(self.internal, http::internal_router(self.state.clone()))
-            .with_graceful_shutdown(signal(stop_rx.clone()));
-        let internal = tokio::spawn(async move { internal.await });
+        let public = tokio::spawn(
+            self.public
+                .run(http::public_router(self.state.clone()), stop_rx.clone()),
+        );
+        let internal = tokio::spawn(
+            self.internal
+                .run(http::internal_router(self.state.clone()), stop_rx.clone()),
+        );
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);

@@ -21,6 +21,8 @@ pub struct ApiError {
     identifier: &'static str,
     message: String,
     retry_after: Option<u64>,
+    /// Close the connection after answering (the request was not read to its end).
+    close: bool,
 }
 
 #[derive(Serialize)]
@@ -36,6 +38,7 @@ impl ApiError {
             identifier,
             message: message.into(),
             retry_after: None,
+            close: false,
         }
     }
 
@@ -105,6 +108,20 @@ impl ApiError {
             "BAD_VALUE",
             format!("the request body exceeds {limit} bytes"),
         )
+    }
+    /// 408 `BAD_VALUE`: the body did not arrive within `deadline`; the connection is closed.
+    pub fn body_timeout(deadline: std::time::Duration) -> Self {
+        Self {
+            close: true,
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "BAD_VALUE",
+                format!(
+                    "the request body did not arrive within {} (KEYHOST_HTTP_BODY_TIMEOUT)",
+                    humantime::format_duration(deadline)
+                ),
+            )
+        }
     }
     /// 415 `BAD_VALUE`: the body is not declared as JSON.
     pub fn unsupported_media_type() -> Self {
@@ -178,6 +195,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
     }

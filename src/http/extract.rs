@@ -19,9 +19,10 @@ use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor,
 };
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, throttle};
 use crate::auth::{AuthError, Client};
+use crate::telemetry::LogLimiter;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -228,24 +229,46 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     })
 }
 
-impl<S, T> FromRequest<S> for JsonBody<T>
+/// Reads a request body within [`BODY_LIMIT`] and the configured body deadline
+/// (`KEYHOST_HTTP_BODY_TIMEOUT`, counted from the end of the headers), so that a client that
+/// stops sending holds its connection for a bounded time only.
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let deadline = state.config.http_body_timeout;
+    match tokio::time::timeout(deadline, Bytes::from_request(req, state)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::payload_too_large(BODY_LIMIT))
+        }
+        Ok(Err(e)) => Err(ApiError::bad_value(format!(
+            "the request body could not be read: {e}"
+        ))),
+        Err(_) => Err(ApiError::body_timeout(deadline)),
+    }
+}
+
+/// The raw bytes of a request body (for webhooks, whose signature covers those bytes).
+#[derive(Debug)]
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_body(req, state).await.map(RawBody)
+    }
+}
+
+impl<T> FromRequest<AppState> for JsonBody<T>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::unsupported_media_type());
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(BODY_LIMIT)
-            } else {
-                ApiError::bad_value(format!("the request body could not be read: {e}"))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse_json_object(&bytes).map(JsonBody)
     }
 }
@@ -283,6 +306,49 @@ fn bearer(parts: &Parts) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
+/// Runs `verify` on the request's bearer credential within the client address's budget of
+/// failed authentications (see [`super::throttle`]): a spent budget is answered 429 before the
+/// credential is looked at; a failure is counted, and logged at most once every 10 s (with how
+/// many were held back).
+fn authenticate<T>(
+    parts: &Parts,
+    state: &AppState,
+    kind: &'static str,
+    verify: impl FnOnce(&str) -> Result<T, AuthError>,
+) -> Result<T, ApiError> {
+    static FAILURES: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
+    let source = throttle::client_addr(parts, &state.config.trusted_proxies);
+    if let Some(ip) = source
+        && let Err(wait) = state.auth_throttle.check(ip)
+    {
+        state.metrics.auth_throttled.inc();
+        return Err(ApiError::too_many_requests(
+            format!(
+                "too many failed authentications from {ip}; try again in {} s \
+                 (KEYHOST_AUTH_FAILURE_LIMIT per minute)",
+                wait.as_secs() + 1
+            ),
+            wait.as_secs() + 1,
+        ));
+    }
+    let token = bearer(parts).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    verify(token).map_err(|e| {
+        state.metrics.auth_failed(kind);
+        if let Some(ip) = source {
+            state.auth_throttle.failed(ip);
+        }
+        if let Some(suppressed) = FAILURES.allow() {
+            tracing::warn!(
+                kind,
+                source = %source.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+                suppressed,
+                "request with invalid credentials"
+            );
+        }
+        ApiError::unauthorized(e.to_string())
+    })
+}
+
 /// Proof that the request carries the admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
@@ -294,13 +360,13 @@ impl FromRequestParts<AppState> for AdminAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        if state.admin.verify(token) {
-            Ok(AdminAuth)
-        } else {
-            tracing::warn!("admin request with an invalid token");
-            Err(ApiError::unauthorized("invalid admin token"))
-        }
+        authenticate(parts, state, "admin", |token| {
+            if state.admin.verify(token) {
+                Ok(AdminAuth)
+            } else {
+                Err(AuthError::Invalid)
+            }
+        })
     }
 }
 
@@ -315,12 +381,9 @@ impl FromRequestParts<AppState> for ClientAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        state
-            .clients
-            .authenticate(token)
-            .map(ClientAuth)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))
+        authenticate(parts, state, "client", |token| {
+            state.clients.authenticate(token).map(ClientAuth)
+        })
     }
 }
 

@@ -13,6 +13,8 @@ pub mod extract;
 pub mod health;
 pub mod issuance;
 pub mod jwks;
+pub mod serve;
+pub mod throttle;
 pub mod tls;
 pub mod tokens;
 pub mod webhooks;
@@ -89,6 +91,8 @@ pub struct AppStateInner {
     pub metrics: Arc<Metrics>,
     /// Per-client mint counts, flushed to the audit trail.
     pub ledger: Arc<MintLedger>,
+    /// Failed authentications per client address.
+    pub auth_throttle: throttle::AuthThrottle,
 }
 
 /// Token requests per client id (GCRA, burst of the whole hourly quota).

@@ -23,7 +23,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,13 +30,14 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::extract::parse_json_object;
+use super::extract::{RawBody, parse_json_object};
 use super::issuance::issuance_response;
 use super::tokens::validate_email;
 use super::{AppState, blocking};
 use crate::clock::rfc3339;
 use crate::issuance::{NewIssuance, WaitFor};
 use crate::store::{self, StoreError, kyc::NewKycEvent};
+use crate::telemetry::LogLimiter;
 
 /// Webhook routes.
 pub fn routes() -> Router<AppState> {
@@ -109,7 +109,10 @@ pub fn parse_keyhost_signature(header: &str) -> Option<KeyhostSignature<'_>> {
 }
 
 async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
-    tracing::warn!(provider, why, "webhook rejected");
+    static REJECTIONS: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
+    if let Some(suppressed) = REJECTIONS.allow() {
+        tracing::warn!(provider, why, suppressed, "webhook rejected");
+    }
     if !state.metrics.webhook_rejected(provider, state.clock.now()) {
         return;
     }
@@ -176,7 +179,7 @@ struct KycComplete {
 async fn kyc_complete(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let header = headers
         .get("x-keyhost-signature")
@@ -287,7 +290,7 @@ struct IdenfyWebhook {
 async fn idenfy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let header = headers
         .get("idenfy-signature")
@@ -429,7 +432,10 @@ async fn idenfy(
         None => None,
     };
     let Some(email) = email else {
-        tracing::warn!(scan_ref = %scan_ref, "iDenfy verification approved for an unmapped clientId");
+        static UNMATCHED: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
+        if let Some(suppressed) = UNMATCHED.allow() {
+            tracing::warn!(scan_ref = %scan_ref, suppressed, "iDenfy verification approved for an unmapped clientId");
+        }
         let outcome = record(
             "unmatched",
             Some("no email for this clientId; add one with POST /admin/kyc-subjects".into()),

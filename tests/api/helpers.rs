@@ -50,6 +50,17 @@ pub fn test_config(dir: &Path) -> Config {
     }
 }
 
+/// Connection bounds with the default timers and `max_connections`, for servers built by hand.
+pub fn bounds(max_connections: usize) -> keyhost::http::serve::Bounds {
+    let c = Config::default();
+    keyhost::http::serve::Bounds {
+        max_connections,
+        first_byte_timeout: c.http_first_byte_timeout,
+        header_timeout: c.http_header_timeout,
+        tls_handshake: c.tls_handshake_timeout,
+    }
+}
+
 /// Starts a server with the default test configuration.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

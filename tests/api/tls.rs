@@ -173,8 +173,15 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_i
     .unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = tcp.local_addr().unwrap().port();
-    let listener = keyhost::http::tls::TlsListener::new(tcp, config).unwrap();
-    tokio::spawn(async move { axum::serve(listener, axum::Router::new()).await });
+    let server = keyhost::http::serve::Server::new(
+        "public",
+        tcp,
+        Some(config),
+        crate::helpers::bounds(64),
+        Default::default(),
+    );
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(server.run(axum::Router::new(), stopped));
     let first = pem_der(&cert);
     assert_eq!(served_leaf(port, &ca).await, first);
 
