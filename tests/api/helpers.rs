@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -361,6 +361,8 @@ pub struct EndlessServer {
     pub url: String,
     /// Body bytes written so far, over all connections.
     pub served: Arc<AtomicU64>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
 }
 
 /// Starts an [`EndlessServer`] whose body opens with `prefix` and then repeats `filler`.
@@ -368,9 +370,11 @@ pub async fn endless_server(prefix: &'static str, filler: &'static str) -> Endle
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let served = Arc::new(AtomicU64::new(0));
-    let total = served.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (total, count) = (served.clone(), connections.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             let total = total.clone();
             tokio::spawn(async move {
                 if read_head(&stream).await.is_err() {
@@ -390,7 +394,11 @@ pub async fn endless_server(prefix: &'static str, filler: &'static str) -> Endle
             });
         }
     });
-    EndlessServer { url, served }
+    EndlessServer {
+        url,
+        served,
+        connections,
+    }
 }
 
 /// Reads a request up to the end of its head (a body, if any, is left unread: the answer does
