@@ -3,6 +3,12 @@
 //!
 //! It works on any partner's setup, keyhost or not: it only fetches the public JWKS and reads the
 //! token, verifying with jsonwebtoken (never keyhost's signer), as a relying party would.
+//!
+//! The fetch is bounded, because the URL may point anywhere: it follows no redirect (a 3xx is a
+//! failing finding naming the hop and its `Location`, and the target is never requested, so the
+//! verdicts describe the URL given and a redirect cannot steer the doctor to another host or
+//! port), and it reads at most 1 MiB of body, so an endless or huge answer ends the check at
+//! once instead of filling memory until the timeout.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,12 +21,17 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::http_client::{self, describe};
 use crate::jwks::PublicJwk;
 
 /// Longest token lifetime AIR Kit's own tools accept.
 const AIR_MAX_TTL: i64 = 15 * 60;
 /// Clock difference tolerated for `iat`.
 const SKEW: i64 = 60;
+/// Largest JWKS body read; a real JWKS is a few kilobytes.
+const MAX_JWKS_BYTES: usize = http_client::MIB;
+/// Longest `Location` quoted in a finding; the rest is cut.
+const MAX_LOCATION_CHARS: usize = 256;
 
 /// Flags of `keyhost doctor`.
 #[derive(Debug, Clone, clap::Args)]
@@ -107,6 +118,11 @@ const FIX_EXPIRED: &str = "generate a new JWT with a fresh exp (recommended: 5 m
     server clock synchronised (NTP)";
 const FIX_TYP: &str = "for Issue on Behalf the JWT header must include typ: \"JWT\"";
 const FIX_CLAIMS: &str = "the JWT must contain partnerId, scope (\"issue\") and email";
+const FIX_REDIRECT: &str = "register the URL that serves the JWKS itself (answering 200 with the JSON) in \
+    the AIR Kit dashboard, or serve the JWKS at the registered URL without a redirect: AIR Kit may not \
+    follow redirects";
+const FIX_SIZE: &str = "serve only the public keys at the JWKS URL (a JWKS of a few keys is a few \
+    kilobytes); check that the URL points at the JWKS and not at a large file or a stream";
 const FIX_PRIVATE: &str = "your JWKS publishes private key material: anyone can sign as you. Build the JWKS \
     from the public key only, then rotate: revoke these keys and publish new ones";
 
@@ -130,16 +146,27 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
     let url = reqwest::Url::parse(&args.jwks_url)
         .map_err(|e| anyhow::anyhow!("--jwks-url is not a URL: {e}"))?;
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    // Redirects are not followed (below), so the URL given is the only URL ever requested and
+    // this verdict is about the URL that actually answers.
     match url.scheme() {
-        "https" => report.pass("jwks.https", "served over HTTPS"),
+        "https" => report.pass("jwks.https", format!("{url} is served over HTTPS")),
         _ if loopback => report.warn(
             "jwks.https",
-            "plain HTTP on loopback: fine for local tests, not for AIR Kit",
+            format!("{url}: plain HTTP on loopback, fine for local tests, not for AIR Kit"),
             FIX_UNREACHABLE,
         ),
-        _ => report.fail("jwks.https", "not served over HTTPS", FIX_UNREACHABLE),
+        _ => report.fail(
+            "jwks.https",
+            format!("{url} is not served over HTTPS"),
+            FIX_UNREACHABLE,
+        ),
     }
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    // No redirects: following one would check (and report as HTTPS) a URL other than the one
+    // given, could take the doctor to a plain-HTTP or internal address, and AIR Kit may not
+    // follow it anyway.
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10));
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("reading --ca-file {}: {e}", path.display()))?;
@@ -148,7 +175,7 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
         builder = builder.tls_certs_merge(certs);
     }
     let client = builder.build()?;
-    let res = match client.get(url).send().await {
+    let res = match client.get(url.clone()).send().await {
         Ok(res) => res,
         Err(e) => {
             report.fail(
@@ -159,6 +186,11 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
             return Ok(None);
         }
     };
+    if res.status().is_redirection() {
+        let chain = redirect_chain(&url, res.status(), res.headers());
+        report.fail("jwks.redirect", chain, FIX_REDIRECT);
+        return Ok(None);
+    }
     if !res.status().is_success() {
         report.fail(
             "jwks.reachable",
@@ -182,7 +214,22 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
             "send Cache-Control: public, max-age=<seconds> and publish new keys longer than that before they sign",
         ),
     }
-    let body: Value = match res.json().await {
+    let bytes = match http_client::read_capped(res, MAX_JWKS_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_too_large() => {
+            report.fail(
+                "jwks.size",
+                format!("{e} (a JWKS is a few kilobytes)"),
+                FIX_SIZE,
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            report.fail("jwks.json", describe(&e), FIX_UNREACHABLE);
+            return Ok(None);
+        }
+    };
+    let body: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
             report.fail("jwks.json", format!("not JSON: {e}"), FIX_UNREACHABLE);
@@ -239,6 +286,49 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
         }
     }
     Ok(Some(body))
+}
+
+/// The redirect `url` answered (`status`, `headers`), hop by hop: the one hop requested, its
+/// status and `Location` (resolved against `url` when relative), and whether it leaves HTTPS.
+/// The target is named, never requested.
+fn redirect_chain(
+    url: &reqwest::Url,
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> String {
+    let hop = format!("{url} answered HTTP {status}");
+    let location = match headers.get(reqwest::header::LOCATION).map(|v| v.to_str()) {
+        None => return format!("{hop} without a Location header"),
+        Some(Err(_)) => return format!("{hop} with an unreadable Location header"),
+        Some(Ok(location)) => location,
+    };
+    let mut text = format!("redirect chain: {hop}, Location: {}", cut(location));
+    match url.join(location) {
+        Ok(target) => {
+            if target.as_str() != location {
+                text.push_str(&format!(" (= {})", cut(target.as_str())));
+            }
+            if url.scheme() == "https" && target.scheme() != "https" {
+                text.push_str("; the redirect leaves HTTPS");
+            }
+        }
+        Err(e) => text.push_str(&format!(" (not a usable URL: {e})")),
+    }
+    text.push_str(
+        ". The target was not fetched: AIR Kit may not follow redirects, so it may never see \
+         the keys",
+    );
+    text
+}
+
+/// `text` cut to [`MAX_LOCATION_CHARS`]: the server chooses it, and a finding is one line.
+fn cut(text: &str) -> String {
+    if text.chars().count() > MAX_LOCATION_CHARS {
+        let head: String = text.chars().take(MAX_LOCATION_CHARS).collect();
+        format!("{head}...")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// The JWK members that describe the public key (`kty` and its parameters).
@@ -428,4 +518,61 @@ pub fn print(findings: &[Finding], json: bool) -> bool {
         }
     }
     findings.iter().all(|f| f.verdict != Verdict::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+    use reqwest::header::{HeaderMap, HeaderValue, LOCATION};
+
+    use super::*;
+
+    fn chain(url: &str, location: Option<&[u8]>) -> String {
+        let mut headers = HeaderMap::new();
+        if let Some(l) = location {
+            headers.insert(LOCATION, HeaderValue::from_bytes(l).unwrap());
+        }
+        redirect_chain(
+            &reqwest::Url::parse(url).unwrap(),
+            StatusCode::FOUND,
+            &headers,
+        )
+    }
+
+    #[test]
+    fn a_redirect_from_https_to_plain_http_is_named_as_leaving_https() {
+        let text = chain(
+            "https://partner.example/jwks.json",
+            Some(b"http://10.0.0.5:8081/admin/keys"),
+        );
+        assert!(
+            text.starts_with(
+                "redirect chain: https://partner.example/jwks.json answered HTTP 302 Found, \
+                 Location: http://10.0.0.5:8081/admin/keys; the redirect leaves HTTPS. The \
+                 target was not fetched"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn relative_missing_unreadable_and_huge_locations_are_described_not_trusted() {
+        let relative = chain("https://partner.example/a/jwks.json", Some(b"../keys.json"));
+        assert!(
+            relative.contains("Location: ../keys.json (= https://partner.example/keys.json)")
+                && !relative.contains("leaves HTTPS"),
+            "{relative}"
+        );
+        assert!(
+            chain("https://p.example/j", None).ends_with("302 Found without a Location header")
+        );
+        assert!(
+            chain("https://p.example/j", Some(b"/caf\xe9"))
+                .ends_with("with an unreadable Location header")
+        );
+        let huge = format!("/{}", "a".repeat(10_000));
+        let text = chain("https://p.example/j", Some(huge.as_bytes()));
+        assert!(text.len() < 1_000, "{} characters", text.len());
+        assert!(text.contains("aaa..."), "{text}");
+    }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod doctor;
 pub mod emulator;
 pub mod http;
+pub mod http_client;
 pub mod issuance;
 pub mod jwks;
 pub mod keys;

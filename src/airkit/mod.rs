@@ -4,6 +4,10 @@
 //! The client only transports: it sends what it is given with the Partner JWT it is given and
 //! reports the status, body and `Retry-After`; retrying and interpreting are the issuance
 //! service's job. [`hint`] holds the seeds' "how to fix" text for each AIR status.
+//!
+//! It never follows a redirect (the Partner JWT must not be forwarded to another host) and reads
+//! at most [`MAX_ANSWER_BYTES`] of an answer, streaming it, so whatever sits at the base URL
+//! cannot make keyhost buffer an endless or huge body.
 
 pub mod hint;
 
@@ -14,10 +18,16 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use serde_json::Value;
 
+use crate::http_client::{self, BodyError};
+
 /// AIR Kit's sandbox base URL.
 pub const SANDBOX_BASE_URL: &str = "https://api.sandbox.mocachain.org/v1";
 /// AIR Kit's production base URL (the Issue-on-Behalf reference's).
 pub const PRODUCTION_BASE_URL: &str = "https://api.mocachain.org/v1";
+
+/// Largest answer read from AIR Kit. Its answers are small JSON objects (a hash, a status, an
+/// error message); anything near this size is not AIR Kit speaking.
+pub const MAX_ANSWER_BYTES: usize = http_client::MIB;
 
 /// A boxed future, so that [`AirKit`] can be a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -56,6 +66,28 @@ pub enum TransportError {
     /// Anything else on the way.
     #[error("request failed: {0}")]
     Other(String),
+    /// The answer's body is larger than [`MAX_ANSWER_BYTES`]; it was not read to the end.
+    #[error(
+        "the answer (HTTP {status}) was refused: {reason}. AIR Kit's answers are small JSON; \
+         check that KEYHOST_AIRKIT_BASE_URL points at AIR Kit's API and that no proxy answers \
+         in its place"
+    )]
+    TooLarge {
+        /// The status of the refused answer.
+        status: u16,
+        /// What was too large, with the cap.
+        reason: String,
+    },
+}
+
+impl TransportError {
+    /// Whether trying again soon may succeed: timeouts, refused connections and broken
+    /// exchanges come and go. An oversized answer does not: whatever answers at the base URL
+    /// answers the same way on the next try, so retrying only repeats the call (an issue that
+    /// AIR may already have accepted) without a chance of a different outcome.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::TooLarge { .. })
+    }
 }
 
 /// The two AIR Kit calls keyhost makes.
@@ -120,7 +152,15 @@ impl HttpAirKit {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = res.bytes().await.map_err(|e| self.transport(e))?;
+        let bytes = http_client::read_capped(res, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::Read(e) => self.transport(e),
+                too_large => TransportError::TooLarge {
+                    status,
+                    reason: too_large.to_string(),
+                },
+            })?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Reply {
             status,
@@ -206,5 +246,21 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn only_an_oversized_answer_is_not_transient() {
+        let too_large = TransportError::TooLarge {
+            status: 200,
+            reason: "the response body exceeds the cap".into(),
+        };
+        assert!(!too_large.is_transient());
+        for transient in [
+            TransportError::Timeout(Duration::from_secs(1)),
+            TransportError::Connect("refused".into()),
+            TransportError::Other("reset".into()),
+        ] {
+            assert!(transient.is_transient(), "{transient:?}");
+        }
     }
 }

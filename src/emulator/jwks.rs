@@ -8,25 +8,33 @@
 //!
 //! Requests never stampede the JWKS server: one fetch runs at a time, and requests that waited
 //! for it share its result, success or failure.
+//!
+//! The fetch is bounded like AIR Kit's: a redirect is an error, not followed (the client is
+//! built without redirects), and the body is read with a 1 MiB cap, so a hostile or broken JWKS
+//! server can neither send the emulator elsewhere nor make it buffer an endless body.
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use axum::http::header::{ACCEPT, CACHE_CONTROL};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, LOCATION};
 use axum::http::{HeaderMap, HeaderValue};
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::Jwk;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::http_client::{self, describe};
+
 /// Cache lifetime when the JWKS response carries no `max-age`.
 pub(super) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// Largest JWKS document accepted; a real one is a few kilobytes.
-const MAX_JWKS_BYTES: usize = 1 << 20;
+const MAX_JWKS_BYTES: usize = http_client::MIB;
+
+/// Longest `Location` quoted in an error; the rest is cut.
+const MAX_LOCATION_CHARS: usize = 256;
 
 /// One published key.
 pub(super) struct PublishedKey {
@@ -69,6 +77,19 @@ pub(super) enum JwksError {
         status: u16,
         /// The JWKS URL.
         url: String,
+    },
+    /// The server answered with a redirect, which AIR Kit does not follow.
+    #[error(
+        "{url} answered HTTP {status} redirecting to {location}; AIR Kit does not follow \
+         redirects: register the URL that serves the JWKS itself"
+    )]
+    Redirect {
+        /// The status (3xx).
+        status: u16,
+        /// The JWKS URL.
+        url: String,
+        /// The `Location` header, as sent (cut if very long), or why there is none.
+        location: String,
     },
     /// The body is not a JWKS.
     #[error("{url} did not return a valid JSON Web Key Set: {reason}")]
@@ -115,19 +136,17 @@ pub(super) fn cache_lifetime(headers: &HeaderMap) -> Duration {
     max_age.unwrap_or(DEFAULT_MAX_AGE)
 }
 
-/// An error and its causes on one line (reqwest's own message omits the root cause).
-fn describe(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
+/// The `Location` of a redirect, for an error message: as sent, cut if very long.
+fn location(headers: &HeaderMap) -> String {
+    match headers.get(LOCATION).map(HeaderValue::to_str) {
+        None => "(no Location header)".to_owned(),
+        Some(Err(_)) => "(an unreadable Location header)".to_owned(),
+        Some(Ok(location)) if location.chars().count() > MAX_LOCATION_CHARS => {
+            let cut: String = location.chars().take(MAX_LOCATION_CHARS).collect();
+            format!("{cut}...")
         }
-        source = cause.source();
+        Some(Ok(location)) => location.to_owned(),
     }
-    text
 }
 
 #[derive(Deserialize)]
@@ -229,6 +248,13 @@ impl JwksCache {
             .await
             .map_err(|e| JwksError::Request(describe(&e)))?;
         let status = res.status();
+        if status.is_redirection() {
+            return Err(JwksError::Redirect {
+                status: status.as_u16(),
+                url: self.url.clone(),
+                location: location(res.headers()),
+            });
+        }
         if !status.is_success() {
             return Err(JwksError::Status {
                 status: status.as_u16(),
@@ -236,23 +262,18 @@ impl JwksCache {
             });
         }
         let max_age = cache_lifetime(res.headers());
-        let too_large = || JwksError::Invalid {
-            url: self.url.clone(),
-            reason: format!("the document is larger than {MAX_JWKS_BYTES} bytes"),
-        };
-        if res
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let body = res
-            .bytes()
+        let body = http_client::read_capped(res, MAX_JWKS_BYTES)
             .await
-            .map_err(|e| JwksError::Request(describe(&e)))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(too_large());
-        }
+            .map_err(|e| {
+                if e.is_too_large() {
+                    JwksError::Invalid {
+                        url: self.url.clone(),
+                        reason: e.to_string(),
+                    }
+                } else {
+                    JwksError::Request(describe(&e))
+                }
+            })?;
         Ok(Snapshot {
             keys: parse(&self.url, &body)?,
             fetched_at: Instant::now(),

@@ -11,6 +11,9 @@
 //! - The JWKS is cached for the `max-age` its server announces, and an unknown `kid` is not
 //!   refetched while that cache is fresh, so a key used before it was published fails exactly as
 //!   it does in production.
+//! - The JWKS fetch follows no redirect (a 3xx is an error naming its `Location`) and reads at
+//!   most 1 MiB of body, so the JWKS server cannot send the emulator elsewhere or exhaust its
+//!   memory.
 //! - Request and response shapes, statuses and messages follow AIR Kit's documentation; every
 //!   error body is `{"error": <status>, "message": "..."}`.
 //! - Faults (429 with `Retry-After`, 500, added latency, a per-partner rate limit) can be injected
@@ -247,9 +250,11 @@ impl Emulator {
     }
 }
 
-/// The HTTP client for the JWKS: a bounded time per fetch, plus the extra root CA if any.
+/// The HTTP client for the JWKS: a bounded time per fetch, no redirects (AIR Kit does not
+/// follow them, so a JWKS URL that redirects must fail here too), plus the extra root CA if any.
 fn jwks_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(JWKS_FETCH_TIMEOUT)
         .connect_timeout(JWKS_FETCH_TIMEOUT)
         .user_agent(concat!(

@@ -19,6 +19,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientAuth, JsonBody, QueryParams};
 use super::tokens::validate_email;
+use crate::airkit::TransportError;
 use crate::auth::Client;
 use crate::issuance::{IssuanceError, IssuanceView, NewIssuance, StatusError, WaitFor, state};
 use crate::store::issuances::IssuanceRow;
@@ -200,6 +201,11 @@ async fn status(
             StatusError::NotConfigured(m) => ApiError::unavailable(m, 60),
             StatusError::UnknownHash => ApiError::not_found(e.to_string()),
             StatusError::NoToken(_) => ApiError::unavailable(e.to_string(), 5),
+            // An oversized answer is a bad answer from upstream, not an outage: 502, and no
+            // Retry-After, since asking again soon gets the same answer.
+            StatusError::Transport(TransportError::TooLarge { .. }) => {
+                ApiError::with_status(StatusCode::BAD_GATEWAY, "INTERNAL_ERROR", e.to_string())
+            }
             StatusError::Transport(_) => ApiError::unavailable(e.to_string(), 5),
             StatusError::Store(e) => ApiError::internal(&e),
         })?;

@@ -11,6 +11,9 @@
 //!   issuance is parked as `stalled` (resumable by an admin), never dropped;
 //! - 400/401/403/404/409 are never retried; the record carries AIR's status and message and the
 //!   fix from AIR Kit's error reference;
+//! - an answer too large to be AIR Kit's (over [`crate::airkit::MAX_ANSWER_BYTES`]) is not
+//!   retried either, since retrying cannot change it, but the issuance is parked as `stalled`
+//!   (resumable), not `failed`: AIR did not refuse it and may even have accepted it;
 //! - a duplicate answered with `onDuplicate: "ignore"` is the existing issuance, not a failure;
 //! - accepted issuances are polled from 1 s, doubling, capped at 30 s, until `ONCHAIN` or the
 //!   deadline (`unconfirmed`).
@@ -550,6 +553,7 @@ impl IssuanceService {
             Err(TransportError::Timeout(_)) => "timeout".into(),
             Err(TransportError::Connect(_)) => "connect".into(),
             Err(TransportError::Other(_)) => "error".into(),
+            Err(TransportError::TooLarge { .. }) => "too_large".into(),
         };
         self.metrics
             .airkit_responses
@@ -682,6 +686,8 @@ impl IssuanceService {
         let now = self.clock.now();
         row.updated_at = now;
         let mut retry_after = None;
+        // Set when retrying cannot help: park now rather than spend the retry budget.
+        let mut park_now = false;
         match outcome {
             Some((Ok(reply), kid)) => {
                 row.last_status = Some(reply.status);
@@ -731,22 +737,38 @@ impl IssuanceService {
                 }
                 retry_after = reply.retry_after;
             }
-            Some((Err(e), _)) => {
+            Some((Err(e), _)) if e.is_transient() => {
                 row.last_status = None;
                 row.last_error = Some(format!(
                     "AIR Kit unreachable: {e}. Fix: check KEYHOST_AIRKIT_BASE_URL and the network; keyhost retries"
                 ));
             }
+            Some((Err(e), _)) => {
+                // An answer too large to be AIR Kit's. Not `failed`: that state means AIR
+                // refused the request, whereas here no usable answer arrived (AIR may even have
+                // accepted it) and a failed issuance cannot be resumed. Not retried either:
+                // whatever answers at the base URL answers the same way seconds later, and each
+                // retry would send the issue again (AIR reissues under `onDuplicate: "revoke"`)
+                // for nothing. So it is parked as `stalled` at once: recorded, visible, and
+                // resumable by an admin once the base URL or the proxy in the way is fixed.
+                row.last_status = None;
+                row.last_error = Some(format!("AIR Kit's answer could not be used: {e}"));
+                park_now = true;
+            }
             None => {}
         }
-        if row.attempts >= self.settings.max_attempts {
+        if park_now || row.attempts >= self.settings.max_attempts {
+            let why = if park_now {
+                "not retried, since retrying cannot change such an answer".to_owned()
+            } else {
+                format!("gave up after {} attempts", row.attempts)
+            };
             row.state = state::STALLED.into();
             row.next_attempt_at = None;
             row.last_error = Some(format!(
-                "gave up after {} attempts; the issuance is recorded: an admin resumes it with \
+                "{why}; the issuance is recorded: an admin resumes it with \
                  POST /admin/issuances/{}/resume (sending the request again without the same \
                  Idempotency-Key would start a second issuance). Last error: {}",
-                row.attempts,
                 row.id,
                 row.last_error.as_deref().unwrap_or("none")
             ));
@@ -914,8 +936,11 @@ pub enum StatusError {
     /// No token could be minted.
     #[error("cannot mint a Partner JWT: {0}")]
     NoToken(String),
-    /// AIR Kit could not be reached.
-    #[error("AIR Kit unreachable: {0}")]
+    /// AIR Kit could not be reached, or its answer could not be used.
+    #[error(
+        "{what}: {0}",
+        what = if .0.is_transient() { "AIR Kit unreachable" } else { "AIR Kit's answer could not be used" }
+    )]
     Transport(TransportError),
     /// The store failed.
     #[error(transparent)]

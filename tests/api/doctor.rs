@@ -1,14 +1,18 @@
 //! `keyhost doctor` names every cause of AIR Kit's troubleshooting list it finds.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::routing::get;
 use keyhost::clock::ManualClock;
 use keyhost::doctor::{self, DoctorArgs, Finding, Verdict};
 use serde_json::{Value, json};
 
-use crate::helpers::{PARTNER_ID, TestApp, start, test_config};
+use crate::helpers::{PARTNER_ID, RssWatch, TestApp, endless_server, start, test_config};
 
 fn args(app: &TestApp, token: Option<String>) -> DoctorArgs {
     DoctorArgs {
@@ -196,4 +200,226 @@ async fn the_doctor_command_exits_non_zero_when_air_kit_would_reject_the_setup()
     let out = run(tampered).await.unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"fail\""));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded fetches: the doctor follows no redirect and reads at most 1 MiB of JWKS.
+
+/// A valid one-key JWKS (the public half of a P-256 key).
+fn one_key_jwks() -> Value {
+    json!({"keys": [{
+        "kid": "k1", "use": "sig", "alg": "ES256", "kty": "EC", "crv": "P-256",
+        "x": "f3aAs-YbmnFrS16wbD-YbiU4h_SW6dZ1KNI1Q8C9JLo", "y": "7NUjH7-5ViK8tszCRv4ECSYwdw4UKLOzpKqkl_eQU4U"
+    }]})
+}
+
+/// Serves `router` on a loopback port; returns `http://127.0.0.1:PORT`.
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+fn url_args(jwks_url: String) -> DoctorArgs {
+    DoctorArgs {
+        jwks_url,
+        token: None,
+        partner_id: None,
+        scope: "issue".into(),
+        ca_file: None,
+        json: false,
+    }
+}
+
+fn finding<'a>(findings: &'a [Finding], check: &str) -> &'a Finding {
+    findings
+        .iter()
+        .find(|f| f.check == check)
+        .unwrap_or_else(|| panic!("no finding {check}: {findings:?}"))
+}
+
+/// A server whose `/jwks.json` serves a valid JWKS and counts the requests for it.
+async fn counted_jwks() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let base = serve(Router::new().route(
+        "/jwks.json",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { axum::Json(one_key_jwks()) }
+        }),
+    ))
+    .await;
+    (base, hits)
+}
+
+#[tokio::test]
+async fn a_redirecting_jwks_url_fails_naming_each_hop_and_the_target_is_never_requested() {
+    let (target, hits) = counted_jwks().await;
+    let target_url = format!("{target}/jwks.json");
+    let location = target_url.clone();
+    let origin = serve(
+        Router::new()
+            .route(
+                "/jwks.json",
+                get(move || {
+                    let location = location.clone();
+                    async move { (StatusCode::FOUND, [(LOCATION, location)]) }
+                }),
+            )
+            .route(
+                "/relative.json",
+                get(|| async { (StatusCode::MOVED_PERMANENTLY, [(LOCATION, "/jwks.json")]) }),
+            ),
+    )
+    .await;
+
+    let given = format!("{origin}/jwks.json");
+    let findings = doctor::run(&url_args(given.clone())).await.unwrap();
+    let redirect = finding(&findings, "jwks.redirect");
+    assert_eq!(redirect.verdict, Verdict::Fail, "{redirect:?}");
+    assert!(
+        redirect.detail.contains(&given)
+            && redirect.detail.contains("302")
+            && redirect.detail.contains(&format!("Location: {target_url}"))
+            && redirect.detail.contains("not fetched"),
+        "{}",
+        redirect.detail
+    );
+    assert!(redirect.fix.unwrap().contains("redirect"));
+    // The verdict on HTTPS is about the URL given, the only one requested.
+    assert!(finding(&findings, "jwks.https").detail.contains(&given));
+    assert!(
+        !findings.iter().any(|f| f.check == "jwks.json"),
+        "nothing was read past the redirect: {findings:?}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the target was requested");
+
+    // A relative Location is named as sent and resolved against the URL given.
+    let findings = doctor::run(&url_args(format!("{origin}/relative.json")))
+        .await
+        .unwrap();
+    let redirect = finding(&findings, "jwks.redirect");
+    assert_eq!(redirect.verdict, Verdict::Fail);
+    assert!(
+        redirect.detail.contains("301")
+            && redirect
+                .detail
+                .contains(&format!("Location: /jwks.json (= {origin}/jwks.json)")),
+        "{}",
+        redirect.detail
+    );
+
+    // A token given with a redirecting JWKS is not checked against anything.
+    let mut args = url_args(given);
+    args.token = Some("a.b.c".into());
+    let findings = doctor::run(&args).await.unwrap();
+    assert_eq!(verdict(&findings, "token"), Verdict::Warn);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_redirect_to_keyhosts_internal_listener_is_not_followed() {
+    // The redirect the security review found: from a public URL to the admin port.
+    let app = realtime_app().await;
+    let internal = format!("{}/admin/keys", app.internal);
+    let location = internal.clone();
+    let origin = serve(Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let location = location.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [(LOCATION, location)]) }
+        }),
+    ))
+    .await;
+    let findings = doctor::run(&url_args(format!("{origin}/jwks.json")))
+        .await
+        .unwrap();
+    let redirect = finding(&findings, "jwks.redirect");
+    assert_eq!(redirect.verdict, Verdict::Fail);
+    assert!(redirect.detail.contains(&internal), "{}", redirect.detail);
+    assert!(!findings.iter().any(|f| f.check == "jwks.json"));
+}
+
+#[tokio::test]
+async fn an_endless_jwks_body_ends_the_check_at_the_cap_quickly_and_memory_stays_bounded() {
+    let server = endless_server(r#"{"keys":["#, r#"{"kty":"EC"},"#).await;
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let findings = tokio::time::timeout(
+        Duration::from_secs(5),
+        doctor::run(&url_args(format!("{}/jwks.json", server.url))),
+    )
+    .await
+    .expect("the doctor stops at the cap, not at its 10 s timeout")
+    .unwrap();
+    let elapsed = started.elapsed();
+    let growth = watch.stop();
+    let size = finding(&findings, "jwks.size");
+    assert_eq!(size.verdict, Verdict::Fail, "{size:?}");
+    assert!(
+        size.detail
+            .contains("exceeds the 1 MiB (1048576 bytes) cap"),
+        "{}",
+        size.detail
+    );
+    assert!(size.fix.unwrap().contains("a few"));
+    assert!(!findings.iter().any(|f| f.check == "jwks.json"));
+    // What the server managed to write: the capped read plus what the sockets buffer.
+    let served = server.served.load(Ordering::SeqCst);
+    assert!(served < 32 << 20, "{served} bytes served");
+    if let Some(growth) = growth {
+        assert!(growth < 64 << 20, "resident memory grew by {growth} bytes");
+    }
+    eprintln!(
+        "endless JWKS: stopped after {elapsed:?}, {served} bytes served, RSS growth {growth:?} bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_announcing_more_than_the_cap_is_refused_unread() {
+    // A valid JWKS padded with whitespace to 2 MiB: the size alone is what is refused.
+    let mut body = one_key_jwks().to_string().into_bytes();
+    body.resize(2 << 20, b' ');
+    let base = serve(Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let body = body.clone();
+            async move { ([(CONTENT_TYPE, "application/json")], body) }
+        }),
+    ))
+    .await;
+    let findings = doctor::run(&url_args(format!("{base}/jwks.json")))
+        .await
+        .unwrap();
+    let size = finding(&findings, "jwks.size");
+    assert_eq!(size.verdict, Verdict::Fail, "{size:?}");
+    assert!(
+        size.detail
+            .contains("announces 2097152 bytes (Content-Length), over the 1 MiB"),
+        "{}",
+        size.detail
+    );
+    assert!(!findings.iter().any(|f| f.check == "jwks.json"));
+}
+
+#[tokio::test]
+async fn a_jwks_of_exactly_the_cap_is_still_read() {
+    let mut body = one_key_jwks().to_string().into_bytes();
+    body.resize(1 << 20, b' ');
+    let base = serve(Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let body = body.clone();
+            async move { ([(CONTENT_TYPE, "application/json")], body) }
+        }),
+    ))
+    .await;
+    let findings = doctor::run(&url_args(format!("{base}/jwks.json")))
+        .await
+        .unwrap();
+    assert_eq!(verdict(&findings, "jwks.json"), Verdict::Pass);
+    assert_eq!(verdict(&findings, "jwks.key[k1]"), Verdict::Pass);
+    assert!(!findings.iter().any(|f| f.check == "jwks.size"));
 }

@@ -19,7 +19,9 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::helpers::{PARTNER_ID, TestApp, spawn_app_at_wall_clock, start, test_config};
+use crate::helpers::{
+    PARTNER_ID, TestApp, endless_server, spawn_app_at_wall_clock, start, test_config,
+};
 use crate::import::fixture;
 
 const ISSUER_DID: &str = "did:air:id:test:5P44fsVUhPctDTWH2Nz26pZJFsg6CqyiAELTGeVQDB";
@@ -1260,4 +1262,117 @@ async fn an_https_jwks_is_fetched_with_the_ca_given_by_ca_file() {
     let trusted = Emu::start(args).await;
     let a = trusted.issue(&token, issue_body()).await;
     assert_eq!(a.status, 200, "{}", a.body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded JWKS fetches: like AIR Kit, the emulator follows no redirect and reads at most 1 MiB.
+
+/// A token that passes the checks made before the JWKS is fetched (shape, `typ`, `kid`).
+fn token_needing_the_jwks() -> String {
+    unsigned(
+        json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}),
+        claims("u@example.com"),
+        b"not a signature",
+    )
+}
+
+#[tokio::test]
+async fn a_redirecting_jwks_is_refused_and_its_target_never_fetched() {
+    let app = spawn_app_at_wall_clock().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let token = app.mint_ok(&key, json!({"email": "u@example.com"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The target serves keyhost's genuine JWKS: following the redirect would have verified.
+    let target = relay(&app, "max-age=60", Duration::ZERO).await;
+    let location = target.url.clone();
+    let router = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let location = location.clone();
+            async move {
+                (
+                    StatusCode::FOUND,
+                    [(axum::http::header::LOCATION, location)],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let mut args = args_for(&app);
+    args.jwks_url = format!("http://{addr}/jwks.json");
+    let emu = Emu::start(args).await;
+    let a = emu.issue(&token, issue_body()).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(
+        a.message().starts_with(&format!(
+            "JWKS endpoint unreachable: http://{addr}/jwks.json answered HTTP 302 redirecting to {}",
+            target.url
+        )) && a.message().contains("AIR Kit does not follow redirects"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        target.fetches.load(Ordering::SeqCst),
+        0,
+        "the target was fetched"
+    );
+}
+
+#[tokio::test]
+async fn an_endless_jwks_body_is_refused_at_the_cap_well_before_the_fetch_timeout() {
+    let server = endless_server(r#"{"keys":["#, r#"{"kty":"EC"},"#).await;
+    let emu = Emu::start(EmulatorArgs::new(
+        format!("{}/jwks.json", server.url),
+        PARTNER_ID,
+    ))
+    .await;
+    let started = Instant::now();
+    let a = emu.issue(&token_needing_the_jwks(), issue_body()).await;
+    let elapsed = started.elapsed();
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(
+        a.message().starts_with("JWKS endpoint unreachable: ")
+            && a.message()
+                .contains("exceeds the 1 MiB (1048576 bytes) cap"),
+        "{}",
+        a.body
+    );
+    // The fetch timeout is 5 s: stopping at the cap takes a fraction of it.
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    let served = server.served.load(Ordering::SeqCst);
+    assert!(served < 32 << 20, "{served} bytes served");
+}
+
+#[tokio::test]
+async fn a_jwks_announcing_more_than_the_cap_is_refused_unread() {
+    let router = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(|| async {
+            let mut body = br#"{"keys":[]}"#.to_vec();
+            body.resize(2 << 20, b' ');
+            body
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let emu = Emu::start(EmulatorArgs::new(
+        format!("http://{addr}/jwks.json"),
+        PARTNER_ID,
+    ))
+    .await;
+    let a = emu.issue(&token_needing_the_jwks(), issue_body()).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(
+        a.message().starts_with("JWKS endpoint unreachable: ")
+            && a.message()
+                .contains("announces 2097152 bytes (Content-Length)"),
+        "{}",
+        a.body
+    );
 }

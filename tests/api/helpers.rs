@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -357,5 +358,126 @@ where
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A hostile server on loopback that answers every request `200 OK` with a body that never ends,
+/// written as fast as the client reads it, and counts what it sent.
+///
+/// It speaks HTTP/1.1 over a raw socket: an axum streaming body would need a `Stream`
+/// implementation, that is one more crate, and on the wire this is the same thing (a response
+/// without `Content-Length`, delimited by the connection's close, which never comes).
+pub struct EndlessServer {
+    /// Base URL, `http://127.0.0.1:PORT`; every path gets the endless answer.
+    pub url: String,
+    /// Body bytes written so far, over all connections.
+    pub served: Arc<AtomicU64>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// Starts an [`EndlessServer`] whose body opens with `prefix` and then repeats `filler`.
+pub async fn endless_server(prefix: &'static str, filler: &'static str) -> EndlessServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicU64::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (total, count) = (served.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let total = total.clone();
+            tokio::spawn(async move {
+                if read_head(&stream).await.is_err() {
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                            connection: close\r\n\r\n";
+                if write_all(&stream, head.as_bytes()).await.is_err()
+                    || write_all(&stream, prefix.as_bytes()).await.is_err()
+                {
+                    return;
+                }
+                let chunk = filler.repeat((64 * 1024 / filler.len().max(1)).max(1));
+                while write_all(&stream, chunk.as_bytes()).await.is_ok() {
+                    total.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    EndlessServer {
+        url,
+        served,
+        connections,
+    }
+}
+
+/// Reads a request up to the end of its head (a body, if any, is left unread: the answer does
+/// not depend on it). Answering before the request is read makes the client give up on the
+/// exchange.
+async fn read_head(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        stream.readable().await?;
+        match stream.try_read(&mut buf) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` (keyhost does not enable tokio's `io-util`, which has `write_all`).
+async fn write_all(stream: &tokio::net::TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// This process's resident memory (`VmRSS`) in bytes; `None` where `/proc` is not Linux's.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Samples [`resident_bytes`] every 2 ms on its own thread (so that a busy runtime cannot hide
+/// a peak) until stopped; reports the largest growth over the start.
+pub struct RssWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl RssWatch {
+    /// Starts sampling.
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = resident_bytes()?;
+            let mut peak = start;
+            while !flag.load(Ordering::SeqCst) {
+                peak = peak.max(resident_bytes()?);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Some(peak.saturating_sub(start))
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling; the peak growth in bytes (`None` without Linux's `/proc`).
+    pub fn stop(self) -> Option<u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().ok().flatten()
     }
 }
