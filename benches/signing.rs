@@ -30,6 +30,8 @@ fn record(alg: Alg, m: &KeyMaterial) -> KeyRecord {
         retired_at: None,
         expires_at: None,
         revoked_at: None,
+        lead_remaining: 0,
+        grace_remaining: 0,
     }
 }
 

@@ -23,8 +23,10 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::integrity::RowAuth;
 use crate::keys::master::write_secret_file;
 use crate::store::{self, Store, StoreError};
+use crate::telemetry::LogLimiter;
 
 /// Prefix of client API keys.
 pub const CLIENT_KEY_PREFIX: &str = "khc_";
@@ -111,16 +113,41 @@ pub enum AuthError {
     Disabled,
 }
 
-/// Client credentials held in memory.
-#[derive(Debug, Default)]
+/// Client credentials held in memory: only clients whose row passes its integrity check.
+#[derive(Debug)]
 pub struct ClientRegistry {
     clients: ArcSwap<HashMap<String, Arc<Client>>>,
+    auth: Arc<RowAuth>,
 }
 
 impl ClientRegistry {
-    /// Reloads every client from the store.
+    /// An empty registry that will check rows with `auth`.
+    pub fn new(auth: Arc<RowAuth>) -> Self {
+        Self {
+            clients: ArcSwap::default(),
+            auth,
+        }
+    }
+
+    /// Reloads every client from the store; a row failing its integrity check is left out and
+    /// reported.
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let rows = store.with(|c| store::clients::list(c))?;
+        let (rows, forged): (Vec<_>, Vec<_>) =
+            rows.into_iter().partition(|r| self.auth.client_ok(r));
+        self.auth.failures.table("clients").set(forged.len() as i64);
+        static REPORTS: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(60));
+        if !forged.is_empty()
+            && let Some(suppressed) = REPORTS.allow()
+        {
+            let ids: Vec<&str> = forged.iter().map(|r| r.id.as_str()).collect();
+            tracing::error!(
+                clients = %ids.join(", "),
+                suppressed,
+                "client rows fail their integrity check (written by something without the master \
+                 key): their keys are refused; disable them once you have found how they got there"
+            );
+        }
         let map = rows
             .into_iter()
             .filter_map(|r| {
@@ -200,11 +227,14 @@ impl AdminToken {
         bool::from(sha256(presented.as_bytes()).ct_eq(&self.hash))
     }
 
-    /// The configured token; else the one generated on an earlier start; else a new one, whose
-    /// hash is stored and whose value is written once to `keys_dir/admin.token` (0600).
+    /// The configured token; else the one generated on an earlier start (its stored hash must
+    /// pass its integrity check: a hash written by anyone else is ignored and reported); else a
+    /// new one, whose hash is stored and whose value is written once to `keys_dir/admin.token`
+    /// (0600).
     pub fn resolve(
         configured: Option<&SecretString>,
         store: &Store,
+        auth: &RowAuth,
         keys_dir: &Path,
     ) -> Result<(Self, AdminTokenSource), AdminTokenError> {
         if let Some(token) = configured {
@@ -217,12 +247,19 @@ impl AdminToken {
                 AdminTokenSource::Environment,
             ));
         }
-        let stored =
-            store.with(|c| store::settings::get(c, store::settings::ADMIN_TOKEN_SHA256))?;
-        if let Some(hex) = stored
-            && let Some(hash) = decode_hex32(&hex)
-        {
-            return Ok((Self { hash }, AdminTokenSource::Stored));
+        let name = store::settings::ADMIN_TOKEN_SHA256;
+        let stored = store.with(|c| store::settings::get_with_mac(c, name))?;
+        if let Some(stored) = stored {
+            match decode_hex32(&stored.value) {
+                Some(hash) if auth.setting_ok(name, &stored.value, stored.mac.as_deref()) => {
+                    return Ok((Self { hash }, AdminTokenSource::Stored));
+                }
+                _ => tracing::error!(
+                    "the stored admin token hash fails its integrity check (it was not written by \
+                     keyhost): it is ignored; the token in {} is used, or a new one is generated there",
+                    keys_dir.join(ADMIN_TOKEN_FILE).display()
+                ),
+            }
         }
         let file = keys_dir.join(ADMIN_TOKEN_FILE);
         let read = || {
@@ -242,12 +279,9 @@ impl AdminToken {
             }
         };
         let me = Self::from_token(&token);
+        let hex = hex::encode(me.hash);
         store.with(|c| {
-            store::settings::set(
-                c,
-                store::settings::ADMIN_TOKEN_SHA256,
-                &hex::encode(me.hash),
-            )
+            store::settings::set_with_mac(c, name, &hex, &auth.setting_mac(name, &hex))
         })?;
         Ok((me, AdminTokenSource::Generated(file)))
     }
@@ -281,7 +315,7 @@ mod tests {
 
     #[test]
     fn issued_keys_authenticate_and_near_misses_do_not() {
-        let registry = ClientRegistry::default();
+        let registry = ClientRegistry::new(Arc::new(RowAuth::from_master(&[7; 32])));
         let issued = issue_client_key();
         let mut map = HashMap::new();
         map.insert(

@@ -194,8 +194,11 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Keys { command } => match command {
             KeysCommand::List => {
-                let list = keys.list()?;
-                let views: Vec<KeyView> = list.iter().map(KeyView::from).collect();
+                let list = keys.inventory()?;
+                let views: Vec<KeyView> = list
+                    .iter()
+                    .map(|(k, ok)| KeyView::checked(k, *ok))
+                    .collect();
                 print(&json!({ "keys": views }));
             }
             KeysCommand::Rotate { alg, emergency } => {
@@ -224,14 +227,18 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         },
         Command::Clients { command } => match command {
             ClientsCommand::Create { name, scopes } => {
-                let (view, api_key) = clients::create(&store, clock.now(), &name, &scopes, &actor)?;
+                let (view, api_key) =
+                    clients::create(&store, keys.row_auth(), clock.now(), &name, &scopes, &actor)?;
                 let mut out = serde_json::to_value(&view)?;
                 out["apiKey"] = json!(api_key.expose_secret());
                 print(&out);
             }
-            ClientsCommand::List => print(&json!({ "clients": clients::list(&store)? })),
+            ClientsCommand::List => {
+                print(&json!({ "clients": clients::list(&store, keys.row_auth())? }))
+            }
             ClientsCommand::Disable { id } => {
-                print(&json!({ "client": clients::disable(&store, clock.now(), &id, &actor)? }));
+                let view = clients::disable(&store, keys.row_auth(), clock.now(), &id, &actor)?;
+                print(&json!({ "client": view }));
             }
         },
         Command::Token {
@@ -255,6 +262,11 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
             let row = store
                 .with(|c| store::clients::get(c, &client))?
                 .with_context(|| format!("no client with id {client:?}"))?;
+            if !keys.row_auth().client_ok(&row) {
+                bail!(
+                    "the row of client {client} fails its integrity check (not written by keyhost)"
+                );
+            }
             if row.disabled_at.is_some() {
                 bail!("client {client} is disabled");
             }

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::auth::issue_client_key;
 use crate::clock::{UnixTime, rfc3339};
+use crate::integrity::RowAuth;
 use crate::store::clients::ClientRow;
 use crate::store::{self, Store, StoreError};
 
@@ -25,6 +26,10 @@ pub struct ClientView {
     /// Disabling time, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<String>,
+    /// `failed` when the row fails its integrity check: it was not written by keyhost and its
+    /// key is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<&'static str>,
 }
 
 impl From<&ClientRow> for ClientView {
@@ -35,6 +40,7 @@ impl From<&ClientRow> for ClientView {
             scopes: r.scopes.clone(),
             created_at: rfc3339(r.created_at),
             disabled_at: r.disabled_at.map(rfc3339),
+            integrity: None,
         }
     }
 }
@@ -73,6 +79,7 @@ pub fn validate_scope(scope: &str) -> Result<(), String> {
 /// Creates a client; returns it and its API key (the only time the key exists in the clear).
 pub fn create(
     store: &Store,
+    auth: &RowAuth,
     now: UnixTime,
     name: &str,
     scopes: &[String],
@@ -97,14 +104,16 @@ pub fn create(
         }
     }
     let issued = issue_client_key();
-    let row = ClientRow {
+    let mut row = ClientRow {
         id: issued.id.clone(),
         name: name.to_owned(),
         scopes: unique,
         secret_hash: issued.secret_hash.to_vec(),
         created_at: now,
         disabled_at: None,
+        mac: None,
     };
+    row.mac = Some(auth.client_mac(&row));
     store.with(|c| {
         let tx = c.transaction()?;
         store::clients::insert(&tx, &row)?;
@@ -122,15 +131,22 @@ pub fn create(
     Ok((ClientView::from(&row), issued.api_key))
 }
 
-/// Every client.
-pub fn list(store: &Store) -> Result<Vec<ClientView>, ClientError> {
+/// Every client, each flagged if its row fails its integrity check.
+pub fn list(store: &Store, auth: &RowAuth) -> Result<Vec<ClientView>, ClientError> {
     let rows = store.with(|c| store::clients::list(c))?;
-    Ok(rows.iter().map(ClientView::from).collect())
+    Ok(rows
+        .iter()
+        .map(|r| ClientView {
+            integrity: (!auth.client_ok(r)).then_some("failed"),
+            ..ClientView::from(r)
+        })
+        .collect())
 }
 
 /// Disables a client at once; its key stops working.
 pub fn disable(
     store: &Store,
+    auth: &RowAuth,
     now: UnixTime,
     id: &str,
     actor: &str,
@@ -144,7 +160,10 @@ pub fn disable(
             return Err(ClientError::AlreadyDisabled(id.to_owned()));
         }
         store::audit::record(&tx, now, actor, "client.disable", id, &json!({}))?;
+        // A disabled client authenticates nothing, so a forged row may be disabled too (that is
+        // the remedy); its MAC then covers the disabling.
         let row = store::clients::get(&tx, id)?.expect("exists");
+        store::clients::set_mac(&tx, id, &auth.client_mac(&row))?;
         tx.commit().map_err(StoreError::from)?;
         Ok(ClientView::from(&row))
     })

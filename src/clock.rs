@@ -3,10 +3,15 @@
 //! Everything that depends on "now" (lifecycle planning, token `iat`/`exp`, audit rows) reads it
 //! through [`Clock`], so that tests can drive the key lifecycle with a [`ManualClock`] instead of
 //! sleeping. Times are whole seconds since the Unix epoch, the resolution of JWT claims.
+//!
+//! A clock has two faces: the wall time (which jumps when it is set, and may be wrong after a
+//! boot) and a monotonic time that only moves with real time while the process runs. The key
+//! lifecycle counts served time (a publish lead, a grace) on the second, so that no wrong wall
+//! clock can shorten either.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -17,8 +22,12 @@ pub type UnixTime = i64;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
-    /// The current time.
+    /// The current wall time.
     fn now(&self) -> UnixTime;
+
+    /// Real time elapsed since an arbitrary start, never going back and unaffected by wall-clock
+    /// changes (within one process).
+    fn monotonic(&self) -> Duration;
 
     /// Notified whenever the clock moves other than by the passage of real time, so that the
     /// lifecycle task re-plans at once. The system clock never notifies.
@@ -38,12 +47,20 @@ impl Clock for SystemClock {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
     }
+
+    fn monotonic(&self) -> Duration {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
+    }
 }
 
-/// A clock that only moves when told to; for tests and simulations.
+/// A clock that only moves when told to; for tests and simulations. [`ManualClock::advance`] is
+/// the passage of real time (wall and monotonic move together); [`ManualClock::set`] and
+/// [`ManualClock::jump`] move the wall time alone, as setting a real clock does.
 #[derive(Debug)]
 pub struct ManualClock {
     now: AtomicI64,
+    monotonic: AtomicI64,
     jumps: Arc<Notify>,
 }
 
@@ -52,6 +69,7 @@ impl ManualClock {
     pub fn new(now: UnixTime) -> Arc<Self> {
         Arc::new(Self {
             now: AtomicI64::new(now),
+            monotonic: AtomicI64::new(0),
             jumps: Arc::new(Notify::new()),
         })
     }
@@ -61,13 +79,23 @@ impl ManualClock {
         Self::new(SystemClock.now())
     }
 
-    /// Moves the clock by `seconds` (negative moves it back) and wakes whoever waits on it.
+    /// Lets `seconds` of real time pass (a negative value sets the wall time back, as
+    /// [`ManualClock::jump`] does) and wakes whoever waits on the clock.
     pub fn advance(&self, seconds: i64) {
+        if seconds > 0 {
+            self.monotonic.fetch_add(seconds, Ordering::SeqCst);
+        }
         self.now.fetch_add(seconds, Ordering::SeqCst);
         self.jumps.notify_waiters();
     }
 
-    /// Sets the clock to `now` and wakes whoever waits on it.
+    /// Moves the wall time alone by `seconds` (a clock being set) and wakes whoever waits on it.
+    pub fn jump(&self, seconds: i64) {
+        self.now.fetch_add(seconds, Ordering::SeqCst);
+        self.jumps.notify_waiters();
+    }
+
+    /// Sets the wall time to `now` (no real time passes) and wakes whoever waits on the clock.
     pub fn set(&self, now: UnixTime) {
         self.now.store(now, Ordering::SeqCst);
         self.jumps.notify_waiters();
@@ -79,8 +107,75 @@ impl Clock for ManualClock {
         self.now.load(Ordering::SeqCst)
     }
 
+    fn monotonic(&self) -> Duration {
+        Duration::from_secs(self.monotonic.load(Ordering::SeqCst).max(0) as u64)
+    }
+
     fn jumps(&self) -> Option<Arc<Notify>> {
         Some(self.jumps.clone())
+    }
+}
+
+/// keyhost's clock compared with an independent one (the `Date` of AIR Kit's answers): a clock
+/// minutes off makes every Partner JWT arrive expired (or not yet valid) at AIR Kit, one of the
+/// causes of 401 its troubleshooting list names. The last measurement is exported as
+/// `keyhost_clock_skew_seconds` (keyhost minus the other, so positive means keyhost is ahead),
+/// logged when beyond the limit, and makes `/readyz` fail while recent and beyond it.
+#[derive(Debug)]
+pub struct ClockSkew {
+    limit: i64,
+    /// The last measurement and when (monotonic) it was made.
+    last: std::sync::Mutex<Option<(i64, Instant)>>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// How long a measurement counts for readiness.
+const SKEW_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Network delay plus the one-second resolution of `Date`: differences up to this are noise.
+const SKEW_NOISE: i64 = 2;
+
+impl ClockSkew {
+    /// A monitor that calls a difference beyond `limit` seconds wrong.
+    pub fn new(limit: i64) -> Self {
+        Self {
+            limit,
+            last: std::sync::Mutex::new(None),
+            gauge: Default::default(),
+        }
+    }
+
+    /// The gauge, for registration.
+    pub fn gauge(&self) -> &prometheus_client::metrics::gauge::Gauge {
+        &self.gauge
+    }
+
+    /// Records that another clock read `theirs` when keyhost's read `ours`.
+    pub fn observe(&self, ours: UnixTime, theirs: UnixTime) {
+        let raw = ours - theirs;
+        let skew = if raw.abs() <= SKEW_NOISE { 0 } else { raw };
+        self.gauge.set(skew);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((skew, Instant::now()));
+        if skew.abs() > self.limit {
+            static WARNINGS: crate::telemetry::LogLimiter =
+                crate::telemetry::LogLimiter::new(Duration::from_secs(300));
+            if let Some(suppressed) = WARNINGS.allow() {
+                tracing::warn!(
+                    skew_seconds = skew,
+                    limit = self.limit,
+                    suppressed,
+                    "keyhost's clock differs from AIR Kit's: tokens will arrive expired or not yet \
+                     valid; synchronise this host's clock (NTP)"
+                );
+            }
+        }
+    }
+
+    /// The last difference if it is recent and beyond the limit.
+    pub fn out_of_bounds(&self) -> Option<i64> {
+        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.filter(|(skew, at)| skew.abs() > self.limit && at.elapsed() < SKEW_MEMORY)
+            .map(|(skew, _)| skew)
     }
 }
 
@@ -97,20 +192,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn skew_beyond_the_limit_is_reported_and_noise_is_not() {
+        let skew = ClockSkew::new(60);
+        skew.observe(1000, 999);
+        assert_eq!(skew.gauge().get(), 0);
+        assert_eq!(skew.out_of_bounds(), None);
+        skew.observe(1000, 1000 + 600);
+        assert_eq!(skew.gauge().get(), -600);
+        assert_eq!(skew.out_of_bounds(), Some(-600));
+        skew.observe(1000, 1000 - 30);
+        assert_eq!(skew.out_of_bounds(), None);
+    }
+
+    #[test]
     fn rfc3339_formats_utc_seconds() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 
     #[test]
-    fn manual_clock_moves_only_when_told() {
+    fn manual_clock_moves_only_when_told_and_only_real_time_moves_its_monotonic_face() {
         let clock = ManualClock::new(100);
         assert_eq!(clock.now(), 100);
         clock.advance(50);
         assert_eq!(clock.now(), 150);
+        assert_eq!(clock.monotonic(), Duration::from_secs(50));
         clock.advance(-200);
         assert_eq!(clock.now(), -50);
+        clock.jump(1000);
+        assert_eq!(clock.now(), 950);
         clock.set(7);
         assert_eq!(clock.now(), 7);
+        assert_eq!(clock.monotonic(), Duration::from_secs(50));
     }
 }

@@ -52,6 +52,7 @@ pub const SETTINGS: &[&str] = &[
     "tls_handshake_timeout",
     "trusted_proxies",
     "auth_failure_limit",
+    "max_clock_skew",
     "algorithms",
     "default_alg",
     "rsa_bits",
@@ -127,6 +128,10 @@ pub struct Config {
     /// Failed authentications allowed per client address and minute (admin token, API keys);
     /// beyond it the address is answered 429 until it is under the limit again.
     pub auth_failure_limit: u32,
+    /// Largest difference between keyhost's clock and AIR Kit's (seen in its answers' `Date`)
+    /// before keyhost reports itself not ready.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// The `partnerId` claim of every minted token.
     #[serde(deserialize_with = "text")]
     pub partner_id: Option<String>,
@@ -222,6 +227,7 @@ impl Default for Config {
             tls_handshake_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             auth_failure_limit: 10,
+            max_clock_skew: Duration::from_secs(60),
             partner_id: None,
             admin_token: None,
             master_key: None,
@@ -417,6 +423,12 @@ impl Config {
             if !(1..=1_000_000).contains(&value) {
                 return invalid(format!("{name} must be between 1 and 1000000"));
             }
+        }
+        if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&self.max_clock_skew) {
+            return invalid(
+                "KEYHOST_MAX_CLOCK_SKEW must be between 5s and 1h (a Partner JWT lives 5 minutes)"
+                    .into(),
+            );
         }
         if self.auth_failure_limit == 0 || self.auth_failure_limit > 10_000 {
             return invalid(

@@ -201,6 +201,7 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
     }
     report.pass("jwks.reachable", format!("answered HTTP {}", res.status()));
     let headers = res.headers().clone();
+    check_clock(&headers, report);
     match headers
         .get(reqwest::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
@@ -328,6 +329,44 @@ fn cut(text: &str) -> String {
         format!("{head}...")
     } else {
         text.to_owned()
+    }
+}
+
+/// Clock difference beyond which this machine's clock is called wrong.
+const CLOCK_LIMIT: i64 = 60;
+
+/// Compares this machine's clock with the JWKS server's `Date`: a signer whose clock is minutes
+/// off mints tokens that AIR Kit finds expired or not yet valid (a cause of 401 in its
+/// troubleshooting list). Run on the signing host, this checks the signer's clock.
+fn check_clock(headers: &reqwest::header::HeaderMap, report: &mut Report) {
+    let Some(theirs) = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::airkit::httpdate_to_unix)
+    else {
+        return;
+    };
+    let ours = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let skew = ours - theirs;
+    if skew.abs() <= CLOCK_LIMIT {
+        report.pass(
+            "clock",
+            format!("this machine's clock is within {CLOCK_LIMIT} s of the JWKS server's"),
+        );
+    } else {
+        report.warn(
+            "clock",
+            format!(
+                "this machine's clock is {} s {} the JWKS server's (its Date header)",
+                skew.abs(),
+                if skew > 0 { "ahead of" } else { "behind" }
+            ),
+            "synchronise the clocks (NTP): a signer whose clock is off mints tokens that AIR Kit \
+             finds expired or not yet valid",
+        );
     }
 }
 

@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod emulator;
 pub mod http;
 pub mod http_client;
+pub mod integrity;
 pub mod issuance;
 pub mod jwks;
 pub mod keys;

@@ -20,6 +20,11 @@ use crate::store::Store;
 /// Longest sleep between looks at the store for changes made by other processes.
 const EXTERNAL_POLL: Duration = Duration::from_secs(1);
 
+/// Longest time between two rounds, so that the time served by pending and retired keys is
+/// counted (and persisted) at least this often: a crash loses at most this much of it, which
+/// only delays a switch.
+const SERVED_TIME_ROUND: i64 = 60;
+
 /// Wall-clock advance beyond real elapsed time that counts as a jump (NTP slews stay below it).
 const JUMP_TOLERANCE: i64 = 30;
 
@@ -125,7 +130,13 @@ impl Lifecycle {
                 last = now;
             }
             let next_due = match self.settle("scheduler").await {
-                Ok(report) => report.next_due,
+                Ok(report) => Some(
+                    report
+                        .next_due
+                        .map_or(clock.now() + SERVED_TIME_ROUND, |due| {
+                            due.min(clock.now() + SERVED_TIME_ROUND)
+                        }),
+                ),
                 Err(e) => {
                     tracing::error!(error = %e, "key lifecycle round failed; retrying in 5s");
                     Some(clock.now() + 5)

@@ -47,6 +47,13 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+/// Label: database table.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    /// `keys`, `clients` or `issuances`.
+    pub table: String,
+}
+
 /// Label: credential kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -227,6 +234,24 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Exports the integrity gauges as `keyhost_integrity_failures{table}`.
+    pub fn register_integrity(&mut self, gauges: &crate::integrity::IntegrityGauges) {
+        self.registry.register(
+            "integrity_failures",
+            "Rows failing their integrity check (written by something without the master key), per table",
+            gauges.family().clone(),
+        );
+    }
+
+    /// Exports keyhost's clock minus AIR Kit's as `keyhost_clock_skew_seconds`.
+    pub fn register_clock_skew(&mut self, gauge: &Gauge) {
+        self.registry.register(
+            "clock_skew_seconds",
+            "keyhost's clock minus AIR Kit's (from the Date of its answers); positive: keyhost is ahead",
+            gauge.clone(),
+        );
     }
 
     /// The connection counters of the listener `name`.

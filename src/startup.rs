@@ -43,12 +43,13 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
     let db = config.database_path();
     let store =
         Store::open(&db).with_context(|| format!("opening the key store {}", db.display()))?;
-    let mut recorded = store.with(|c| store::keys::master_key_ids(c))?;
-    if let Some(id) = store.with(|c| store::settings::get(c, store::settings::MASTER_KEY_ID))?
-        && !recorded.contains(&id)
-    {
-        recorded.push(id);
-    }
+    // The master key the store was sealed under, as keyhost recorded it. Key rows name one too,
+    // but a row keyhost did not write could name anything: they decide only for a store older
+    // than the setting.
+    let recorded = match store.with(|c| store::settings::get(c, store::settings::MASTER_KEY_ID))? {
+        Some(id) => vec![id],
+        None => store.with(|c| store::keys::master_key_ids(c))?,
+    };
     if recorded.len() > 1 {
         anyhow::bail!(
             "the store holds keys sealed under several master keys ({}); refusing to start",
@@ -73,6 +74,14 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
         MasterKeySource::Environment => {
             tracing::info!(id = master.id(), "master key taken from KEYHOST_MASTER_KEY")
         }
+    }
+    let authenticated =
+        crate::integrity::authenticate_legacy_rows(&store, master.row_auth(), clock.now())?;
+    if authenticated > 0 {
+        tracing::info!(
+            rows = authenticated,
+            "rows written before keyhost authenticated its rows were given their MAC"
+        );
     }
     let keys = Arc::new(KeyService::new(
         store.clone(),
@@ -152,7 +161,12 @@ impl Application {
         let (opened, admin) = tokio::task::spawn_blocking(move || {
             let opened = open(&cfg, clk, true)?;
             let (admin, source) =
-                AdminToken::resolve(cfg.admin_token.as_ref(), &opened.store, &cfg.keys_dir)?;
+                AdminToken::resolve(
+                    cfg.admin_token.as_ref(),
+                    &opened.store,
+                    opened.keys.row_auth(),
+                    &cfg.keys_dir,
+                )?;
             match source {
                 AdminTokenSource::Generated(path) => tracing::warn!(
                     path = %path.display(),
@@ -211,7 +225,8 @@ impl Application {
             .with_context(|| format!("binding the internal listener {}", config.internal_addr))?;
 
         let live = Arc::new(LiveKeys::default());
-        let clients = Arc::new(ClientRegistry::default());
+        let row_auth = opened.keys.row_auth().clone();
+        let clients = Arc::new(ClientRegistry::new(row_auth.clone()));
         let lifecycle = Arc::new(Lifecycle::new(
             opened.keys.clone(),
             live.clone(),
@@ -227,7 +242,13 @@ impl Application {
                 "KEYHOST_PARTNER_ID is not set: the JWKS is served, but tokens cannot be minted until it is"
             );
         }
-        let metrics = Arc::new(Metrics::default());
+        let clock_skew = Arc::new(crate::clock::ClockSkew::new(
+            config.max_clock_skew.as_secs() as i64,
+        ));
+        let mut metrics = Metrics::default();
+        metrics.register_integrity(&row_auth.failures);
+        metrics.register_clock_skew(clock_skew.gauge());
+        let metrics = Arc::new(metrics);
         let auth_throttle = http::throttle::AuthThrottle::new(config.auth_failure_limit);
         let jwks_cache_control = HeaderValue::from_str(&format!(
             "public, max-age={}",
@@ -247,7 +268,11 @@ impl Application {
         };
         let issuance = IssuanceService::new(
             opened.store.clone(),
-            airkit,
+            row_auth.clone(),
+            crate::issuance::Upstream {
+                airkit,
+                skew: clock_skew.clone(),
+            },
             live.clone(),
             clock.clone(),
             metrics.clone(),
@@ -280,6 +305,8 @@ impl Application {
             rng: Arc::new(SystemRandom::new()),
             jwks_cache_control,
             auth_throttle,
+            row_auth,
+            clock_skew,
         });
         let public =
             http::serve::Server::new("public", public, tls, public_bounds, state.metrics.clone());

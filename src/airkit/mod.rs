@@ -41,6 +41,9 @@ pub struct Reply {
     pub body: Value,
     /// `Retry-After`, in seconds form or as an HTTP date already converted.
     pub retry_after: Option<Duration>,
+    /// AIR Kit's clock when it answered (its `Date` header, Unix seconds): an independent clock
+    /// to check keyhost's own against.
+    pub date: Option<i64>,
 }
 
 impl Reply {
@@ -152,6 +155,11 @@ impl HttpAirKit {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        let date = res
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(httpdate_to_unix);
         let bytes = http_client::read_capped(res, MAX_ANSWER_BYTES)
             .await
             .map_err(|e| match e {
@@ -166,6 +174,7 @@ impl HttpAirKit {
             status,
             body,
             retry_after,
+            date,
         })
     }
 
@@ -193,13 +202,11 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_secs((when - now).clamp(0, 3600) as u64))
 }
 
-fn httpdate_to_unix(v: &str) -> Option<i64> {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    time::PrimitiveDateTime::parse(v.trim(), &format)
-        .ok()
-        .map(|t| t.assume_utc().unix_timestamp())
+/// An HTTP date (RFC 9110 IMF-fixdate, and the obsolete forms) as Unix seconds.
+pub fn httpdate_to_unix(v: &str) -> Option<i64> {
+    let t = httpdate::parse_http_date(v.trim()).ok()?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok()
 }
 
 impl AirKit for HttpAirKit {

@@ -15,7 +15,7 @@ use super::{AppState, blocking};
 use crate::clients::{self, ClientError};
 use crate::clock::rfc3339;
 use crate::issuance::IssuanceView;
-use crate::keys::{Alg, KeyRecord};
+use crate::keys::{Alg, KeyRecord, KeyState};
 use crate::store;
 
 const ACTOR: &str = "admin-api";
@@ -143,10 +143,11 @@ async fn put_kyc_subject(
     super::tokens::validate_email(&email)?;
     let (store, now) = (state.store.clone(), state.clock.now());
     let (c2, e2) = (client_id.clone(), email.clone());
+    let mac = state.row_auth.subject_mac(&client_id, &email);
     blocking(move || {
         store.with(|c| {
             let tx = c.transaction()?;
-            store::kyc::put_subject(&tx, &c2, &e2, now)?;
+            store::kyc::put_subject(&tx, &c2, &e2, now, &mac)?;
             store::audit::record(&tx, now, ACTOR, "kyc-subject.put", &c2, &json!({}))?;
             tx.commit()?;
             Ok::<_, crate::store::StoreError>(())
@@ -167,7 +168,16 @@ async fn list_kyc_subjects(
     let rows = blocking(move || store.with(|c| store::kyc::subjects(c))).await?;
     let rows: Vec<Value> = rows
         .into_iter()
-        .map(|(client_id, email, at)| json!({"clientId": client_id, "email": email, "createdAt": rfc3339(at)}))
+        .map(|s| {
+            let ok = state
+                .row_auth
+                .subject_ok(&s.client_id, &s.email, s.mac.as_deref());
+            let mut v = json!({"clientId": s.client_id, "email": s.email, "createdAt": rfc3339(s.created_at)});
+            if !ok {
+                v["integrity"] = json!("failed");
+            }
+            v
+        })
         .collect();
     Ok(Json(json!({ "subjects": rows })))
 }
@@ -207,7 +217,28 @@ pub struct KeyView {
     expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_at: Option<String>,
+    /// Pending: seconds of its publish lead a running server has still to serve (it signs only
+    /// once this is 0 and `signableAt` has passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lead_to_serve: Option<i64>,
+    /// Retired: seconds of its grace a running server has still to serve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace_to_serve: Option<i64>,
     public_jwk: crate::jwks::PublicJwk,
+    /// `failed` when the row fails its integrity check: it was not written by keyhost, and is
+    /// neither published nor used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    integrity: Option<&'static str>,
+}
+
+impl KeyView {
+    /// The view of a key and whether its row passed its integrity check.
+    pub fn checked(k: &KeyRecord, trusted: bool) -> Self {
+        Self {
+            integrity: (!trusted).then_some("failed"),
+            ..Self::from(k)
+        }
+    }
 }
 
 impl From<&KeyRecord> for KeyView {
@@ -225,7 +256,11 @@ impl From<&KeyRecord> for KeyView {
             retired_at: k.retired_at.map(rfc3339),
             expires_at: k.expires_at.map(rfc3339),
             revoked_at: k.revoked_at.map(rfc3339),
+            lead_to_serve: (k.state == KeyState::Pending && k.published_at.is_some())
+                .then_some(k.lead_remaining),
+            grace_to_serve: (k.state == KeyState::Retired).then_some(k.grace_remaining),
             public_jwk: k.public_jwk.clone(),
+            integrity: None,
         }
     }
 }
@@ -250,8 +285,11 @@ async fn settle(state: &AppState) -> Result<(), ApiError> {
 
 async fn list_keys(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let keys = state.keys.clone();
-    let list = blocking(move || keys.list()).await?;
-    let views: Vec<KeyView> = list.iter().map(KeyView::from).collect();
+    let list = blocking(move || keys.inventory()).await?;
+    let views: Vec<KeyView> = list
+        .iter()
+        .map(|(k, ok)| KeyView::checked(k, *ok))
+        .collect();
     Ok(Json(json!({ "keys": views })))
 }
 
@@ -372,9 +410,13 @@ async fn create_client(
     let scopes = req
         .scopes
         .ok_or_else(|| ApiError::missing_value("scopes is required, e.g. [\"issue\"]"))?;
-    let (store, now) = (state.store.clone(), state.clock.now());
+    let (store, now, auth) = (
+        state.store.clone(),
+        state.clock.now(),
+        state.row_auth.clone(),
+    );
     let (view, api_key) =
-        blocking(move || clients::create(&store, now, &name, &scopes, ACTOR)).await?;
+        blocking(move || clients::create(&store, &auth, now, &name, &scopes, ACTOR)).await?;
     reload_clients(&state).await?;
     let mut body = serde_json::to_value(&view).expect("serialises");
     body["apiKey"] = json!(secrecy::ExposeSecret::expose_secret(&api_key));
@@ -390,8 +432,8 @@ async fn list_clients(
     _: AdminAuth,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.store.clone();
-    let list = blocking(move || clients::list(&store)).await?;
+    let (store, auth) = (state.store.clone(), state.row_auth.clone());
+    let list = blocking(move || clients::list(&store, &auth)).await?;
     Ok(Json(json!({ "clients": list })))
 }
 
@@ -400,8 +442,12 @@ async fn disable_client(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, now) = (state.store.clone(), state.clock.now());
-    let view = blocking(move || clients::disable(&store, now, &id, ACTOR)).await?;
+    let (store, now, auth) = (
+        state.store.clone(),
+        state.clock.now(),
+        state.row_auth.clone(),
+    );
+    let view = blocking(move || clients::disable(&store, &auth, now, &id, ACTOR)).await?;
     reload_clients(&state).await?;
     Ok(Json(json!({ "client": view })))
 }

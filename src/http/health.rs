@@ -52,7 +52,8 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers and every enabled algorithm has a signing key.
+/// Ready when the store answers, every enabled algorithm has a signing key, and keyhost's clock
+/// agrees with AIR Kit's (when it has been compared lately).
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
     let db_ok = tokio::task::spawn_blocking(move || store.ping())
@@ -72,6 +73,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if !missing.is_empty() {
         return ApiError::unavailable(format!("no signing key yet for {}", missing.join(", ")), 5)
             .into_response();
+    }
+    if let Some(skew) = state.clock_skew.out_of_bounds() {
+        return ApiError::unavailable(
+            format!(
+                "keyhost's clock is {} s {} AIR Kit's (beyond KEYHOST_MAX_CLOCK_SKEW): its tokens \
+                 arrive {} at AIR Kit; synchronise this host's clock (NTP)",
+                skew.abs(),
+                if skew > 0 { "ahead of" } else { "behind" },
+                if skew > 0 { "not yet valid" } else { "expired" },
+            ),
+            60,
+        )
+        .into_response();
     }
     Json(json!({"status": "ready", "kids": state.live.jwks().kids})).into_response()
 }

@@ -93,6 +93,10 @@ pub struct AppStateInner {
     pub ledger: Arc<MintLedger>,
     /// Failed authentications per client address.
     pub auth_throttle: throttle::AuthThrottle,
+    /// Checks and makes the MACs of the rows keyhost trusts.
+    pub row_auth: Arc<crate::integrity::RowAuth>,
+    /// keyhost's clock against AIR Kit's.
+    pub clock_skew: Arc<crate::clock::ClockSkew>,
 }
 
 /// Token requests per client id (GCRA, burst of the whole hourly quota).

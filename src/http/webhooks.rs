@@ -427,7 +427,26 @@ async fn idenfy(
         Some(c) if validate_email(c).is_ok() => Some(c.to_owned()),
         Some(c) => {
             let (store, c) = (state.store.clone(), c.to_owned());
-            blocking(move || store.with(|conn| store::kyc::subject_email(conn, &c))).await?
+            let mapping =
+                blocking(move || store.with(|conn| store::kyc::subject(conn, &c))).await?;
+            match mapping {
+                Some(m)
+                    if state
+                        .row_auth
+                        .subject_ok(&m.client_id, &m.email, m.mac.as_deref()) =>
+                {
+                    Some(m.email)
+                }
+                Some(m) => {
+                    tracing::error!(
+                        client_id = %m.client_id,
+                        "the KYC subject mapping fails its integrity check (not written by \
+                         keyhost); treating the verification as unmatched"
+                    );
+                    None
+                }
+                None => None,
+            }
         }
         None => None,
     };

@@ -32,13 +32,15 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, broadcast};
 
 use crate::airkit::{AirKit, Reply, TransportError, hint};
-use crate::clock::{Clock, UnixTime, rfc3339};
+use crate::clock::{Clock, ClockSkew, UnixTime, rfc3339};
+use crate::integrity::RowAuth;
 use crate::keys::Alg;
 use crate::keys::live::LiveKeys;
 use crate::metrics::{KidLabel, Metrics, StateLabel, UpstreamLabels};
 use crate::signer::{MAX_TOKEN_TTL, TokenClaims};
 use crate::store::issuances::IssuanceRow;
 use crate::store::{self, Store, StoreError};
+use crate::telemetry::LogLimiter;
 
 /// Issuance states.
 pub mod state {
@@ -218,9 +220,20 @@ pub enum WaitFor {
     Onchain,
 }
 
+/// AIR Kit as the proxy reaches it: the client (`None`: issuance not configured) and the monitor
+/// that compares keyhost's clock with the `Date` of its answers.
+pub struct Upstream {
+    /// The AIR Kit client.
+    pub airkit: Option<Arc<dyn AirKit>>,
+    /// keyhost's clock against AIR Kit's.
+    pub skew: Arc<ClockSkew>,
+}
+
 /// The issuance proxy.
 pub struct IssuanceService {
     store: Arc<Store>,
+    row_auth: Arc<RowAuth>,
+    skew: Arc<ClockSkew>,
     airkit: Option<Arc<dyn AirKit>>,
     live: Arc<LiveKeys>,
     clock: Arc<dyn Clock>,
@@ -254,7 +267,8 @@ impl IssuanceService {
     /// A service sending to `airkit` (`None`: issuance not configured).
     pub fn new(
         store: Arc<Store>,
-        airkit: Option<Arc<dyn AirKit>>,
+        row_auth: Arc<RowAuth>,
+        upstream: Upstream,
         live: Arc<LiveKeys>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
@@ -262,7 +276,9 @@ impl IssuanceService {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            airkit,
+            row_auth,
+            skew: upstream.skew,
+            airkit: upstream.airkit,
             live,
             clock,
             metrics,
@@ -380,6 +396,11 @@ impl IssuanceService {
             updated_at: now,
             submitted_at: None,
             completed_at: None,
+            mac: None,
+        };
+        let row = IssuanceRow {
+            mac: Some(self.row_auth.issuance_mac(&row)),
+            ..row
         };
         let key = req.idempotency_key.clone();
         let to_insert = row.clone();
@@ -479,6 +500,12 @@ impl IssuanceService {
         let Some(mut row) = self.get(id).await? else {
             return Ok(None);
         };
+        if !self.authentic(&row) {
+            return Err(IssuanceError::Invalid(format!(
+                "issuance {id} fails its integrity check (it was not recorded by keyhost) and is \
+                 never sent"
+            )));
+        }
         let next = match row.state.as_str() {
             state::STALLED => state::QUEUED,
             state::UNCONFIRMED => state::SUBMITTED,
@@ -500,6 +527,25 @@ impl IssuanceService {
         self.save(&row).await?;
         self.spawn(row.id.clone());
         Ok(Some(row))
+    }
+
+    /// Whether the issuance's request was recorded by keyhost (its MAC verifies); a forged one
+    /// is reported and never sent.
+    fn authentic(&self, row: &IssuanceRow) -> bool {
+        if self.row_auth.issuance_ok(row) {
+            return true;
+        }
+        self.row_auth.failures.table("issuances").inc();
+        static REPORTS: LogLimiter = LogLimiter::new(Duration::from_secs(60));
+        if let Some(suppressed) = REPORTS.allow() {
+            tracing::error!(
+                issuance = %row.id,
+                suppressed,
+                "an issuance fails its integrity check (not recorded by keyhost): it is not sent \
+                 to AIR Kit"
+            );
+        }
+        false
     }
 
     fn spawn(self: &Arc<Self>, id: String) {
@@ -547,7 +593,14 @@ impl IssuanceService {
             .inc();
     }
 
+    /// Counts an upstream answer, and compares keyhost's clock with the answer's `Date`.
     fn count_upstream(&self, endpoint: &str, outcome: &Result<Reply, TransportError>) {
+        if let Ok(Reply {
+            date: Some(theirs), ..
+        }) = outcome
+        {
+            self.skew.observe(self.clock.now(), *theirs);
+        }
         let outcome = match outcome {
             Ok(r) => r.status.to_string(),
             Err(TransportError::Timeout(_)) => "timeout".into(),
@@ -637,6 +690,9 @@ impl IssuanceService {
         let Some(mut row) = self.get(id).await? else {
             return Ok(());
         };
+        if !self.authentic(&row) {
+            return Ok(());
+        }
         // After a restart, honour a delay that was scheduled before it.
         self.sleep_until_due(&row).await;
         while row.state == state::QUEUED {
@@ -890,6 +946,7 @@ impl IssuanceService {
                 .await
                 .map_err(StatusError::Store)?
         };
+        let known = known.filter(|row| self.authentic(row));
         let email = match (known.as_ref().filter(|row| row.source == caller), email) {
             (Some(row), _) => row.email.clone(),
             (None, Some(e)) => e.to_owned(),

@@ -24,10 +24,11 @@ use zeroize::Zeroizing;
 pub const MASTER_KEY_FILE: &str = "master.key";
 const ENVELOPE_VERSION: u8 = 1;
 
-/// The key that seals private keys.
+/// The key that seals private keys (and, through a derived key, authenticates rows).
 pub struct MasterKey {
     key: LessSafeKey,
     id: String,
+    row_auth: std::sync::Arc<crate::integrity::RowAuth>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -75,7 +76,11 @@ impl MasterKey {
             b"keyhost master key id v1",
         );
         let id = hex::encode(&tag.as_ref()[..8]);
-        Self { key, id }
+        Self {
+            key,
+            id,
+            row_auth: std::sync::Arc::new(crate::integrity::RowAuth::from_master(bytes)),
+        }
     }
 
     /// A fresh random master key and its base64 text.
@@ -107,6 +112,11 @@ impl MasterKey {
     /// A public identifier of this key (a keyed hash; reveals nothing about the key).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The authenticator of the rows keyhost trusts, keyed from this master key.
+    pub fn row_auth(&self) -> &std::sync::Arc<crate::integrity::RowAuth> {
+        &self.row_auth
     }
 
     /// Seals `plaintext`, bound to `context`.

@@ -166,6 +166,10 @@ pub struct KeyRecord {
     pub expires_at: Option<UnixTime>,
     /// When it was revoked.
     pub revoked_at: Option<UnixTime>,
+    /// Pending: seconds of its publish lead a running server has still to serve.
+    pub lead_remaining: i64,
+    /// Retired: seconds of its grace a running server has still to serve.
+    pub grace_remaining: i64,
 }
 
 impl KeyRecord {

@@ -7,15 +7,18 @@
 //! The rules, which together guarantee that a verifier holding any JWKS it fetched within
 //! `max-age` can verify every unexpired token:
 //! - a key is published before it signs: it becomes active only once `signable_at` (publication +
-//!   `publish_lead`) has passed; a key added while no server ran is published (and its lead starts)
-//!   when a server first plans with it;
+//!   `publish_lead`) has passed on the wall clock *and* a running server has served it for the
+//!   whole lead (`lead_remaining` is zero: served time is counted on the server's monotonic clock,
+//!   so neither downtime nor a wall clock that is wrong at a restart counts); a key added while no
+//!   server ran is published (and its lead starts) when a server first plans with it;
 //! - while no server has ever served the store's JWKS, a missing key is generated active at once
 //!   (nobody can have cached a JWKS yet);
 //! - a signable pending key replaces the active key of its algorithm, which retires;
 //! - with automatic rotation, the successor is generated `publish_lead` before the active key's
 //!   `rotation_period` ends; a late planner (server down, clock jump) never shortens the lead, it
 //!   only keeps the old key signing longer;
-//! - a retired key stays published for `retire_grace` after it last signed, then expires;
+//! - a retired key stays published for `retire_grace` after it last signed, on the wall clock and
+//!   in served time (`grace_remaining`), then expires;
 //! - keys of algorithms no longer enabled retire;
 //! - a clock that jumps backwards delays transitions and never undoes one.
 
@@ -42,7 +45,8 @@ pub struct Policy {
 /// One change to the key set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transition {
-    /// Publish a key that was added while no server ran; it may sign at `signable_at`.
+    /// Publish a key that was added while no server ran; it may sign at `signable_at`, once it
+    /// has been served for the publish lead.
     Publish {
         /// Row id.
         id: i64,
@@ -65,11 +69,12 @@ pub enum Transition {
         /// Row id.
         id: i64,
     },
-    /// A key stops signing and stays published until `expires_at`.
+    /// A key stops signing and stays published until `expires_at`, and for `retire_grace` of
+    /// served time.
     Retire {
         /// Row id.
         id: i64,
-        /// When it leaves the JWKS.
+        /// When it leaves the JWKS (at the earliest).
         expires_at: UnixTime,
         /// Why, for the audit trail.
         reason: &'static str,
@@ -126,10 +131,10 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
                 let expires_at = key
                     .expires_at
                     .unwrap_or(key.retired_at.unwrap_or(key.created_at) + policy.retire_grace);
-                if expires_at <= now {
+                if expires_at <= now && key.grace_remaining <= 0 {
                     plan.transitions.push(Transition::Expire { id: key.id });
                 } else {
-                    plan.due(expires_at);
+                    plan.due(expires_at.max(now + key.grace_remaining));
                 }
             }
             KeyState::Pending | KeyState::Active if !policy.algorithms.contains(&key.alg) => {
@@ -149,7 +154,7 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
         let pending: Vec<&KeyRecord> = of_alg().filter(|k| k.state == KeyState::Pending).collect();
         let ready = pending
             .iter()
-            .filter(|k| k.signable_at.is_some_and(|t| t <= now))
+            .filter(|k| k.signable_at.is_some_and(|t| t <= now) && k.lead_remaining <= 0)
             .max_by_key(|k| (k.signable_at, k.id));
 
         if let Some(successor) = ready {
@@ -170,7 +175,7 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
 
         for p in &pending {
             if let Some(t) = p.signable_at {
-                plan.due(t);
+                plan.due(t.max(now + p.lead_remaining));
             }
         }
         match active {
@@ -242,9 +247,31 @@ mod tests {
         next_id: i64,
         /// Whether a server has served the JWKS (set after the first settle, as the server does).
         served: bool,
+        /// The wall time of the last settle of the running server, if it is running.
+        last: Option<UnixTime>,
     }
 
     impl Sim {
+        /// Counts the time since the last settle as served (the server ran all along, and its
+        /// wall clock kept real time), as the service does with its monotonic clock.
+        fn accrue(&mut self, now: UnixTime) {
+            if let Some(last) = self.last {
+                let served = (now - last).max(0);
+                for k in &mut self.keys {
+                    match k.state {
+                        KeyState::Pending if k.published_at.is_some() => {
+                            k.lead_remaining = (k.lead_remaining - served).max(0)
+                        }
+                        KeyState::Retired => {
+                            k.grace_remaining = (k.grace_remaining - served).max(0)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            self.last = Some(now);
+        }
+
         fn apply(&mut self, now: UnixTime, p: &Policy) -> Vec<Transition> {
             let plan = plan(now, &self.keys, p, self.served);
             for t in &plan.transitions {
@@ -253,6 +280,7 @@ mod tests {
                         let k = self.get(id);
                         k.published_at = Some(now);
                         k.signable_at = Some(signable_at);
+                        k.lead_remaining = signable_at - now;
                     }
                     Transition::Generate {
                         alg,
@@ -284,6 +312,8 @@ mod tests {
                             retired_at: None,
                             expires_at: None,
                             revoked_at: None,
+                            lead_remaining: signable_at - now,
+                            grace_remaining: 0,
                         });
                     }
                     Transition::Activate { id } => {
@@ -296,6 +326,7 @@ mod tests {
                         k.state = KeyState::Retired;
                         k.retired_at = Some(now);
                         k.expires_at = Some(expires_at);
+                        k.grace_remaining = expires_at - now;
                     }
                     Transition::Expire { id } => self.get(id).state = KeyState::Expired,
                 }
@@ -303,8 +334,21 @@ mod tests {
             plan.transitions
         }
 
-        /// Plans and applies until nothing is due, as the service does.
+        /// The running server plans at `now`: the time since its last round was served.
         fn settle(&mut self, now: UnixTime, p: &Policy) -> Vec<Transition> {
+            self.accrue(now);
+            self.plan_until_settled(now, p)
+        }
+
+        /// A server starts at `now` after downtime, or the wall clock jumped to `now`: nothing
+        /// was served meanwhile.
+        fn restart(&mut self, now: UnixTime, p: &Policy) -> Vec<Transition> {
+            self.last = Some(now);
+            self.plan_until_settled(now, p)
+        }
+
+        /// Plans and applies until nothing is due, as the service does.
+        fn plan_until_settled(&mut self, now: UnixTime, p: &Policy) -> Vec<Transition> {
             let mut all = Vec::new();
             for _ in 0..10 {
                 let ts = self.apply(now, p);
@@ -394,6 +438,7 @@ mod tests {
         sim.settle(T0 + 30 * D, &p);
         let retired = sim.keys.iter().find(|k| k.id == first).unwrap().clone();
         assert_eq!(retired.expires_at, Some(T0 + 30 * D + H));
+        sim.settle(T0 + 30 * D + 10, &p);
         assert_eq!(
             plan(T0 + 30 * D + 10, &sim.keys, &p, true).next_due,
             Some(T0 + 30 * D + H)
@@ -447,7 +492,7 @@ mod tests {
 
         // The server comes back ten days later: the lead starts now, not at creation.
         let back = T0 + 10 * D;
-        let ts = sim.settle(back, &p);
+        let ts = sim.restart(back, &p);
         assert_eq!(
             ts,
             vec![Transition::Publish {
@@ -467,7 +512,7 @@ mod tests {
         let first = sim.active(Alg::ES256).unwrap().id;
         // Down from T0 + 1d to T0 + 75d: more than two whole periods.
         let back = T0 + 75 * D;
-        let ts = sim.settle(back, &p);
+        let ts = sim.restart(back, &p);
         assert!(matches!(
             ts[..],
             [Transition::Generate {
@@ -496,15 +541,18 @@ mod tests {
         let mut sim = started(&p);
         let first = sim.active(Alg::ES256).unwrap().id;
         sim.settle(T0 + 29 * D, &p);
-        // Down from just after the successor was generated until long after it became signable.
+        // Down from just after the successor was generated until long after it became signable:
+        // the successor has its whole lead still to serve.
         let back = T0 + 40 * D;
-        sim.settle(back, &p);
+        assert!(sim.restart(back, &p).is_empty());
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, first);
+        sim.settle(back + D, &p);
         let old = sim.keys.iter().find(|k| k.id == first).unwrap();
         assert_eq!(old.state, KeyState::Retired);
         assert_eq!(
             old.expires_at,
-            Some(back + H),
-            "it signed until the restart"
+            Some(back + D + H),
+            "it signed until its successor had been served for the lead"
         );
     }
 
@@ -529,9 +577,41 @@ mod tests {
         let mut sim = started(&p);
         let first = sim.active(Alg::ES256).unwrap().id;
         // A jump of a year: the successor is generated now and waits its lead.
-        sim.settle(T0 + 365 * D, &p);
+        sim.restart(T0 + 365 * D, &p);
         assert_eq!(sim.active(Alg::ES256).unwrap().id, first);
         assert_eq!(sim.keys.last().unwrap().signable_at, Some(T0 + 366 * D));
+    }
+
+    #[test]
+    fn a_restart_with_the_wall_clock_ahead_never_shortens_a_lead_or_a_grace() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+        sim.settle(T0 + 29 * D, &p);
+        let successor = sim.keys.last().unwrap().id;
+        // Five seconds after the successor was published, the server restarts on a host whose
+        // clock is a day ahead: by the wall clock its lead is over, but it was served 5 s.
+        sim.settle(T0 + 29 * D + 5, &p);
+        assert!(sim.restart(T0 + 30 * D + 10, &p).is_empty(), "not yet");
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, first);
+        assert_eq!(
+            plan(T0 + 30 * D + 10, &sim.keys, &p, true).next_due,
+            Some(T0 + 31 * D + 5),
+            "the rest of the lead, in served time"
+        );
+        // The clock is corrected (back a day): still the same served time to go.
+        assert!(sim.restart(T0 + 29 * D + 10, &p).is_empty());
+        assert!(sim.settle(T0 + 30 * D + 4, &p).is_empty());
+        sim.settle(T0 + 30 * D + 5, &p);
+        assert_eq!(sim.active(Alg::ES256).unwrap().id, successor);
+        // The same for the retired key's grace: a restart an hour ahead does not end it.
+        sim.settle(T0 + 30 * D + 6, &p);
+        assert!(sim.restart(T0 + 30 * D + 6 + 2 * H, &p).is_empty());
+        assert_eq!(sim.state_of(first), KeyState::Retired);
+        sim.settle(T0 + 30 * D + 6 + 3 * H - 2, &p);
+        assert_eq!(sim.state_of(first), KeyState::Retired);
+        sim.settle(T0 + 30 * D + 6 + 3 * H - 1, &p);
+        assert_eq!(sim.state_of(first), KeyState::Expired);
     }
 
     #[test]
@@ -624,23 +704,48 @@ mod tests {
         let mut rotations = 0;
         let mut first_published: std::collections::HashMap<i64, UnixTime> = Default::default();
         let mut last_signed: std::collections::HashMap<i64, UnixTime> = Default::default();
+        let mut served_pending: std::collections::HashMap<i64, i64> = Default::default();
+        let mut served_retired: std::collections::HashMap<i64, i64> = Default::default();
         while now < T0 + 365 * D {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             // Mostly small steps, sometimes an outage of up to five days, sometimes a step back
             // of up to ten minutes (an NTP correction).
-            let step = match seed % 100 {
-                0..=79 => (seed >> 8) as i64 % (2 * H),
-                80..=94 => (seed >> 8) as i64 % (5 * D),
-                _ => -((seed >> 8) as i64 % BACK),
+            let (step, running) = match seed % 100 {
+                0..=79 => ((seed >> 8) as i64 % (2 * H), true),
+                80..=94 => ((seed >> 8) as i64 % (5 * D), false),
+                _ => (-((seed >> 8) as i64 % BACK), false),
             };
             now += step;
             let before: Vec<i64> = Alg::ALL
                 .iter()
                 .filter_map(|a| sim.active(*a).map(|k| k.id))
                 .collect();
-            sim.settle(now, &p);
+            // Real served time, counted independently of the sim's own bookkeeping.
+            if running {
+                for k in &sim.keys {
+                    match k.state {
+                        KeyState::Pending if k.published_at.is_some() => {
+                            *served_pending.entry(k.id).or_default() += step
+                        }
+                        KeyState::Retired => *served_retired.entry(k.id).or_default() += step,
+                        _ => {}
+                    }
+                }
+                sim.settle(now, &p);
+            } else {
+                sim.restart(now, &p);
+            }
+            for k in &sim.keys {
+                if k.state == KeyState::Expired {
+                    assert!(
+                        served_retired.get(&k.id).copied().unwrap_or(0) >= p.retire_grace,
+                        "key {} expired before its grace was served",
+                        k.kid
+                    );
+                }
+            }
             for k in &sim.keys {
                 if k.is_published() {
                     first_published.entry(k.id).or_insert(now);
@@ -659,6 +764,11 @@ mod tests {
                     assert!(
                         k.activated_at.unwrap() - first_published[&k.id] >= p.publish_lead,
                         "key {} signed before its lead",
+                        k.kid
+                    );
+                    assert!(
+                        served_pending.get(&k.id).copied().unwrap_or(0) >= p.publish_lead,
+                        "key {} signed before a server had served it for its lead",
                         k.kid
                     );
                 }

@@ -4,9 +4,15 @@
 //! the new states and the audit rows together, and commits; a crash at any point leaves either the
 //! old or the new key set, never a mix. Key generation (RSA takes tens of milliseconds) happens
 //! outside the write lock.
+//!
+//! Every key row carries a MAC ([`crate::integrity`]): rows are checked whenever they are read,
+//! only rows that pass are planned with, published, opened or changed, and each change re-MACs
+//! the row it made inside the same transaction. A server also counts, at every round, the time
+//! it has served each pending key's lead and each retired key's grace (on its monotonic clock).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 use serde_json::json;
@@ -16,7 +22,10 @@ use super::material::{self, ImportError, KeyMaterial, KeyMaterialError, KeyPair}
 use super::planner::{self, Policy, Transition};
 use super::{Alg, KeyRecord, KeyState, Origin};
 use crate::clock::{Clock, UnixTime, rfc3339};
+use crate::integrity::RowAuth;
+use crate::store::keys::StoredKey;
 use crate::store::{self, Store, StoreError};
+use crate::telemetry::LogLimiter;
 
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +87,8 @@ pub struct KeyService {
     policy: Policy,
     serving: bool,
     served: std::sync::atomic::AtomicBool,
+    /// Monotonic time up to which served time has been counted (a server only).
+    counted_to: Mutex<Option<Duration>>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -126,7 +137,100 @@ impl KeyService {
             policy,
             serving,
             served: std::sync::atomic::AtomicBool::new(false),
+            counted_to: Mutex::new(None),
         }
+    }
+
+    /// The row authenticator (keyed from the master key).
+    pub fn row_auth(&self) -> &Arc<RowAuth> {
+        self.master.row_auth()
+    }
+
+    /// The records among `rows` whose MAC verifies; the others are counted in
+    /// `keyhost_integrity_failures{table="keys"}` and logged (at most once a minute).
+    fn trusted(&self, rows: Vec<StoredKey>) -> Vec<KeyRecord> {
+        let auth = self.row_auth();
+        let (mut trusted, mut failed) = (Vec::with_capacity(rows.len()), Vec::new());
+        for row in rows {
+            if auth.key_ok(
+                &row.record,
+                row.master_key_id.as_deref(),
+                row.mac.as_deref(),
+            ) {
+                trusted.push(row.record);
+            } else {
+                failed.push(format!("{} (row {})", row.record.kid, row.record.id));
+            }
+        }
+        auth.failures.table("keys").set(failed.len() as i64);
+        static REPORTS: LogLimiter = LogLimiter::new(Duration::from_secs(60));
+        if !failed.is_empty()
+            && let Some(suppressed) = REPORTS.allow()
+        {
+            tracing::error!(
+                rows = %failed.join(", "),
+                suppressed,
+                "key rows fail their integrity check (written by something without the master \
+                 key): they are not published, opened or changed; revoke them \
+                 (keyhost keys revoke KID) once you have found how they got there"
+            );
+        }
+        trusted
+    }
+
+    /// Recomputes the MAC of key row `id` after keyhost changed it (inside the transaction that
+    /// first checked it).
+    fn seal_row(&self, tx: &Connection, id: i64) -> Result<KeyRecord, KeyError> {
+        let row = store::keys::get(tx, id)?;
+        let mac = self
+            .row_auth()
+            .key_mac(&row.record, row.master_key_id.as_deref());
+        store::keys::set_mac(tx, id, &mac)?;
+        Ok(row.record)
+    }
+
+    /// Every key row with whether it passed its integrity check (for listings).
+    pub fn inventory(&self) -> Result<Vec<(KeyRecord, bool)>, KeyError> {
+        let rows = self.store.with(|c| store::keys::list(c))?;
+        let auth = self.row_auth();
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let ok = auth.key_ok(&r.record, r.master_key_id.as_deref(), r.mac.as_deref());
+                (r.record, ok)
+            })
+            .collect())
+    }
+
+    /// Counts the served time since the last round against the published pending keys' leads
+    /// and the retired keys' graces (a server only; the first round of a process counts none,
+    /// so downtime never counts). Runs inside the round's transaction, on verified rows.
+    fn count_served(&self, tx: &Connection, keys: &[KeyRecord]) -> Result<(), KeyError> {
+        if !self.serving {
+            return Ok(());
+        }
+        let now = self.clock.monotonic();
+        let mut counted_to = self.counted_to.lock().unwrap_or_else(|p| p.into_inner());
+        let served = counted_to.map_or(0, |before| now.saturating_sub(before).as_secs() as i64);
+        if served > 0 {
+            for k in keys {
+                let owed = match k.state {
+                    KeyState::Pending if k.published_at.is_some() => k.lead_remaining,
+                    KeyState::Retired => k.grace_remaining,
+                    _ => 0,
+                };
+                if owed > 0 && store::keys::serve(tx, k.id, served)? {
+                    self.seal_row(tx, k.id)?;
+                }
+            }
+        }
+        // Whole seconds only: the fraction stays for the next round.
+        *counted_to = Some(match *counted_to {
+            Some(before) if served > 0 => before + Duration::from_secs(served as u64),
+            Some(before) => before,
+            None => now,
+        });
+        Ok(())
     }
 
     /// The lifecycle policy.
@@ -139,9 +243,10 @@ impl KeyService {
         &self.clock
     }
 
-    /// Every key, oldest first.
+    /// Every key whose row passes its integrity check, oldest first.
     pub fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
-        Ok(self.store.with(|c| store::keys::list(c))?)
+        let rows = self.store.with(|c| store::keys::list(c))?;
+        Ok(self.trusted(rows))
     }
 
     /// Plans and applies until nothing is due now.
@@ -151,7 +256,7 @@ impl KeyService {
         for _ in 0..16 {
             let now = self.clock.now();
             let missing: Vec<Alg> = self.store.with(|c| {
-                let keys = store::keys::list(c)?;
+                let keys = self.trusted(store::keys::list(c)?);
                 let served = store::settings::get(c, store::settings::FIRST_SERVED_AT)?.is_some();
                 let plan = planner::plan(now, &keys, &self.policy, served);
                 Ok::<_, KeyError>(
@@ -173,11 +278,13 @@ impl KeyService {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 // Read the time again: key generation above may have taken a while.
                 let now = self.clock.now();
-                let keys = store::keys::list(&tx)?;
+                self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
+                let keys = self.trusted(store::keys::list(&tx)?);
                 let served = store::settings::get(&tx, store::settings::FIRST_SERVED_AT)?.is_some();
                 let plan = planner::plan(now, &keys, &self.policy, served);
                 if plan.transitions.is_empty() {
                     report.next_due = plan.next_due;
+                    tx.commit()?;
                     return Ok::<_, KeyError>(true);
                 }
                 for t in &plan.transitions {
@@ -228,6 +335,7 @@ impl KeyService {
         let (action, kid, detail) = match *t {
             Transition::Publish { id, signable_at } => {
                 store::keys::publish(tx, id, now, signable_at)?;
+                self.seal_row(tx, id)?;
                 (
                     "key.publish",
                     kid_of(id),
@@ -265,6 +373,7 @@ impl KeyService {
             }
             Transition::Activate { id } => {
                 store::keys::activate(tx, id, now)?;
+                self.seal_row(tx, id)?;
                 ("key.activate", kid_of(id), json!({}))
             }
             Transition::Retire {
@@ -273,6 +382,7 @@ impl KeyService {
                 reason,
             } => {
                 store::keys::retire(tx, id, now, expires_at)?;
+                self.seal_row(tx, id)?;
                 (
                     "key.retire",
                     kid_of(id),
@@ -281,6 +391,7 @@ impl KeyService {
             }
             Transition::Expire { id } => {
                 store::keys::expire(tx, id, now)?;
+                self.seal_row(tx, id)?;
                 ("key.expire", kid_of(id), json!({"privateKey": "destroyed"}))
             }
         };
@@ -307,7 +418,13 @@ impl KeyService {
     pub fn postpone_schedule(&self, seconds: i64, actor: &str) -> Result<usize, KeyError> {
         self.store.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let moved = store::keys::postpone_schedule(&tx, seconds)?;
+            let mut moved = 0;
+            for k in self.trusted(store::keys::list(&tx)?) {
+                if store::keys::postpone(&tx, k.id, seconds)? {
+                    self.seal_row(&tx, k.id)?;
+                    moved += 1;
+                }
+            }
             store::audit::record(
                 &tx,
                 self.clock.now(),
@@ -389,6 +506,10 @@ impl KeyService {
                 published_at,
                 signable_at,
                 activated_at,
+                lead_remaining: match (state, signable_at) {
+                    (KeyState::Pending, Some(t)) => (t - now).max(0),
+                    _ => 0,
+                },
             },
         )
         .map_err(|e| {
@@ -401,7 +522,7 @@ impl KeyService {
             }
         })?;
         store::settings::set(tx, store::settings::MASTER_KEY_ID, self.master.id())?;
-        Ok(store::keys::get(tx, id)?)
+        self.seal_row(tx, id)
     }
 
     fn require_enabled(&self, alg: Alg) -> Result<(), KeyError> {
@@ -424,13 +545,14 @@ impl KeyService {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 ?;
             let now = self.clock.now();
-            let keys = store::keys::list(&tx)?;
+            let keys = self.trusted(store::keys::list(&tx)?);
             let of_alg = |s: KeyState| keys.iter().filter(move |k| k.alg == alg && k.state == s);
             let mut revoked = Vec::new();
             let warning;
             let state = if emergency {
                 for k in of_alg(KeyState::Active).chain(of_alg(KeyState::Pending)) {
                     store::keys::revoke(&tx, k.id, now)?;
+                    self.seal_row(&tx, k.id)?;
                     store::audit::record(
                         &tx,
                         now,
@@ -493,8 +615,25 @@ impl KeyService {
         })
     }
 
-    fn find(&self, c: &Connection, kid: &str) -> Result<KeyRecord, KeyError> {
-        store::keys::find_by_kid(c, kid)?.ok_or_else(|| KeyError::NotFound(kid.to_owned()))
+    /// The key named `kid` (the live one if any), with whether its row passes its integrity
+    /// check.
+    fn find(&self, c: &Connection, kid: &str) -> Result<(KeyRecord, bool), KeyError> {
+        let rows = store::keys::find_by_kid(c, kid)?;
+        let auth = self.row_auth();
+        let mut checked = rows.into_iter().map(|r| {
+            let ok = auth.key_ok(&r.record, r.master_key_id.as_deref(), r.mac.as_deref());
+            (r.record, ok)
+        });
+        let first = checked
+            .next()
+            .ok_or_else(|| KeyError::NotFound(kid.to_owned()))?;
+        // A live trusted row wins over a forged one of the same kid.
+        Ok(match first {
+            (_, false) => checked
+                .find(|(k, ok)| *ok && k.state.is_live())
+                .unwrap_or(first),
+            trusted => trusted,
+        })
     }
 
     /// Retires a pending key (it stays published for `retire_grace`). The active key is retired by
@@ -505,7 +644,13 @@ impl KeyService {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 ?;
             let now = self.clock.now();
-            let key = self.find(&tx, kid)?;
+            let (key, trusted) = self.find(&tx, kid)?;
+            if !trusted {
+                return Err(KeyError::Conflict(format!(
+                    "the row of {kid} fails its integrity check (it was not written by keyhost); \
+                     it is not published and cannot be retired: revoke it"
+                )));
+            }
             match key.state {
                 KeyState::Pending => {}
                 KeyState::Active => {
@@ -524,6 +669,7 @@ impl KeyService {
             }
             let expires_at = now + self.policy.retire_grace;
             store::keys::retire(&tx, key.id, now, expires_at)?;
+            let key = self.seal_row(&tx, key.id)?;
             store::audit::record(
                 &tx,
                 now,
@@ -532,7 +678,6 @@ impl KeyService {
                 kid,
                 &json!({"expiresAt": rfc3339(expires_at)}),
             )?;
-            let key = store::keys::get(&tx, key.id)?;
             tx.commit()?;
             Ok(key)
         })
@@ -546,7 +691,9 @@ impl KeyService {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 ?;
             let now = self.clock.now();
-            let key = self.find(&tx, kid)?;
+            // A row failing its integrity check may be revoked (that is the remedy): revoking
+            // destroys what it holds and keeps it out of the JWKS for good.
+            let (key, trusted) = self.find(&tx, kid)?;
             if !key.state.is_live() {
                 return Err(KeyError::Conflict(format!(
                     "{kid} is already {}",
@@ -554,8 +701,15 @@ impl KeyService {
                 )));
             }
             store::keys::revoke(&tx, key.id, now)?;
-            store::audit::record(&tx, now, actor, "key.revoke", kid, &json!({"was": key.state}))?;
-            let warning = (key.state == KeyState::Active).then(|| {
+            store::audit::record(
+                &tx,
+                now,
+                actor,
+                "key.revoke",
+                kid,
+                &json!({"was": key.state, "integrity": if trusted { "ok" } else { "failed" }}),
+            )?;
+            let warning = (trusted && key.state == KeyState::Active).then(|| {
                 format!(
                     "{kid} was the active {alg} key: no {alg} token can be minted until a successor has been \
                      published for the publish lead; if the key is compromised and you need {alg} now, use an \
@@ -563,7 +717,7 @@ impl KeyService {
                     alg = key.alg
                 )
             });
-            let key = store::keys::get(&tx, key.id)?;
+            let key = self.seal_row(&tx, key.id)?;
             tx.commit()?;
             Ok((key, warning))
         })
@@ -583,7 +737,7 @@ impl KeyService {
         self.store.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = self.clock.now();
-            let keys = store::keys::list(&tx)?;
+            let keys = self.trusted(store::keys::list(&tx)?);
             let thumbprint = m.pair.public_jwk().thumbprint();
             if let Some(same) = keys
                 .iter()
@@ -682,15 +836,20 @@ impl KeyService {
         Ok(pair)
     }
 
-    /// Opens every stored private key; a start-up check that the master key is the right one.
+    /// Opens every stored private key of a trusted row; a start-up check that the master key is
+    /// the right one. Rows failing their integrity check are reported, not opened.
     pub fn verify_all(&self) -> Result<usize, KeyError> {
         let records = self.list()?;
         let sealed = self.store.with(|c| {
             store::keys::sealed(c, &[KeyState::Pending, KeyState::Active, KeyState::Retired])
         })?;
+        let mut opened = 0;
         for s in &sealed {
-            self.open_sealed(s, records.iter().find(|r| r.id == s.id))?;
+            if let Some(rec) = records.iter().find(|r| r.id == s.id) {
+                self.open_sealed(s, Some(rec))?;
+                opened += 1;
+            }
         }
-        Ok(sealed.len())
+        Ok(opened)
     }
 }

@@ -20,6 +20,8 @@ pub struct ClientRow {
     pub created_at: UnixTime,
     /// Set once disabled.
     pub disabled_at: Option<UnixTime>,
+    /// The row's MAC (checked by the service, never here).
+    pub mac: Option<Vec<u8>>,
 }
 
 fn row(r: &Row<'_>) -> Result<ClientRow, rusqlite::Error> {
@@ -33,6 +35,7 @@ fn row(r: &Row<'_>) -> Result<ClientRow, rusqlite::Error> {
         secret_hash: r.get(3)?,
         created_at: r.get(4)?,
         disabled_at: r.get(5)?,
+        mac: r.get(6)?,
     })
 }
 
@@ -40,15 +43,16 @@ fn row(r: &Row<'_>) -> Result<ClientRow, rusqlite::Error> {
 #[tracing::instrument(skip_all)]
 pub fn insert(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO clients (id, name, scopes, secret_hash, created_at, disabled_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO clients (id, name, scopes, secret_hash, created_at, disabled_at, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             c.id,
             c.name,
             serde_json::to_string(&c.scopes).expect("strings serialise"),
             c.secret_hash,
             c.created_at,
-            c.disabled_at
+            c.disabled_at,
+            c.mac
         ],
     )?;
     Ok(())
@@ -58,7 +62,8 @@ pub fn insert(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
 #[tracing::instrument(skip_all)]
 pub fn list(conn: &Connection) -> Result<Vec<ClientRow>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT id, name, scopes, secret_hash, created_at, disabled_at FROM clients ORDER BY created_at, id",
+        "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
+         ORDER BY created_at, id",
     )?;
     let rows = stmt.query_map([], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -69,7 +74,8 @@ pub fn list(conn: &Connection) -> Result<Vec<ClientRow>, StoreError> {
 pub fn get(conn: &Connection, id: &str) -> Result<Option<ClientRow>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT id, name, scopes, secret_hash, created_at, disabled_at FROM clients WHERE id = ?1",
+            "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
+             WHERE id = ?1",
             [id],
             row,
         )
@@ -84,4 +90,14 @@ pub fn disable(conn: &Connection, id: &str, now: UnixTime) -> Result<bool, Store
         params![id, now],
     )?;
     Ok(n == 1)
+}
+
+/// Stores a client row's MAC.
+#[tracing::instrument(skip_all)]
+pub fn set_mac(conn: &Connection, id: &str, mac: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE clients SET mac = ?2 WHERE id = ?1",
+        params![id, mac],
+    )?;
+    Ok(())
 }

@@ -60,12 +60,14 @@ pub struct IssuanceRow {
     pub submitted_at: Option<UnixTime>,
     /// Reached a final state.
     pub completed_at: Option<UnixTime>,
+    /// MAC over the request (checked by the service, never here).
+    pub mac: Option<Vec<u8>>,
 }
 
 const COLUMNS: &str = "id, source, idempotency_key, request_hash, email, issuer_did, credential_id, \
     credential_subject, on_duplicate, state, attempts, next_attempt_at, core_claim_hash, user_uuid, \
     duplicate, vc_status, vc_id, issuance_date, polls, last_status, last_error, created_at, updated_at, \
-    submitted_at, completed_at";
+    submitted_at, completed_at, mac";
 
 fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
     let subject: String = r.get(7)?;
@@ -95,6 +97,7 @@ fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
         updated_at: r.get(22)?,
         submitted_at: r.get(23)?,
         completed_at: r.get(24)?,
+        mac: r.get(25)?,
     })
 }
 
@@ -102,7 +105,7 @@ fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
 #[tracing::instrument(skip_all)]
 pub fn insert(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
     conn.execute(
-        &format!("INSERT INTO issuances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"),
+        &format!("INSERT INTO issuances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"),
         params![
             i.id,
             i.source,
@@ -128,7 +131,8 @@ pub fn insert(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
             i.created_at,
             i.updated_at,
             i.submitted_at,
-            i.completed_at
+            i.completed_at,
+            i.mac
         ],
     )?;
     Ok(())
@@ -232,4 +236,24 @@ pub fn unfinished(conn: &Connection) -> Result<Vec<IssuanceRow>, StoreError> {
     ))?;
     let rows = stmt.query_map([], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Issuances written before rows carried MACs.
+#[tracing::instrument(skip_all)]
+pub fn without_mac(conn: &Connection) -> Result<Vec<IssuanceRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM issuances WHERE mac IS NULL ORDER BY created_at"
+    ))?;
+    let rows = stmt.query_map([], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Stores an issuance's MAC.
+#[tracing::instrument(skip_all)]
+pub fn set_mac(conn: &Connection, id: &str, mac: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE issuances SET mac = ?2 WHERE id = ?1",
+        params![id, mac],
+    )?;
+    Ok(())
 }

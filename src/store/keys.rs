@@ -1,14 +1,27 @@
 //! Key rows. Private keys enter and leave only as sealed blobs; destroying one nulls the column
 //! (with `secure_delete` on, SQLite overwrites the freed bytes).
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, Row, params};
 
 use super::StoreError;
 use crate::clock::UnixTime;
 use crate::keys::{Alg, KeyRecord, KeyState, Origin};
 
 const COLUMNS: &str = "id, kid, alg, state, origin, bits, public_jwk, created_at, published_at, \
-                       signable_at, activated_at, retired_at, expires_at, revoked_at";
+                       signable_at, activated_at, retired_at, expires_at, revoked_at, \
+                       lead_remaining, grace_remaining, master_key_id, mac";
+
+/// A key row as stored: the record, the master key that sealed it and its MAC (both checked by
+/// the service, never here).
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    /// The key.
+    pub record: KeyRecord,
+    /// Id of the master key that sealed its private half.
+    pub master_key_id: Option<String>,
+    /// The row's MAC (`None` for a row written by nobody that holds the master key).
+    pub mac: Option<Vec<u8>>,
+}
 
 /// A key about to be inserted.
 #[derive(Debug)]
@@ -37,6 +50,8 @@ pub struct NewKey<'a> {
     pub signable_at: Option<UnixTime>,
     /// Activation time, if active at once.
     pub activated_at: Option<UnixTime>,
+    /// Publish lead still to be served (pending keys).
+    pub lead_remaining: i64,
 }
 
 /// A sealed private key and what it is bound to.
@@ -59,6 +74,14 @@ pub struct SealedKey {
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> Result<T, rusqlite::Error> {
     s.parse().map_err(|e: String| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn stored(r: &Row<'_>) -> Result<StoredKey, rusqlite::Error> {
+    Ok(StoredKey {
+        record: record(r)?,
+        master_key_id: r.get(16)?,
+        mac: r.get(17)?,
     })
 }
 
@@ -86,40 +109,45 @@ fn record(r: &Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
         retired_at: r.get(11)?,
         expires_at: r.get(12)?,
         revoked_at: r.get(13)?,
+        lead_remaining: r.get(14)?,
+        grace_remaining: r.get(15)?,
     })
 }
 
-/// Every key, oldest first.
+/// Every key row, oldest first.
 #[tracing::instrument(skip_all)]
-pub fn list(conn: &Connection) -> Result<Vec<KeyRecord>, StoreError> {
+pub fn list(conn: &Connection) -> Result<Vec<StoredKey>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM keys ORDER BY id"))?;
-    let rows = stmt.query_map([], record)?;
+    let rows = stmt.query_map([], stored)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The key named `kid`: the live one if any, else the most recent.
+/// The rows named `kid`: live ones first, then the most recent.
 #[tracing::instrument(skip_all)]
-pub fn find_by_kid(conn: &Connection, kid: &str) -> Result<Option<KeyRecord>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!(
-                "SELECT {COLUMNS} FROM keys WHERE kid = ?1
-                 ORDER BY state IN ('pending', 'active', 'retired') DESC, id DESC LIMIT 1"
-            ),
-            [kid],
-            record,
-        )
-        .optional()?)
+pub fn find_by_kid(conn: &Connection, kid: &str) -> Result<Vec<StoredKey>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM keys WHERE kid = ?1
+         ORDER BY state IN ('pending', 'active', 'retired') DESC, id DESC"
+    ))?;
+    let rows = stmt.query_map([kid], stored)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// One key by row id.
+/// One key row by id.
 #[tracing::instrument(skip_all)]
-pub fn get(conn: &Connection, id: i64) -> Result<KeyRecord, StoreError> {
+pub fn get(conn: &Connection, id: i64) -> Result<StoredKey, StoreError> {
     Ok(conn.query_row(
         &format!("SELECT {COLUMNS} FROM keys WHERE id = ?1"),
         [id],
-        record,
+        stored,
     )?)
+}
+
+/// Stores the MAC of key row `id`.
+#[tracing::instrument(skip_all)]
+pub fn set_mac(conn: &Connection, id: i64, mac: &[u8]) -> Result<(), StoreError> {
+    let n = conn.execute("UPDATE keys SET mac = ?2 WHERE id = ?1", params![id, mac])?;
+    changed(n, id, "a MAC")
 }
 
 /// Sealed private keys of the given states.
@@ -158,8 +186,8 @@ pub fn sealed(conn: &Connection, states: &[KeyState]) -> Result<Vec<SealedKey>, 
 pub fn insert(conn: &Connection, k: &NewKey<'_>) -> Result<i64, StoreError> {
     conn.execute(
         "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc, master_key_id,
-                           created_at, published_at, signable_at, activated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                           created_at, published_at, signable_at, activated_at, lead_remaining)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             k.kid,
             k.alg.as_str(),
@@ -172,7 +200,8 @@ pub fn insert(conn: &Connection, k: &NewKey<'_>) -> Result<i64, StoreError> {
             k.created_at,
             k.published_at,
             k.signable_at,
-            k.activated_at
+            k.activated_at,
+            k.lead_remaining
         ],
     )?;
     Ok(conn.last_insert_rowid())
@@ -188,7 +217,8 @@ fn changed(n: usize, id: i64, what: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Starts publication of a pending key added while no server ran.
+/// Starts publication of a pending key added while no server ran; its lead (to be served) is
+/// `signable_at - now`.
 #[tracing::instrument(skip_all)]
 pub fn publish(
     conn: &Connection,
@@ -197,25 +227,26 @@ pub fn publish(
     signable_at: UnixTime,
 ) -> Result<(), StoreError> {
     let n = conn.execute(
-        "UPDATE keys SET published_at = ?2, signable_at = ?3
+        "UPDATE keys SET published_at = ?2, signable_at = ?3, lead_remaining = MAX(0, ?3 - ?2)
          WHERE id = ?1 AND state = 'pending' AND published_at IS NULL",
         params![id, now, signable_at],
     )?;
     changed(n, id, "publication")
 }
 
-/// pending → active.
+/// pending → active, once its lead has been served.
 #[tracing::instrument(skip_all)]
 pub fn activate(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
     let n = conn.execute(
         "UPDATE keys SET state = 'active', activated_at = ?2
-         WHERE id = ?1 AND state = 'pending' AND signable_at IS NOT NULL",
+         WHERE id = ?1 AND state = 'pending' AND signable_at IS NOT NULL AND lead_remaining = 0",
         params![id, now],
     )?;
     changed(n, id, "activation")
 }
 
-/// pending|active → retired, published until `expires_at`.
+/// pending|active → retired, published until `expires_at` and for `expires_at - now` of served
+/// time.
 #[tracing::instrument(skip_all)]
 pub fn retire(
     conn: &Connection,
@@ -224,19 +255,20 @@ pub fn retire(
     expires_at: UnixTime,
 ) -> Result<(), StoreError> {
     let n = conn.execute(
-        "UPDATE keys SET state = 'retired', retired_at = ?2, expires_at = ?3
+        "UPDATE keys SET state = 'retired', retired_at = ?2, expires_at = ?3,
+                         grace_remaining = MAX(0, ?3 - ?2), lead_remaining = 0
          WHERE id = ?1 AND state IN ('pending', 'active')",
         params![id, now, expires_at],
     )?;
     changed(n, id, "retirement")
 }
 
-/// retired → expired; the private key is destroyed.
+/// retired → expired, once its grace has been served; the private key is destroyed.
 #[tracing::instrument(skip_all)]
 pub fn expire(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
     let n = conn.execute(
         "UPDATE keys SET state = 'expired', private_key_enc = NULL, destroyed_at = ?2
-         WHERE id = ?1 AND state = 'retired'",
+         WHERE id = ?1 AND state = 'retired' AND grace_remaining = 0",
         params![id, now],
     )?;
     changed(n, id, "expiry")
@@ -262,17 +294,34 @@ pub fn master_key_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Moves the pending keys' signing times and the retired keys' expiry times `seconds` later;
-/// returns how many rows moved.
+/// Moves a pending key's signing time, or a retired key's expiry, `seconds` later; false for a
+/// key in another state.
 #[tracing::instrument(skip_all)]
-pub fn postpone_schedule(conn: &Connection, seconds: i64) -> Result<usize, StoreError> {
-    let pending = conn.execute(
-        "UPDATE keys SET signable_at = signable_at + ?1 WHERE state = 'pending' AND signable_at IS NOT NULL",
-        [seconds],
+pub fn postpone(conn: &Connection, id: i64, seconds: i64) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET
+             signable_at = CASE WHEN state = 'pending' THEN signable_at + ?2 ELSE signable_at END,
+             expires_at = CASE WHEN state = 'retired' THEN expires_at + ?2 ELSE expires_at END
+         WHERE id = ?1 AND ((state = 'pending' AND signable_at IS NOT NULL)
+                            OR (state = 'retired' AND expires_at IS NOT NULL))",
+        params![id, seconds],
     )?;
-    let retired = conn.execute(
-        "UPDATE keys SET expires_at = expires_at + ?1 WHERE state = 'retired' AND expires_at IS NOT NULL",
-        [seconds],
+    Ok(n == 1)
+}
+
+/// Counts `seconds` of served time against a published pending key's lead, or a retired key's
+/// grace; false for a key in another state.
+#[tracing::instrument(skip_all)]
+pub fn serve(conn: &Connection, id: i64, seconds: i64) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET
+             lead_remaining = CASE WHEN state = 'pending' THEN MAX(0, lead_remaining - ?2)
+                                   ELSE lead_remaining END,
+             grace_remaining = CASE WHEN state = 'retired' THEN MAX(0, grace_remaining - ?2)
+                                    ELSE grace_remaining END
+         WHERE id = ?1 AND ((state = 'pending' AND published_at IS NOT NULL AND lead_remaining > 0)
+                            OR (state = 'retired' AND grace_remaining > 0))",
+        params![id, seconds],
     )?;
-    Ok(pending + retired)
+    Ok(n == 1)
 }

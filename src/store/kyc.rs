@@ -168,6 +168,19 @@ pub fn list(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A clientId → email mapping as stored.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// iDenfy's clientId.
+    pub client_id: String,
+    /// The email it maps to.
+    pub email: String,
+    /// When the mapping was first made.
+    pub created_at: UnixTime,
+    /// The row's MAC (checked by the service, never here).
+    pub mac: Option<Vec<u8>>,
+}
+
 /// Sets the email of an iDenfy clientId.
 #[tracing::instrument(skip_all)]
 pub fn put_subject(
@@ -175,32 +188,52 @@ pub fn put_subject(
     client_id: &str,
     email: &str,
     now: UnixTime,
+    mac: &[u8],
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO kyc_subjects (client_id, email, created_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (client_id) DO UPDATE SET email = excluded.email",
-        params![client_id, email, now],
+        "INSERT INTO kyc_subjects (client_id, email, created_at, mac) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (client_id) DO UPDATE SET email = excluded.email, mac = excluded.mac",
+        params![client_id, email, now, mac],
     )?;
     Ok(())
 }
 
-/// The email of an iDenfy clientId.
+/// The mapping of an iDenfy clientId.
 #[tracing::instrument(skip_all)]
-pub fn subject_email(conn: &Connection, client_id: &str) -> Result<Option<String>, StoreError> {
+pub fn subject(conn: &Connection, client_id: &str) -> Result<Option<Subject>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT email FROM kyc_subjects WHERE client_id = ?1",
+            "SELECT client_id, email, created_at, mac FROM kyc_subjects WHERE client_id = ?1",
             [client_id],
-            |r| r.get(0),
+            subject_row,
         )
         .optional()?)
 }
 
+fn subject_row(r: &rusqlite::Row<'_>) -> Result<Subject, rusqlite::Error> {
+    Ok(Subject {
+        client_id: r.get(0)?,
+        email: r.get(1)?,
+        created_at: r.get(2)?,
+        mac: r.get(3)?,
+    })
+}
+
 /// Every mapping.
 #[tracing::instrument(skip_all)]
-pub fn subjects(conn: &Connection) -> Result<Vec<(String, String, UnixTime)>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT client_id, email, created_at FROM kyc_subjects ORDER BY client_id")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+pub fn subjects(conn: &Connection) -> Result<Vec<Subject>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT client_id, email, created_at, mac FROM kyc_subjects ORDER BY client_id")?;
+    let rows = stmt.query_map([], subject_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Stores a mapping's MAC.
+#[tracing::instrument(skip_all)]
+pub fn set_subject_mac(conn: &Connection, client_id: &str, mac: &[u8]) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE kyc_subjects SET mac = ?2 WHERE client_id = ?1",
+        params![client_id, mac],
+    )?;
+    Ok(())
 }

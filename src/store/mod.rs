@@ -25,6 +25,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),
     M::up(include_str!("../../migrations/0002_issuance.sql")),
     M::up(include_str!("../../migrations/0003_kyc_repeats.sql")),
+    M::up(include_str!(
+        "../../migrations/0004_integrity_and_served_time.sql"
+    )),
 ];
 
 /// Why a store operation failed.

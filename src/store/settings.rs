@@ -1,4 +1,4 @@
-//! Named settings the server keeps between starts (master key id, admin token hash).
+//! Named settings the server keeps between starts (master key id, admin token hash, ...).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -8,8 +8,11 @@ use super::StoreError;
 pub const MASTER_KEY_ID: &str = "master_key_id";
 /// Setting: when a server first served this store's JWKS (Unix seconds).
 pub const FIRST_SERVED_AT: &str = "first_served_at";
-/// Setting: SHA-256 (hex) of the generated admin token.
+/// Setting: SHA-256 (hex) of the generated admin token (with a MAC).
 pub const ADMIN_TOKEN_SHA256: &str = "admin_token_sha256";
+/// Setting: since when every trusted row carries a MAC (Unix seconds); rows written before it
+/// got theirs then.
+pub const ROW_MACS_SINCE: &str = "row_macs_since";
 
 /// Reads a setting.
 #[tracing::instrument(skip_all)]
@@ -21,13 +24,55 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> 
         .optional()?)
 }
 
-/// Writes a setting.
+/// Writes a setting (without a MAC: only for settings nothing trusts blindly).
 #[tracing::instrument(skip_all)]
 pub fn set(conn: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO settings (name, value) VALUES (?1, ?2)
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value, mac = NULL",
         params![name, value],
+    )?;
+    Ok(())
+}
+
+/// A setting's value and MAC.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The value.
+    pub value: String,
+    /// Its MAC (checked by the caller, never here).
+    pub mac: Option<Vec<u8>>,
+}
+
+/// Reads a setting with its MAC.
+#[tracing::instrument(skip_all)]
+pub fn get_with_mac(conn: &Connection, name: &str) -> Result<Option<Authenticated>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT value, mac FROM settings WHERE name = ?1",
+            [name],
+            |r| {
+                Ok(Authenticated {
+                    value: r.get(0)?,
+                    mac: r.get(1)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Writes a setting with its MAC.
+#[tracing::instrument(skip_all)]
+pub fn set_with_mac(
+    conn: &Connection,
+    name: &str,
+    value: &str,
+    mac: &[u8],
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO settings (name, value, mac) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value, mac = excluded.mac",
+        params![name, value, mac],
     )?;
     Ok(())
 }

@@ -488,6 +488,11 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
     let (status, body) = issue(&app, &key, ok.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(upstream.control.status_counts().get(&401), None);
+    // Let the status polls of those issuances end, so that the only call below is the issue.
+    let listed: Value = app.admin_json("/admin/issuances").await;
+    for row in listed["issuances"].as_array().unwrap() {
+        until_state(&app, row["issuanceId"].as_str().unwrap(), "onchain").await;
+    }
 
     // An emergency rotation skips the lead: the JWKS the emulator just cached lacks the new kid.
     let res = app
@@ -530,6 +535,7 @@ impl keyhost::airkit::AirKit for RefusesWith400 {
                 status: 400,
                 body: json!({"error": 400, "message": "credentialSubject.age must be a number"}),
                 retry_after: None,
+                date: None,
             })
         })
     }
@@ -554,7 +560,11 @@ async fn a_400_from_air_kit_is_a_validation_error_with_the_schema_fix() {
     settings.credential_id = Some(PROGRAM.into());
     let service = keyhost::issuance::IssuanceService::new(
         app.state.store.clone(),
-        Some(Arc::new(RefusesWith400)),
+        app.state.row_auth.clone(),
+        keyhost::issuance::Upstream {
+            airkit: Some(Arc::new(RefusesWith400)),
+            skew: app.state.clock_skew.clone(),
+        },
         app.state.live.clone(),
         app.state.clock.clone(),
         Arc::new(keyhost::metrics::Metrics::default()),

@@ -222,3 +222,63 @@ async fn a_forward_clock_jump_postpones_pending_keys_and_retired_keys_expiry() {
     let audit: Value = app.admin_json("/admin/audit").await;
     assert_eq!(audit["entries"][0]["action"], "clock.jump");
 }
+
+#[tokio::test]
+async fn a_restart_with_the_wall_clock_a_day_ahead_never_shortens_a_lead_or_a_grace() {
+    let app = spawn_app().await;
+    let (_, api_key) = app.create_client(&["issue"]).await;
+    let first = app
+        .mint_ok(&api_key, json!({"email": "u@example.com"}))
+        .await["kid"]
+        .clone();
+    let successor = app.rotate("ES256", false).await["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.advance(5).await;
+    // The host reboots before NTP has set its clock: a day ahead.
+    let (dir, clock) = app.stop().await;
+    clock.jump(24 * 3600);
+    let config = crate::helpers::test_config(dir.path());
+    let app = crate::helpers::start(dir, clock, config).await.unwrap();
+    let minted = app
+        .mint_ok(&api_key, json!({"email": "u@example.com"}))
+        .await;
+    assert_eq!(
+        minted["kid"], first,
+        "by the wall clock the lead is over; it was served 5 s"
+    );
+    let keys = app.keys().await;
+    let pending = keys
+        .iter()
+        .find(|k| k["kid"] == successor.as_str())
+        .unwrap();
+    assert_eq!(pending["state"], "pending");
+    assert_eq!(pending["leadToServe"], 24 * 3600 - 5);
+    // NTP corrects the clock back a day; the lead still counts only served time.
+    app.clock.jump(-24 * 3600);
+    app.advance(24 * 3600 - 6).await;
+    assert_eq!(app.kids_in("pending").await, vec![successor.clone()]);
+    app.advance(1).await;
+    let minted = app
+        .mint_ok(&api_key, json!({"email": "u@example.com"}))
+        .await;
+    assert_eq!(minted["kid"], successor.as_str());
+
+    // The retired key's grace: a restart an hour ahead (the whole grace) does not end it.
+    let retired = first.as_str().unwrap().to_owned();
+    app.advance(10).await;
+    let (dir, clock) = app.stop().await;
+    clock.jump(3600);
+    let config = crate::helpers::test_config(dir.path());
+    let app = crate::helpers::start(dir, clock, config).await.unwrap();
+    assert!(app.jwks().await.to_string().contains(&retired));
+    let keys = app.keys().await;
+    let old = keys.iter().find(|k| k["kid"] == retired.as_str()).unwrap();
+    assert_eq!(old["state"], "retired");
+    assert_eq!(old["graceToServe"], 3600 - 10);
+    app.advance(3600 - 11).await;
+    assert!(app.jwks().await.to_string().contains(&retired));
+    app.advance(1).await;
+    assert!(!app.jwks().await.to_string().contains(&retired));
+}

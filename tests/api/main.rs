@@ -4,12 +4,14 @@
 mod admin;
 mod airkit;
 mod cli;
+mod clock;
 mod doctor;
 mod emulator;
 mod errors;
 mod helpers;
 mod hostile;
 mod import;
+mod integrity;
 mod issuance;
 mod jwks;
 mod lifecycle;
