@@ -1,9 +1,11 @@
 //! The background task that keeps the key set on schedule.
 //!
 //! It applies the planner, refreshes the in-memory views, then sleeps until the next transition
-//! falls due (not a coarse poll), waking early when an admin action or a clock jump changes the
-//! picture, and once a second to notice writes by another process (the CLI) through SQLite's
-//! `data_version`. Every path that changes keys goes through [`Lifecycle::settle`], which is
+//! falls due (not a coarse poll, but at least once a minute, so that the time served by pending
+//! and retired keys is counted as it accrues), waking early when an admin action or a clock jump
+//! changes the picture, and once a second to notice writes by another process (the CLI) through
+//! SQLite's `data_version`. Clock jumps need no detection of their own: the planner keeps every
+//! key's wall-clock schedule in line with the time actually served. Every path that changes keys goes through [`Lifecycle::settle`], which is
 //! serialised, so the views are always rebuilt from the latest committed state.
 
 use std::sync::Arc;
@@ -24,16 +26,6 @@ const EXTERNAL_POLL: Duration = Duration::from_secs(1);
 /// counted (and persisted) at least this often: a crash loses at most this much of it, which
 /// only delays a switch.
 const SERVED_TIME_ROUND: i64 = 60;
-
-/// Wall-clock advance beyond real elapsed time that counts as a jump (NTP slews stay below it).
-const JUMP_TOLERANCE: i64 = 30;
-
-/// The seconds by which the wall clock ran ahead of real (monotonic) time, if more than
-/// [`JUMP_TOLERANCE`]. A suspended machine looks the same; postponing is the safe answer to both.
-pub fn forward_jump(wall_elapsed: i64, real_elapsed: Duration) -> Option<i64> {
-    let excess = wall_elapsed - real_elapsed.as_secs() as i64;
-    (excess > JUMP_TOLERANCE).then_some(excess)
-}
 
 /// Drives the key lifecycle and the in-memory views.
 #[derive(Debug)]
@@ -111,24 +103,7 @@ impl Lifecycle {
         let clock = self.keys.clock().clone();
         let jumps = clock.jumps().unwrap_or_else(|| Arc::new(Notify::new()));
         let mut seen_version = self.data_version().await;
-        // Jump detection only makes sense on the system clock; a manual clock jumps on purpose.
-        let detect_jumps = clock.jumps().is_none();
-        let mut last = (clock.now(), std::time::Instant::now());
         loop {
-            if detect_jumps {
-                let now = (clock.now(), std::time::Instant::now());
-                if let Some(excess) = forward_jump(now.0 - last.0, now.1 - last.1) {
-                    let keys = self.keys.clone();
-                    let moved = tokio::task::spawn_blocking(move || {
-                        keys.postpone_schedule(excess, "scheduler")
-                    })
-                    .await;
-                    if !matches!(moved, Ok(Ok(_))) {
-                        tracing::error!("could not postpone the key schedule after a clock jump");
-                    }
-                }
-                last = now;
-            }
             let next_due = match self.settle("scheduler").await {
                 Ok(report) => Some(
                     report
@@ -169,26 +144,5 @@ impl Lifecycle {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_wall_clock_running_ahead_of_real_time_is_a_jump() {
-        assert_eq!(forward_jump(1, Duration::from_secs(1)), None);
-        assert_eq!(
-            forward_jump(25, Duration::from_secs(0)),
-            None,
-            "slews are tolerated"
-        );
-        assert_eq!(forward_jump(3601, Duration::from_secs(1)), Some(3600));
-        assert_eq!(
-            forward_jump(-3600, Duration::from_secs(1)),
-            None,
-            "backwards only delays"
-        );
     }
 }

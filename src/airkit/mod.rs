@@ -189,17 +189,21 @@ impl HttpAirKit {
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP date.
+/// Longest `Retry-After` honoured.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delay-seconds or an HTTP date, at most [`RETRY_AFTER_CAP`].
 fn parse_retry_after(v: &str) -> Option<Duration> {
+    let cap = RETRY_AFTER_CAP.as_secs();
     if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(3600)));
+        return Some(Duration::from_secs(secs.min(cap)));
     }
     let when = httpdate_to_unix(v)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_secs() as i64;
-    Some(Duration::from_secs((when - now).clamp(0, 3600) as u64))
+    Some(Duration::from_secs((when - now).clamp(0, cap as i64) as u64))
 }
 
 /// An HTTP date (RFC 9110 IMF-fixdate, and the obsolete forms) as Unix seconds.

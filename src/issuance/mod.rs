@@ -618,19 +618,25 @@ impl IssuanceService {
     }
 
     /// A fresh Partner JWT for `email`, and the kid that signed it.
-    fn token(&self, email: &str) -> Result<(String, String), String> {
+    fn token(&self, email: &str) -> Result<(String, String), NoToken> {
         let partner_id = self
             .settings
             .partner_id
             .as_deref()
-            .ok_or("KEYHOST_PARTNER_ID is not set")?;
+            .ok_or_else(|| NoToken::Unavailable("KEYHOST_PARTNER_ID is not set".into()))?;
         let now = self.clock.now();
         let signers = self.live.signers();
-        let key = signers
-            .active
-            .get(&self.settings.alg)
-            .filter(|k| k.signable_at <= now)
-            .ok_or_else(|| format!("no {} key may sign yet", self.settings.alg))?;
+        let alg = self.settings.alg;
+        let key = match signers.active.get(&alg) {
+            Some(k) if k.signable_at <= now => k,
+            Some(k) => return Err(NoToken::NotYet(alg, Some(k.signable_at))),
+            None => {
+                return Err(NoToken::NotYet(
+                    alg,
+                    signers.next_signable.get(&alg).copied(),
+                ));
+            }
+        };
         let minted = key
             .mint(
                 &self.rng,
@@ -642,7 +648,7 @@ impl IssuanceService {
                     ttl: MAX_TOKEN_TTL,
                 },
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NoToken::Unavailable(e.to_string()))?;
         self.metrics.minted(self.settings.alg);
         Ok((minted.token, key.kid.clone()))
     }
@@ -674,9 +680,27 @@ impl IssuanceService {
         delay.max(retry_after.unwrap_or_default())
     }
 
+    /// How many polls the schedule (from the poll interval, doubling, capped) makes within the
+    /// poll deadline. The deadline is counted in polls rather than on the wall clock, so that a
+    /// clock that jumps ahead (or a long downtime) does not cut the following of an issuance short.
+    fn polls_within_deadline(&self) -> u32 {
+        let (mut total, mut polls, mut delay) = (Duration::ZERO, 0u32, self.settings.poll_interval);
+        while total < self.settings.poll_deadline && polls < 100_000 {
+            total += delay;
+            polls += 1;
+            delay = (delay * 2).min(POLL_CAP);
+        }
+        polls.max(1)
+    }
+
+    /// Waits until the row's next attempt or poll is due, but never longer than the delay that
+    /// was scheduled (`next_attempt_at - updated_at`, both written under the same clock): a due
+    /// time written while the wall clock was ahead (a host that booted before NTP corrected it)
+    /// must not park the issuance for as long as the clock was wrong.
     async fn sleep_until_due(&self, row: &IssuanceRow) {
         if let Some(at) = row.next_attempt_at {
-            let secs = at - self.clock.now();
+            let scheduled = (at - row.updated_at).max(0);
+            let secs = (at - self.clock.now()).min(scheduled);
             if secs > 0 {
                 tokio::time::sleep(Duration::from_secs(secs as u64)).await;
             }
@@ -733,6 +757,22 @@ impl IssuanceService {
                 let result = airkit.issue_on_behalf(&token, &body).await;
                 self.count_upstream("issue", &result);
                 Some((result, kid))
+            }
+            Err(NoToken::NotYet(alg, until)) => {
+                // Nothing was sent: keyhost itself has no key that may sign yet (a key being
+                // replaced, a clock set back). That is not AIR Kit's failure: wait for the key
+                // without spending the retry budget.
+                row.attempts -= 1;
+                let now = self.clock.now();
+                let wait = until.map_or(5, |t| t - now).clamp(1, 60);
+                row.updated_at = now;
+                row.next_attempt_at = Some(now + wait);
+                row.last_error = Some(format!(
+                    "waiting for a signing key: no {alg} key may sign yet{}",
+                    until.map_or(String::new(), |t| format!(" (until {})", rfc3339(t)))
+                ));
+                self.save(row).await?;
+                return Ok(Some(Duration::from_secs(wait as u64)));
             }
             Err(why) => {
                 row.last_error = Some(format!("cannot mint a Partner JWT: {why}"));
@@ -898,9 +938,7 @@ impl IssuanceService {
             Err(why) => row.last_error = Some(format!("cannot mint a Partner JWT: {why}")),
         }
         row.updated_at = now;
-        if row.state == state::SUBMITTED
-            && now - row.submitted_at.unwrap_or(now) >= self.settings.poll_deadline.as_secs() as i64
-        {
+        if row.state == state::SUBMITTED && row.polls >= self.polls_within_deadline() {
             row.state = state::UNCONFIRMED.into();
             row.next_attempt_at = None;
             row.completed_at = Some(now);
@@ -979,6 +1017,17 @@ impl IssuanceService {
     }
 }
 
+/// Why no Partner JWT could be minted for an upstream call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NoToken {
+    /// No key of the algorithm may sign now; one may from the given time, if known.
+    #[error("no {0} key may sign yet")]
+    NotYet(Alg, Option<UnixTime>),
+    /// Something else (no partner id, a signing failure).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Why a status could not be proxied.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -992,7 +1041,7 @@ pub enum StatusError {
     UnknownHash,
     /// No token could be minted.
     #[error("cannot mint a Partner JWT: {0}")]
-    NoToken(String),
+    NoToken(NoToken),
     /// AIR Kit could not be reached, or its answer could not be used.
     #[error(
         "{what}: {0}",

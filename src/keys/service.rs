@@ -202,9 +202,11 @@ impl KeyService {
             .collect())
     }
 
-    /// Counts the served time since the last round against the published pending keys' leads
-    /// and the retired keys' graces (a server only; the first round of a process counts none,
-    /// so downtime never counts). Runs inside the round's transaction, on verified rows.
+    /// Counts the served time since the last count against the published pending keys' leads
+    /// and the retired keys' graces (a server only; the first count of a process counts none,
+    /// so downtime never counts). Runs inside the transaction of every round, and of every change
+    /// that starts a lead or a grace, before the change (so a new key is never credited with time
+    /// from before it existed), on verified rows.
     fn count_served(&self, tx: &Connection, keys: &[KeyRecord]) -> Result<(), KeyError> {
         if !self.serving {
             return Ok(());
@@ -333,6 +335,25 @@ impl KeyService {
                 .unwrap_or_default()
         };
         let (action, kid, detail) = match *t {
+            Transition::Reschedule {
+                id,
+                signable_at,
+                reason,
+            } => {
+                let before = keys.iter().find(|k| k.id == id).and_then(|k| k.signable_at);
+                store::keys::reschedule(tx, id, signable_at)?;
+                self.seal_row(tx, id)?;
+                tracing::warn!(kid = %kid_of(id), reason, "key rescheduled: the wall clock moved");
+                (
+                    "key.reschedule",
+                    kid_of(id),
+                    json!({
+                        "signableAt": rfc3339(signable_at),
+                        "was": before.map(rfc3339),
+                        "reason": reason,
+                    }),
+                )
+            }
             Transition::Publish { id, signable_at } => {
                 store::keys::publish(tx, id, now, signable_at)?;
                 self.seal_row(tx, id)?;
@@ -410,37 +431,6 @@ impl KeyService {
         if let Err(e) = result {
             tracing::warn!(error = %e, "WAL checkpoint after key destruction failed");
         }
-    }
-
-    /// Compensates a forward jump of the wall clock by `seconds` that real time did not pass:
-    /// pending keys wait that much longer before signing and retired keys stay published that
-    /// much longer, so neither the publish lead nor the grace is cut short in real time.
-    pub fn postpone_schedule(&self, seconds: i64, actor: &str) -> Result<usize, KeyError> {
-        self.store.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut moved = 0;
-            for k in self.trusted(store::keys::list(&tx)?) {
-                if store::keys::postpone(&tx, k.id, seconds)? {
-                    self.seal_row(&tx, k.id)?;
-                    moved += 1;
-                }
-            }
-            store::audit::record(
-                &tx,
-                self.clock.now(),
-                actor,
-                "clock.jump",
-                "keys",
-                &json!({"forwardSeconds": seconds, "rowsPostponed": moved}),
-            )?;
-            tx.commit()?;
-            tracing::warn!(
-                seconds,
-                moved,
-                "wall clock jumped forward; key schedule postponed"
-            );
-            Ok(moved)
-        })
     }
 
     /// Records that a server has served this store's JWKS (once; later calls are free).
@@ -545,6 +535,8 @@ impl KeyService {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 ?;
             let now = self.clock.now();
+            // Count what was served up to now first: the new key's lead starts now.
+            self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
             let keys = self.trusted(store::keys::list(&tx)?);
             let of_alg = |s: KeyState| keys.iter().filter(move |k| k.alg == alg && k.state == s);
             let mut revoked = Vec::new();
@@ -644,6 +636,8 @@ impl KeyService {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 ?;
             let now = self.clock.now();
+            // Count what was served up to now first: the key's grace starts now.
+            self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
             let (key, trusted) = self.find(&tx, kid)?;
             if !trusted {
                 return Err(KeyError::Conflict(format!(
@@ -737,6 +731,8 @@ impl KeyService {
         self.store.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = self.clock.now();
+            // Count what was served up to now first: the new key's lead starts now.
+            self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
             let keys = self.trusted(store::keys::list(&tx)?);
             let thumbprint = m.pair.public_jwk().thumbprint();
             if let Some(same) = keys
@@ -851,5 +847,33 @@ impl KeyService {
             }
         }
         Ok(opened)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+
+    #[test]
+    fn a_new_key_is_never_credited_with_time_served_before_it_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let config = Config::rooted_at(dir.path());
+        let keys = crate::startup::open(&config, clock.clone(), true)
+            .unwrap()
+            .keys;
+        keys.tick("test").unwrap();
+        keys.mark_served().unwrap();
+        // Fifty seconds pass with no round; then a rotation and a round.
+        clock.advance(50);
+        let rotated = keys.rotate(Alg::ES256, false, "test").unwrap().key;
+        assert_eq!(rotated.lead_remaining, keys.policy().publish_lead);
+        clock.advance(10);
+        keys.tick("test").unwrap();
+        let now = keys.list().unwrap();
+        let pending = now.iter().find(|k| k.id == rotated.id).unwrap();
+        assert_eq!(pending.lead_remaining, keys.policy().publish_lead - 10);
     }
 }

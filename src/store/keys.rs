@@ -294,19 +294,15 @@ pub fn master_key_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Moves a pending key's signing time, or a retired key's expiry, `seconds` later; false for a
-/// key in another state.
+/// Moves a pending or active key's earliest signing time (the wall clock moved).
 #[tracing::instrument(skip_all)]
-pub fn postpone(conn: &Connection, id: i64, seconds: i64) -> Result<bool, StoreError> {
+pub fn reschedule(conn: &Connection, id: i64, signable_at: UnixTime) -> Result<(), StoreError> {
     let n = conn.execute(
-        "UPDATE keys SET
-             signable_at = CASE WHEN state = 'pending' THEN signable_at + ?2 ELSE signable_at END,
-             expires_at = CASE WHEN state = 'retired' THEN expires_at + ?2 ELSE expires_at END
-         WHERE id = ?1 AND ((state = 'pending' AND signable_at IS NOT NULL)
-                            OR (state = 'retired' AND expires_at IS NOT NULL))",
-        params![id, seconds],
+        "UPDATE keys SET signable_at = ?2
+         WHERE id = ?1 AND state IN ('pending', 'active') AND signable_at IS NOT NULL",
+        params![id, signable_at],
     )?;
-    Ok(n == 1)
+    changed(n, id, "rescheduling")
 }
 
 /// Counts `seconds` of served time against a published pending key's lead, or a retired key's

@@ -196,7 +196,7 @@ async fn the_background_task_applies_a_due_transition_on_its_own() {
 }
 
 #[tokio::test]
-async fn a_forward_clock_jump_postpones_pending_keys_and_retired_keys_expiry() {
+async fn a_forward_clock_jump_reschedules_a_pending_key_and_shortens_no_grace() {
     let app = spawn_app().await;
     let lead = 24 * 3600;
     let grace = 3600;
@@ -206,21 +206,46 @@ async fn a_forward_clock_jump_postpones_pending_keys_and_retired_keys_expiry() {
     let retired = app.kids_in("retired").await;
     assert_eq!(retired.len(), 1);
     let pending = app.rotate("ES256", false).await;
-    assert_eq!(pending["key"]["signableAt"], rfc3339(T0 + 2 * lead));
+    let pending = pending["key"]["kid"].as_str().unwrap().to_owned();
 
-    let moved = app.state.keys.postpone_schedule(3600, "scheduler").unwrap();
-    assert_eq!(
-        moved, 2,
-        "the pending key's signableAt and the retired key's expiresAt"
-    );
+    // The wall clock jumps an hour ahead; no real time passes.
+    app.clock.jump(3600);
+    app.settle().await;
     let keys = app.keys().await;
     let find = |kid: &str| keys.iter().find(|k| k["kid"] == kid).unwrap().clone();
-    let pending = find(pending["key"]["kid"].as_str().unwrap());
-    assert_eq!(pending["signableAt"], rfc3339(T0 + 2 * lead + 3600));
-    let retired = find(&retired[0]);
-    assert_eq!(retired["expiresAt"], rfc3339(T0 + lead + grace + 3600));
+    let p = find(&pending);
+    assert_eq!(p["signableAt"], rfc3339(T0 + 2 * lead + 3600), "{p}");
+    assert_eq!(p["leadToServe"], lead);
+    // By the wall clock the retired key's grace is over; it was served none of it.
+    let r = find(&retired[0]);
+    assert_eq!(r["state"], "retired");
+    assert_eq!(r["expiresAt"], rfc3339(T0 + lead + grace));
+    assert_eq!(r["graceToServe"], grace);
+    assert!(app.jwks().await.to_string().contains(&retired[0]));
     let audit: Value = app.admin_json("/admin/audit").await;
-    assert_eq!(audit["entries"][0]["action"], "clock.jump");
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "key.reschedule" && e["subject"] == pending.as_str()),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_signs_keeps_signing_when_the_clock_goes_back_far() {
+    let app = spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let first = app.mint_ok(&key, json!({"email": "u@example.com"})).await["kid"].clone();
+    // A day back: the active key's signableAt would be a day ahead; it is rescheduled to now.
+    app.clock.jump(-24 * 3600);
+    app.settle().await;
+    let minted = app.mint_ok(&key, json!({"email": "u@example.com"})).await;
+    assert_eq!(minted["kid"], first);
+    let keys = app.keys().await;
+    let k = keys.iter().find(|k| k["kid"] == first).unwrap();
+    assert_eq!(k["signableAt"], rfc3339(T0 - 24 * 3600));
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod admin;
 mod airkit;
 mod cli;
 mod clock;
+mod crash;
 mod doctor;
 mod emulator;
 mod errors;

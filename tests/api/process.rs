@@ -20,6 +20,7 @@ pub struct Process {
     /// Base URL of the internal listener.
     pub internal: String,
     log: Arc<Mutex<Vec<Value>>>,
+    https: bool,
 }
 
 /// The environment every test process gets: data and keys under `dir`, loopback port 0, the test
@@ -48,6 +49,15 @@ impl Process {
     /// Starts `keyhost serve` with `env`, through `prefix` (a wrapper command such as
     /// `["bash", "-c", "ulimit -n 128 && exec \"$0\" \"$@\""]`, or none), and waits until it serves.
     pub fn start(env: &[(String, String)], prefix: &[&str]) -> Self {
+        let mut p = Self::spawn(env, prefix);
+        if let Err(why) = p.wait_serving(Duration::from_secs(60)) {
+            panic!("{why}");
+        }
+        p
+    }
+
+    /// Starts `keyhost serve` without waiting for it (to kill it while it starts).
+    pub fn spawn(env: &[(String, String)], prefix: &[&str]) -> Self {
         let mut command = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -67,47 +77,58 @@ impl Process {
         let mut child = command.spawn().expect("starts keyhost");
         let stderr = child.stderr.take().expect("piped");
         let log: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let (tx, rx) = std::sync::mpsc::channel();
         {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                    if value["message"] == "keyhost serving" {
-                        let _ = tx.send((value["public"].clone(), value["internal"].clone()));
-                    }
                     log.lock().unwrap().push(value);
                 }
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let https = env.iter().any(|(k, _)| k == "KEYHOST_TLS_CERT");
+        Self {
+            child,
+            public: String::new(),
+            internal: String::new(),
+            log,
+            https,
+        }
+    }
+
+    /// Waits until the process logs that it serves (and learns its addresses), or fails with
+    /// what it logged.
+    pub fn wait_serving(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok((public, internal)) => {
-                    let scheme = if env.iter().any(|(k, _)| k == "KEYHOST_TLS_CERT") {
-                        "https"
-                    } else {
-                        "http"
-                    };
-                    return Self {
-                        child,
-                        public: format!("{scheme}://{}", public.as_str().unwrap()),
-                        internal: format!("http://{}", internal.as_str().unwrap()),
-                        log,
-                    };
-                }
-                Err(_) => {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        std::thread::sleep(Duration::from_millis(100));
-                        panic!(
-                            "keyhost exited with {status} before serving: {:?}",
-                            log.lock().unwrap()
-                        );
-                    }
-                    assert!(Instant::now() < deadline, "keyhost did not start in 60 s");
-                }
+            let serving = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l["message"] == "keyhost serving")
+                .cloned();
+            if let Some(line) = serving {
+                let scheme = if self.https { "https" } else { "http" };
+                self.public = format!("{scheme}://{}", line["public"].as_str().unwrap());
+                self.internal = format!("http://{}", line["internal"].as_str().unwrap());
+                return Ok(());
             }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!(
+                    "keyhost exited with {status} before serving: {:?}",
+                    self.log.lock().unwrap()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "keyhost did not serve within {limit:?}: {:?}",
+                    self.log.lock().unwrap()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
