@@ -316,7 +316,8 @@ impl Application {
             None,
             internal_bounds,
             state.metrics.clone(),
-        );
+        )
+        .with_peer_address();
         Ok(Self {
             state,
             _instance_lock: instance_lock,

@@ -304,6 +304,9 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     bounds: Bounds,
     metrics: Arc<Metrics>,
+    /// Whether requests carry the peer's address (`ConnectInfo`); the public listener's routes
+    /// need none, and it saves them an allocation each.
+    peer_address: bool,
 }
 
 static ACCEPT_FAILURES: LogLimiter = LogLimiter::new(Duration::from_secs(10));
@@ -325,7 +328,15 @@ impl Server {
             tls: tls.map(TlsAcceptor::from),
             bounds,
             metrics,
+            peer_address: false,
         }
+    }
+
+    /// Gives every request the peer's address as `ConnectInfo<SocketAddr>` (for per-address
+    /// throttling).
+    pub fn with_peer_address(mut self) -> Self {
+        self.peer_address = true;
+        self
     }
 
     /// The bound address.
@@ -374,7 +385,7 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let conn = Connection {
-                peer,
+                peer: self.peer_address.then_some(peer),
                 slot,
                 router: router.clone(),
                 bounds: self.bounds.clone(),
@@ -402,7 +413,8 @@ async fn stopped(flag: &mut watch::Receiver<bool>) {
 
 /// One accepted connection and what it needs to serve itself.
 struct Connection {
-    peer: SocketAddr,
+    /// The peer, when requests are to carry it.
+    peer: Option<SocketAddr>,
     slot: Slot,
     router: Router,
     bounds: Bounds,
@@ -439,11 +451,11 @@ impl Connection {
                     done = handshake => match done {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
-                            tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                            tracing::debug!("TLS handshake timed out");
                             return;
                         }
                     },
@@ -467,7 +479,9 @@ impl Connection {
             .map_request(move |req: Request<Incoming>| {
                 busy.busy.fetch_add(1, Ordering::Relaxed);
                 let mut req = req.map(Body::new);
-                req.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(peer) = peer {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                }
                 req
             })
             .map_response({
@@ -489,7 +503,7 @@ impl Connection {
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
-                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                        tracing::debug!(error = %e, "connection ended with an error");
                     }
                     return;
                 }

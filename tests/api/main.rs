@@ -6,6 +6,7 @@ mod airkit;
 mod cli;
 mod clock;
 mod crash;
+mod docs;
 mod doctor;
 mod emulator;
 mod errors;
