@@ -46,6 +46,7 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use super::throttle::source_of;
 use crate::metrics::Metrics;
 use crate::telemetry::LogLimiter;
 
@@ -128,19 +129,6 @@ pub fn fit_connection_limits(
     let internal = internal.min((budget / 4).max(1));
     let public = public.min(budget - internal);
     Ok((public, internal))
-}
-
-/// The group a source address counts in: the address itself for IPv4, its /64 for IPv6 (one
-/// host usually holds a whole /64).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            IpAddr::from(octets)
-        }
-        v4 => v4,
-    }
 }
 
 /// One open connection as the limiter sees it.

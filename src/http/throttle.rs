@@ -48,8 +48,10 @@ pub struct AuthThrottle {
     tracked: AtomicUsize,
 }
 
-/// The group an address is throttled in: itself for IPv4, its /64 for IPv6.
-fn group(ip: IpAddr) -> IpAddr {
+/// The group a source address counts in, for throttling and for connection shedding: the
+/// address itself for IPv4 (an IPv4-mapped IPv6 address is the IPv4 one), its /64 for IPv6 (one
+/// host usually holds a whole /64).
+pub fn source_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let mut octets = v6.octets();
@@ -81,7 +83,7 @@ impl AuthThrottle {
             return Ok(());
         }
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(bucket) = buckets.get(&group(ip)) else {
+        let Some(bucket) = buckets.get(&source_of(ip)) else {
             return Ok(());
         };
         let tokens = self.refilled(*bucket, Instant::now());
@@ -96,14 +98,14 @@ impl AuthThrottle {
     pub fn failed(&self, ip: IpAddr) {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&group(ip)) {
+        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&source_of(ip)) {
             let limit = self.limit;
             buckets.retain(|_, b| self.refilled(*b, now) < limit);
             if buckets.len() * 10 >= MAX_TRACKED * 9 {
                 buckets.clear();
             }
         }
-        let entry = buckets.entry(group(ip)).or_insert(Bucket {
+        let entry = buckets.entry(source_of(ip)).or_insert(Bucket {
             tokens: self.limit,
             updated: now,
         });

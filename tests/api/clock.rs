@@ -75,7 +75,10 @@ async fn a_clock_ten_minutes_off_air_kits_is_measured_reported_and_makes_keyhost
         .unwrap();
     // keyhost's (manual) clock stood still since the start: a few more seconds behind.
     let behind = keyhost::clock::Clock::now(&keyhost::clock::SystemClock) - app.now();
-    assert!((-602 - behind..=-598).contains(&skew), "{skew} ({behind} s)");
+    assert!(
+        (-602 - behind..=-598).contains(&skew),
+        "{skew} ({behind} s)"
+    );
     let ready = app
         .http
         .get(format!("{}/readyz", app.internal))
