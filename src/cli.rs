@@ -56,6 +56,12 @@ pub enum Command {
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// The MACs that authenticate the rows keyhost trusts.
+    Integrity {
+        /// Integrity command.
+        #[command(subcommand)]
+        command: IntegrityCommand,
+    },
     /// Run a local stand-in for AIR Kit's Issue-on-Behalf API (tests, demos, development).
     AirkitEmulator(crate::emulator::EmulatorArgs),
     /// Check a JWKS URL (and a Partner JWT) against AIR Kit's troubleshooting list.
@@ -115,6 +121,18 @@ pub enum ClientsCommand {
     Disable {
         /// Client id.
         id: String,
+    },
+}
+
+/// `keyhost integrity ...`
+#[derive(Debug, Subcommand)]
+pub enum IntegrityCommand {
+    /// Give the rows of a store from before row authentication their MACs (once, after
+    /// checking the list it prints without --yes).
+    AcceptLegacyRows {
+        /// Write the MACs (without it, only list the rows).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -186,10 +204,39 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let opened = startup::open(&config, clock.clone(), false)?;
-    let (store, keys) = (opened.store, opened.keys);
+    let (store, keys, legacy) = (opened.store, opened.keys, opened.legacy);
+    if let Command::Integrity {
+        command: IntegrityCommand::AcceptLegacyRows { yes },
+    } = command
+    {
+        let Some(legacy) = legacy else {
+            bail!("{}", crate::integrity::AcceptError::NotLegacy);
+        };
+        if !yes {
+            print(&json!({
+                "rowsWithoutMac": legacy.without_mac,
+                "next": "check that these rows are your keys, clients, issuances and mappings, then run again with --yes",
+            }));
+            return Ok(());
+        }
+        let accepted =
+            crate::integrity::accept_legacy_rows(&store, keys.row_auth(), clock.now(), &actor())?;
+        print(&json!({ "authenticated": accepted }));
+        return Ok(());
+    }
+    if let Some(legacy) = &legacy {
+        eprintln!(
+            "keyhost: warning: {} rows predate row authentication and are not trusted; see `keyhost integrity accept-legacy-rows`",
+            legacy.without_mac.len()
+        );
+    }
     let actor = actor();
     match command {
-        Command::Serve | Command::Migrate | Command::AirkitEmulator(_) | Command::Doctor(_) => {
+        Command::Serve
+        | Command::Migrate
+        | Command::Integrity { .. }
+        | Command::AirkitEmulator(_)
+        | Command::Doctor(_) => {
             unreachable!("handled above")
         }
         Command::Keys { command } => match command {

@@ -19,6 +19,10 @@
 //!   progress); a KYC subject mapping; the stored admin token hash.
 //! - What is not: rolling a row back to an earlier state it really had (from a backup) passes,
 //!   since the MAC was real then. Deleting rows is a denial of service, not a forgery.
+//! - A store from before row authentication is never authenticated behind anyone's back: a
+//!   database writer can make any store look like one (delete the marker, clear the MACs, even
+//!   rebuild the old schema), so its rows get their MACs only on an operator's word
+//!   (`keyhost integrity accept-legacy-rows`), and the server refuses to start until then.
 
 use aws_lc_rs::hmac;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +35,7 @@ use crate::keys::KeyRecord;
 use crate::metrics::TableLabel;
 use crate::store::clients::ClientRow;
 use crate::store::issuances::IssuanceRow;
+use crate::store::keys::StoredKey;
 use crate::store::{self, Store, StoreError};
 
 /// Derives the MAC key and checks rows with it.
@@ -157,6 +162,18 @@ impl RowAuth {
         self.verify("key", &Self::key_fields(k, &jwk, master_key_id), mac)
     }
 
+    /// Whether a stored key row is authentic: its MAC verifies, and it holds a sealed private key
+    /// exactly when its state is live (the schema says so too, but a writer can switch its checks
+    /// off).
+    pub fn stored_key_ok(&self, row: &StoredKey) -> bool {
+        row.record.state.is_live() == row.sealed
+            && self.key_ok(
+                &row.record,
+                row.master_key_id.as_deref(),
+                row.mac.as_deref(),
+            )
+    }
+
     fn client_fields<'a>(c: &'a ClientRow, scopes: &'a str) -> [Field<'a>; 6] {
         [
             Field::Text(&c.id),
@@ -236,81 +253,151 @@ impl RowAuth {
     }
 }
 
-/// Gives every row written before rows carried MACs its MAC, once per store: the first time a
-/// keyhost holding the master key opens it (server or CLI; concurrent first opens are serialised
-/// by the write lock). From then on a row without a valid MAC is never trusted. Returns how many
-/// rows it authenticated (0 on every later open).
-pub fn authenticate_legacy_rows(
-    store: &Store,
-    auth: &RowAuth,
-    now: UnixTime,
-) -> Result<usize, StoreError> {
+/// The rows of a store that carry no MAC, and how many do.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Rows without a MAC, described (`key 3 (kid …)`, `client …`).
+    pub without_mac: Vec<String>,
+    /// Rows with one.
+    pub with_mac: usize,
+}
+
+fn survey(tx: &rusqlite::Transaction<'_>) -> Result<Survey, StoreError> {
+    let mut survey = Survey::default();
+    let mut count = |has_mac: bool, what: String| {
+        if has_mac {
+            survey.with_mac += 1;
+        } else {
+            survey.without_mac.push(what);
+        }
+    };
+    for row in store::keys::list(tx)? {
+        count(
+            row.mac.is_some(),
+            format!(
+                "key {} ({}, {})",
+                row.record.id,
+                row.record.kid,
+                row.record.state.as_str()
+            ),
+        );
+    }
+    for row in store::clients::list(tx)? {
+        count(
+            row.mac.is_some(),
+            format!("client {} ({})", row.id, row.name),
+        );
+    }
+    for row in store::issuances::without_mac(tx)? {
+        count(false, format!("issuance {} ({})", row.id, row.email));
+    }
+    for s in store::kyc::subjects(tx)? {
+        count(
+            s.mac.is_some(),
+            format!("KYC subject {} → {}", s.client_id, s.email),
+        );
+    }
+    if let Some(setting) = store::settings::get_with_mac(tx, store::settings::ADMIN_TOKEN_SHA256)? {
+        count(setting.mac.is_some(), "the stored admin token hash".into());
+    }
+    Ok(survey)
+}
+
+/// Records that the store's rows are authenticated, when that is safe without anyone's word:
+/// a new store, or one whose rows keyhost authenticated before (a row without a MAC there was
+/// written behind its back and stays untrusted). Returns the survey of a store whose rows all
+/// predate row authentication: those need an operator's word
+/// ([`accept_legacy_rows`]), since a database writer can make any store look like that.
+pub fn settle(store: &Store, now: UnixTime) -> Result<Option<Survey>, StoreError> {
     store.with(|c| {
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if store::settings::get(&tx, store::settings::ROW_MACS_SINCE)?.is_some() {
-            return Ok(0);
+            return Ok(None);
         }
-        let mut keys = 0;
-        for row in store::keys::list(&tx)?.iter().filter(|r| r.mac.is_none()) {
+        let survey = survey(&tx)?;
+        if !survey.without_mac.is_empty() && survey.with_mac == 0 {
+            return Ok(Some(survey));
+        }
+        if survey.with_mac > 0 {
+            tracing::error!(
+                rows_without_mac = survey.without_mac.len(),
+                "the setting that records when rows were first authenticated was missing from a \
+                 store whose rows carry MACs: someone changed the database; rows without a MAC \
+                 stay untrusted"
+            );
+        }
+        store::settings::set(&tx, store::settings::ROW_MACS_SINCE, &now.to_string())?;
+        tx.commit()?;
+        Ok(None)
+    })
+}
+
+/// Why rows from before row authentication were not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The store's rows are authenticated already.
+    #[error(
+        "this store's rows are authenticated already; rows without a MAC in it were written \
+         behind keyhost's back and stay untrusted"
+    )]
+    NotLegacy,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Gives every row of a store from before row authentication its MAC: the operator's one-time
+/// word that the rows in it are keyhost's (`keyhost integrity accept-legacy-rows`). Refused for a
+/// store whose rows were authenticated before. Returns the rows it authenticated.
+pub fn accept_legacy_rows(
+    store: &Store,
+    auth: &RowAuth,
+    now: UnixTime,
+    actor: &str,
+) -> Result<Vec<String>, AcceptError> {
+    store.with(|c| {
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let surveyed = survey(&tx)?;
+        if store::settings::get(&tx, store::settings::ROW_MACS_SINCE)?.is_some()
+            || surveyed.with_mac > 0
+        {
+            return Err(AcceptError::NotLegacy);
+        }
+        for row in store::keys::list(&tx)? {
             let mac = auth.key_mac(&row.record, row.master_key_id.as_deref());
             store::keys::set_mac(&tx, row.record.id, &mac)?;
-            keys += 1;
         }
-        let mut clients = 0;
-        for row in store::clients::list(&tx)?
-            .iter()
-            .filter(|r| r.mac.is_none())
-        {
-            store::clients::set_mac(&tx, &row.id, &auth.client_mac(row))?;
-            clients += 1;
+        for row in store::clients::list(&tx)? {
+            store::clients::set_mac(&tx, &row.id, &auth.client_mac(&row))?;
         }
-        let mut issuances = 0;
         for row in store::issuances::without_mac(&tx)? {
             store::issuances::set_mac(&tx, &row.id, &auth.issuance_mac(&row))?;
-            issuances += 1;
         }
-        let mut subjects = 0;
-        for s in store::kyc::subjects(&tx)?
-            .iter()
-            .filter(|s| s.mac.is_none())
-        {
+        for s in store::kyc::subjects(&tx)? {
             store::kyc::set_subject_mac(
                 &tx,
                 &s.client_id,
                 &auth.subject_mac(&s.client_id, &s.email),
             )?;
-            subjects += 1;
         }
-        let mut settings = 0;
         let name = store::settings::ADMIN_TOKEN_SHA256;
-        if let Some(store::settings::Authenticated { value, mac: None }) =
-            store::settings::get_with_mac(&tx, name)?
-        {
-            store::settings::set_with_mac(&tx, name, &value, &auth.setting_mac(name, &value))?;
-            settings += 1;
+        if let Some(setting) = store::settings::get_with_mac(&tx, name)? {
+            let mac = auth.setting_mac(name, &setting.value);
+            store::settings::set_with_mac(&tx, name, &setting.value, &mac)?;
         }
         store::settings::set(&tx, store::settings::ROW_MACS_SINCE, &now.to_string())?;
-        let total = keys + clients + issuances + subjects + settings;
-        if total > 0 {
-            store::audit::record(
-                &tx,
-                now,
-                "system",
-                "integrity.init",
-                "store",
-                &json!({
-                    "keys": keys, "clients": clients, "issuances": issuances,
-                    "kycSubjects": subjects, "settings": settings,
-                    "note": "rows written before v4 were given their MAC once",
-                }),
-            )?;
-            tracing::info!(
-                total,
-                "rows written by an older keyhost were given their MAC"
-            );
-        }
-        tx.commit()?;
-        Ok(total)
+        store::audit::record(
+            &tx,
+            now,
+            actor,
+            "integrity.accept-legacy-rows",
+            "store",
+            &json!({"rows": surveyed.without_mac.len()}),
+        )?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(surveyed.without_mac)
     })
 }
 

@@ -35,6 +35,9 @@ pub struct Opened {
     pub store: Arc<Store>,
     /// Key operations.
     pub keys: Arc<KeyService>,
+    /// Rows from before row authentication, waiting for an operator's word (see
+    /// [`crate::integrity::settle`]).
+    pub legacy: Option<crate::integrity::Survey>,
 }
 
 /// Opens the store, finds the master key and checks that it opens every stored private key.
@@ -75,14 +78,7 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
             tracing::info!(id = master.id(), "master key taken from KEYHOST_MASTER_KEY")
         }
     }
-    let authenticated =
-        crate::integrity::authenticate_legacy_rows(&store, master.row_auth(), clock.now())?;
-    if authenticated > 0 {
-        tracing::info!(
-            rows = authenticated,
-            "rows written before keyhost authenticated its rows were given their MAC"
-        );
-    }
+    let legacy = crate::integrity::settle(&store, clock.now())?;
     let keys = Arc::new(KeyService::new(
         store.clone(),
         Arc::new(master),
@@ -91,10 +87,14 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
         serving,
     ));
     let opened = keys.verify_all().context(
-        "the master key does not open the stored private keys; refusing to start (nothing was changed)",
+        "opening the stored private keys failed; refusing to start (nothing was changed)",
     )?;
     tracing::debug!(opened, "stored private keys verified");
-    Ok(Opened { store, keys })
+    Ok(Opened {
+        store,
+        keys,
+        legacy,
+    })
 }
 
 /// Takes an exclusive lock on `data_dir/keyhost.lock`, so that two servers never drive the same
@@ -160,6 +160,15 @@ impl Application {
         let (cfg, clk) = (config.clone(), clock.clone());
         let (opened, admin) = tokio::task::spawn_blocking(move || {
             let opened = open(&cfg, clk, true)?;
+            if let Some(legacy) = &opened.legacy {
+                anyhow::bail!(
+                    "the store's {} rows predate row authentication (every row keyhost trusts now \
+                     carries a MAC, so that a database writer without the master key cannot forge \
+                     one). Check them, then give them their MACs once with `keyhost integrity \
+                     accept-legacy-rows --yes` (it lists them); refusing to start until then",
+                    legacy.without_mac.len()
+                );
+            }
             let (admin, source) =
                 AdminToken::resolve(
                     cfg.admin_token.as_ref(),

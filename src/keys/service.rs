@@ -152,11 +152,7 @@ impl KeyService {
         let auth = self.row_auth();
         let (mut trusted, mut failed) = (Vec::with_capacity(rows.len()), Vec::new());
         for row in rows {
-            if auth.key_ok(
-                &row.record,
-                row.master_key_id.as_deref(),
-                row.mac.as_deref(),
-            ) {
+            if auth.stored_key_ok(&row) {
                 trusted.push(row.record);
             } else {
                 failed.push(format!("{} (row {})", row.record.kid, row.record.id));
@@ -196,7 +192,7 @@ impl KeyService {
         Ok(rows
             .into_iter()
             .map(|r| {
-                let ok = auth.key_ok(&r.record, r.master_key_id.as_deref(), r.mac.as_deref());
+                let ok = auth.stored_key_ok(&r);
                 (r.record, ok)
             })
             .collect())
@@ -613,7 +609,7 @@ impl KeyService {
         let rows = store::keys::find_by_kid(c, kid)?;
         let auth = self.row_auth();
         let mut checked = rows.into_iter().map(|r| {
-            let ok = auth.key_ok(&r.record, r.master_key_id.as_deref(), r.mac.as_deref());
+            let ok = auth.stored_key_ok(&r);
             (r.record, ok)
         });
         let first = checked

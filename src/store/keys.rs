@@ -9,7 +9,8 @@ use crate::keys::{Alg, KeyRecord, KeyState, Origin};
 
 const COLUMNS: &str = "id, kid, alg, state, origin, bits, public_jwk, created_at, published_at, \
                        signable_at, activated_at, retired_at, expires_at, revoked_at, \
-                       lead_remaining, grace_remaining, master_key_id, mac";
+                       lead_remaining, grace_remaining, master_key_id, mac, \
+                       private_key_enc IS NOT NULL";
 
 /// A key row as stored: the record, the master key that sealed it and its MAC (both checked by
 /// the service, never here).
@@ -21,6 +22,8 @@ pub struct StoredKey {
     pub master_key_id: Option<String>,
     /// The row's MAC (`None` for a row written by nobody that holds the master key).
     pub mac: Option<Vec<u8>>,
+    /// Whether the row holds a sealed private key.
+    pub sealed: bool,
 }
 
 /// A key about to be inserted.
@@ -82,6 +85,7 @@ fn stored(r: &Row<'_>) -> Result<StoredKey, rusqlite::Error> {
         record: record(r)?,
         master_key_id: r.get(16)?,
         mac: r.get(17)?,
+        sealed: r.get(18)?,
     })
 }
 

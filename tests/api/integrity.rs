@@ -348,8 +348,21 @@ async fn an_issuance_or_a_kyc_mapping_inserted_behind_keyhosts_back_is_never_act
     assert_eq!(subjects["subjects"][0]["integrity"], "failed");
 }
 
+/// Runs the keyhost CLI on `app`'s directories.
+fn cli(app_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYHOST_DATA_DIR", app_dir.join("data"))
+        .env("KEYHOST_KEYS_DIR", app_dir.join("keys"))
+        .env("KEYHOST_PARTNER_ID", PARTNER_ID)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
-async fn rows_written_before_they_carried_macs_are_authenticated_once_at_the_first_start() {
+async fn a_store_from_before_row_macs_is_refused_until_an_operator_accepts_its_rows() {
     let app = spawn_app().await;
     let (_, api_key) = app.create_client(&["issue"]).await;
     let kids = app.jwks().await["keys"].clone();
@@ -364,6 +377,30 @@ async fn rows_written_before_they_carried_macs_are_authenticated_once_at_the_fir
     }
     let (dir, clock) = app.stop().await;
     let config = test_config(dir.path());
+    let refused = start(dir.clone(), clock.clone(), config.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("keyhost integrity accept-legacy-rows"),
+        "{refused:#}"
+    );
+    // Without --yes the command only lists the rows.
+    let listed = cli(dir.path(), &["integrity", "accept-legacy-rows"]);
+    assert!(listed.status.success());
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["rowsWithoutMac"].as_array().unwrap().len(),
+        3,
+        "{listed}"
+    );
+    assert!(
+        start(dir.clone(), clock.clone(), config.clone())
+            .await
+            .is_err()
+    );
+    let accepted = cli(dir.path(), &["integrity", "accept-legacy-rows", "--yes"]);
+    assert!(accepted.status.success(), "{:?}", accepted);
     let app = start(dir, clock, config.clone()).await.unwrap();
     assert_eq!(app.jwks().await["keys"], kids);
     app.mint_ok(&api_key, json!({"email": "u@example.com"}))
@@ -374,7 +411,7 @@ async fn rows_written_before_they_carried_macs_are_authenticated_once_at_the_fir
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["action"] == "integrity.init"),
+            .any(|e| e["action"] == "integrity.accept-legacy-rows"),
         "{audit}"
     );
     // Once: a row without a MAC written later is not trusted, even across a restart.
@@ -385,4 +422,56 @@ async fn rows_written_before_they_carried_macs_are_authenticated_once_at_the_fir
     let app = start(dir, clock, config).await.unwrap();
     let res = app.mint(&api_key, json!({"email": "u@example.com"})).await;
     assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn deleting_the_marker_never_authenticates_forged_rows_not_even_through_the_cli() {
+    let app = spawn_app().await;
+    let secret = "chosen-secret-chosen-secret-chosen-secret";
+    let conn = db(&app);
+    conn.execute(
+        "INSERT INTO clients (id, name, scopes, secret_hash, created_at)
+         VALUES ('0123456789abcdef', 'forged', '[\"issue\"]', ?1, 0)",
+        [digest(&SHA256, secret.as_bytes()).as_ref().to_vec()],
+    )
+    .unwrap();
+    // A retired row with the attacker's key and no private key at all, written with the
+    // schema's checks switched off.
+    let m = keyhost::keys::material::generate(Alg::ES256, 2048).unwrap();
+    conn.execute_batch("PRAGMA ignore_check_constraints = 1;")
+        .unwrap();
+    conn.execute(
+        "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, created_at, published_at,
+                           signable_at, retired_at, expires_at)
+         VALUES ('evil-kid', 'ES256', 'retired', 'imported', 256, ?1, 0, 0, 0, 0, 4000000000)",
+        [serde_json::to_string(&m.pair.public_jwk()).unwrap()],
+    )
+    .unwrap();
+    conn.execute("DELETE FROM settings WHERE name = 'row_macs_since'", [])
+        .unwrap();
+    drop(conn);
+    // A CLI command run meanwhile authenticates nothing.
+    let listed = cli(app.dir.path(), &["clients", "list"]);
+    assert!(listed.status.success());
+    let refused = cli(
+        app.dir.path(),
+        &["integrity", "accept-legacy-rows", "--yes"],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("authenticated already"));
+    // Nor does a restart: the store's other rows carry MACs, so it is no old store.
+    let (dir, clock) = app.stop().await;
+    let config = test_config(dir.path());
+    let app = start(dir, clock, config).await.unwrap();
+    let res = app
+        .mint(
+            &format!("khc_0123456789abcdef_{secret}"),
+            json!({"email": "u@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 401);
+    assert!(!app.jwks().await.to_string().contains("evil-kid"));
+    let keys = app.keys().await;
+    let evil = keys.iter().find(|k| k["kid"] == "evil-kid").unwrap();
+    assert_eq!(evil["integrity"], "failed");
 }
