@@ -132,15 +132,20 @@ impl ClientRegistry {
     /// Reloads every client from the store; a row failing its integrity check is left out and
     /// reported.
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let rows = store.with(|c| store::clients::list(c))?;
+        let found = store.with(|c| store::clients::list(c))?;
         let (rows, forged): (Vec<_>, Vec<_>) =
-            rows.into_iter().partition(|r| self.auth.client_ok(r));
-        self.auth.failures.table("clients").set(forged.len() as i64);
+            found.rows.into_iter().partition(|r| self.auth.client_ok(r));
+        let failing = forged.len() + found.unreadable.len();
+        self.auth.failures.table("clients").set(failing as i64);
         static REPORTS: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(60));
-        if !forged.is_empty()
+        if failing > 0
             && let Some(suppressed) = REPORTS.allow()
         {
-            let ids: Vec<&str> = forged.iter().map(|r| r.id.as_str()).collect();
+            let ids: Vec<&str> = forged
+                .iter()
+                .map(|r| r.id.as_str())
+                .chain(found.unreadable.iter().map(|u| u.id.as_str()))
+                .collect();
             tracing::error!(
                 clients = %ids.join(", "),
                 suppressed,
@@ -166,6 +171,16 @@ impl ClientRegistry {
             .collect();
         self.clients.store(Arc::new(map));
         Ok(())
+    }
+
+    /// Stops the client `id` from authenticating at once, without reading the store (a disabling
+    /// takes effect even if the reload that follows it fails).
+    pub fn withdraw(&self, id: &str) {
+        self.clients.rcu(|map| {
+            let mut map = (**map).clone();
+            map.remove(id);
+            map
+        });
     }
 
     /// The client holding `api_key`.

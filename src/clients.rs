@@ -133,7 +133,7 @@ pub fn create(
 
 /// Every client, each flagged if its row fails its integrity check.
 pub fn list(store: &Store, auth: &RowAuth) -> Result<Vec<ClientView>, ClientError> {
-    let rows = store.with(|c| store::clients::list(c))?;
+    let rows = store.with(|c| store::clients::list(c))?.rows;
     Ok(rows
         .iter()
         .map(|r| ClientView {

@@ -271,21 +271,28 @@ fn survey(tx: &rusqlite::Transaction<'_>) -> Result<Survey, StoreError> {
             survey.without_mac.push(what);
         }
     };
-    for row in store::keys::list(tx)? {
+    let keys = store::keys::list(tx)?;
+    for row in &keys.rows {
+        let state = row.record.state.as_str();
         count(
             row.mac.is_some(),
-            format!(
-                "key {} ({}, {})",
-                row.record.id,
-                row.record.kid,
-                row.record.state.as_str()
-            ),
+            format!("key {} ({}, {state})", row.record.id, row.record.kid),
         );
     }
-    for row in store::clients::list(tx)? {
+    for bad in &keys.unreadable {
+        count(false, format!("key {} (unreadable: {})", bad.id, bad.why));
+    }
+    let clients = store::clients::list(tx)?;
+    for row in &clients.rows {
         count(
             row.mac.is_some(),
             format!("client {} ({})", row.id, row.name),
+        );
+    }
+    for bad in &clients.unreadable {
+        count(
+            false,
+            format!("client {} (unreadable: {})", bad.id, bad.why),
         );
     }
     for row in store::issuances::without_mac(tx)? {
@@ -365,11 +372,12 @@ pub fn accept_legacy_rows(
         {
             return Err(AcceptError::NotLegacy);
         }
-        for row in store::keys::list(&tx)? {
+        // Unreadable rows get no MAC: they stay out, reported.
+        for row in store::keys::list(&tx)?.rows {
             let mac = auth.key_mac(&row.record, row.master_key_id.as_deref());
             store::keys::set_mac(&tx, row.record.id, &mac)?;
         }
-        for row in store::clients::list(&tx)? {
+        for row in store::clients::list(&tx)?.rows {
             store::clients::set_mac(&tx, &row.id, &auth.client_mac(&row))?;
         }
         for row in store::issuances::without_mac(&tx)? {

@@ -447,7 +447,10 @@ async fn disable_client(
         state.clock.now(),
         state.row_auth.clone(),
     );
-    let view = blocking(move || clients::disable(&store, &auth, now, &id, ACTOR)).await?;
+    let disabled = id.clone();
+    let view = blocking(move || clients::disable(&store, &auth, now, &disabled, ACTOR)).await?;
+    // At once, even if the reload that follows fails.
+    state.clients.withdraw(&id);
     reload_clients(&state).await?;
     Ok(Json(json!({ "client": view })))
 }

@@ -482,9 +482,14 @@ impl IssuanceService {
         if self.airkit.is_none() {
             return Ok(0);
         }
-        let rows = self
+        let found = self
             .blocking(|s| s.with(|c| store::issuances::unfinished(c)))
             .await?;
+        for bad in &found.unreadable {
+            self.row_auth.failures.table("issuances").inc();
+            tracing::error!(issuance = %bad.id, why = %bad.why, "an unfinished issuance cannot be read; it is left alone");
+        }
+        let rows = found.rows;
         for row in &rows {
             self.spawn(row.id.clone());
         }
@@ -1007,8 +1012,13 @@ impl IssuanceService {
         state: Option<String>,
         limit: u32,
     ) -> Result<Vec<IssuanceRow>, StoreError> {
-        self.blocking(move |s| s.with(|c| store::issuances::list(c, state.as_deref(), limit)))
-            .await
+        let found = self
+            .blocking(move |s| s.with(|c| store::issuances::list(c, state.as_deref(), limit)))
+            .await?;
+        for bad in &found.unreadable {
+            tracing::error!(issuance = %bad.id, why = %bad.why, "an issuance cannot be read; it is left out");
+        }
+        Ok(found.rows)
     }
 
     /// The time source.

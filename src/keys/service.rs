@@ -24,7 +24,7 @@ use super::{Alg, KeyRecord, KeyState, Origin};
 use crate::clock::{Clock, UnixTime, rfc3339};
 use crate::integrity::RowAuth;
 use crate::store::keys::StoredKey;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Rows, Store, StoreError};
 use crate::telemetry::LogLimiter;
 
 /// Why a key operation failed.
@@ -146,12 +146,16 @@ impl KeyService {
         self.master.row_auth()
     }
 
-    /// The records among `rows` whose MAC verifies; the others are counted in
-    /// `keyhost_integrity_failures{table="keys"}` and logged (at most once a minute).
-    fn trusted(&self, rows: Vec<StoredKey>) -> Vec<KeyRecord> {
+    /// The records among `rows` whose MAC verifies; the others, and rows that cannot be read,
+    /// are counted in `keyhost_integrity_failures{table="keys"}` and logged (at most once a
+    /// minute).
+    fn trusted(&self, rows: Rows<StoredKey>) -> Vec<KeyRecord> {
         let auth = self.row_auth();
-        let (mut trusted, mut failed) = (Vec::with_capacity(rows.len()), Vec::new());
-        for row in rows {
+        let (mut trusted, mut failed) = (Vec::with_capacity(rows.rows.len()), Vec::new());
+        for bad in rows.unreadable {
+            failed.push(format!("row {} (unreadable: {})", bad.id, bad.why));
+        }
+        for row in rows.rows {
             if auth.stored_key_ok(&row) {
                 trusted.push(row.record);
             } else {
@@ -190,6 +194,7 @@ impl KeyService {
         let rows = self.store.with(|c| store::keys::list(c))?;
         let auth = self.row_auth();
         Ok(rows
+            .rows
             .into_iter()
             .map(|r| {
                 let ok = auth.stored_key_ok(&r);

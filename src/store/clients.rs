@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{Rows, StoreError, read_rows};
 use crate::clock::UnixTime;
 
 /// A client as stored.
@@ -58,15 +58,14 @@ pub fn insert(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Every client, oldest first.
+/// Every client, oldest first (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
-pub fn list(conn: &Connection) -> Result<Vec<ClientRow>, StoreError> {
+pub fn list(conn: &Connection) -> Result<Rows<ClientRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
          ORDER BY created_at, id",
     )?;
-    let rows = stmt.query_map([], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    read_rows(&mut stmt, [], row)
 }
 
 /// One client.

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use super::StoreError;
+use super::{Rows, StoreError, read_rows};
 use crate::clock::UnixTime;
 
 /// An issuance as stored.
@@ -213,39 +213,37 @@ pub fn by_core_claim_hash(
         .optional()?)
 }
 
-/// Issuances, newest first, optionally in one state.
+/// Issuances, newest first, optionally in one state (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
 pub fn list(
     conn: &Connection,
     state: Option<&str>,
     limit: u32,
-) -> Result<Vec<IssuanceRow>, StoreError> {
+) -> Result<Rows<IssuanceRow>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM issuances WHERE (?1 IS NULL OR state = ?1)
          ORDER BY created_at DESC, id DESC LIMIT ?2"
     ))?;
-    let rows = stmt.query_map(params![state, limit], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    read_rows(&mut stmt, params![state, limit], row)
 }
 
-/// Issuances a server must carry on with: queued, or submitted and not yet ONCHAIN.
+/// Issuances a server must carry on with: queued, or submitted and not yet ONCHAIN (rows that
+/// cannot be read apart).
 #[tracing::instrument(skip_all)]
-pub fn unfinished(conn: &Connection) -> Result<Vec<IssuanceRow>, StoreError> {
+pub fn unfinished(conn: &Connection) -> Result<Rows<IssuanceRow>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY created_at"
     ))?;
-    let rows = stmt.query_map([], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    read_rows(&mut stmt, [], row)
 }
 
-/// Issuances written before rows carried MACs.
+/// Readable issuances without a MAC.
 #[tracing::instrument(skip_all)]
 pub fn without_mac(conn: &Connection) -> Result<Vec<IssuanceRow>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM issuances WHERE mac IS NULL ORDER BY created_at"
     ))?;
-    let rows = stmt.query_map([], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(read_rows(&mut stmt, [], row)?.rows)
 }
 
 /// Stores an issuance's MAC.

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::StoreError;
+use super::{Rows, StoreError, read_rows};
 use crate::clock::UnixTime;
 use crate::keys::{Alg, KeyRecord, KeyState, Origin};
 
@@ -118,23 +118,21 @@ fn record(r: &Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
     })
 }
 
-/// Every key row, oldest first.
+/// Every key row, oldest first (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
-pub fn list(conn: &Connection) -> Result<Vec<StoredKey>, StoreError> {
+pub fn list(conn: &Connection) -> Result<Rows<StoredKey>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM keys ORDER BY id"))?;
-    let rows = stmt.query_map([], stored)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    read_rows(&mut stmt, [], stored)
 }
 
-/// The rows named `kid`: live ones first, then the most recent.
+/// The readable rows named `kid`: live ones first, then the most recent.
 #[tracing::instrument(skip_all)]
 pub fn find_by_kid(conn: &Connection, kid: &str) -> Result<Vec<StoredKey>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM keys WHERE kid = ?1
          ORDER BY state IN ('pending', 'active', 'retired') DESC, id DESC"
     ))?;
-    let rows = stmt.query_map([kid], stored)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(read_rows(&mut stmt, [kid], stored)?.rows)
 }
 
 /// One key row by id.
@@ -161,7 +159,7 @@ pub fn sealed(conn: &Connection, states: &[KeyState]) -> Result<Vec<SealedKey>, 
         "SELECT id, kid, alg, created_at, private_key_enc, master_key_id, state FROM keys
          WHERE private_key_enc IS NOT NULL ORDER BY id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = read_rows(&mut stmt, [], |r| {
         let state: KeyState = parse(r.get(6)?)?;
         Ok((
             state,
@@ -175,14 +173,13 @@ pub fn sealed(conn: &Connection, states: &[KeyState]) -> Result<Vec<SealedKey>, 
             },
         ))
     })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (state, key) = row?;
-        if states.contains(&state) {
-            out.push(key);
-        }
-    }
-    Ok(out)
+    // Unreadable rows are reported by the listing of key rows; they are never opened.
+    Ok(rows
+        .rows
+        .into_iter()
+        .filter(|(state, _)| states.contains(state))
+        .map(|(_, key)| key)
+        .collect())
 }
 
 /// Inserts a key and returns its row id.

@@ -59,6 +59,65 @@ pub enum StoreError {
     },
 }
 
+/// A row that cannot be read as its type: a value this version cannot read (text where a number
+/// belongs, JSON that is not), so written by something else. Listings return such rows apart
+/// instead of failing whole: one bad row must not stop the rest from serving.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// The row's key, as far as it could be read.
+    pub id: String,
+    /// What could not be read.
+    pub why: String,
+}
+
+/// The rows of a listing: those that could be read, and the others.
+#[derive(Debug)]
+pub struct Rows<T> {
+    /// Readable rows, in the listing's order.
+    pub rows: Vec<T>,
+    /// Rows that could not be read.
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            unreadable: Vec::new(),
+        }
+    }
+}
+
+/// Runs `stmt` and reads each row with `read`, setting aside the rows it cannot read (their key
+/// read from column 0 as text).
+pub(crate) fn read_rows<T, P: rusqlite::Params>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: P,
+    read: impl Fn(&rusqlite::Row<'_>) -> Result<T, rusqlite::Error>,
+) -> Result<Rows<T>, StoreError> {
+    let mut out = Rows::default();
+    let mut rows = stmt.query(params)?;
+    while let Some(row) = rows.next()? {
+        match read(row) {
+            Ok(value) => out.rows.push(value),
+            Err(e) => out.unreadable.push(Unreadable {
+                id: row
+                    .get_ref(0)
+                    .map(|v| match v {
+                        rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
+                        _ => "?".to_owned(),
+                    })
+                    .unwrap_or_else(|_| "?".to_owned()),
+                why: e.to_string(),
+            }),
+        }
+    }
+    Ok(out)
+}
+
 impl StoreError {
     /// Whether this is a uniqueness or check constraint violation.
     pub fn is_constraint(&self) -> bool {

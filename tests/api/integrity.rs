@@ -475,3 +475,60 @@ async fn deleting_the_marker_never_authenticates_forged_rows_not_even_through_th
     let evil = keys.iter().find(|k| k["kid"] == "evil-kid").unwrap();
     assert_eq!(evil["integrity"], "failed");
 }
+
+#[tokio::test]
+async fn an_unreadable_row_is_reported_and_the_rest_keeps_serving() {
+    let (app, _upstream, api_key) = spawn_issuing(|_| {}, |_| {}).await;
+    let genuine = app.jwks().await;
+    let conn = db(&app);
+    conn.execute_batch(
+        "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc,
+                           master_key_id, created_at, published_at, signable_at, retired_at,
+                           expires_at)
+         VALUES ('garbled', 'ES256', 'retired', 'generated', 256, 'not json', x'01', 'x', 0, 0, 0,
+                 0, 4000000000);
+         INSERT INTO clients (id, name, scopes, secret_hash, created_at)
+         VALUES ('fedcba9876543210', 'garbled', 'not json', x'00', 0);
+         INSERT INTO issuances (id, source, request_hash, email, issuer_did, credential_id,
+                                credential_subject, on_duplicate, state, attempts, created_at,
+                                updated_at)
+         VALUES ('iss_garbled', 'x', 'x', 'a@example.com', 'd', 'c', '{}', 'revoke', 'queued',
+                 'many', 0, 0);",
+    )
+    .unwrap();
+    drop(conn);
+    // A change that makes every view reload.
+    let (_, other_key) = app.create_client(&["issue"]).await;
+    app.advance(1).await;
+    assert_eq!(app.jwks().await, genuine);
+    app.mint_ok(&api_key, json!({"email": "u@example.com"}))
+        .await;
+    let keys = app.admin_get("/admin/keys").await;
+    assert_eq!(keys.status(), 200);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric(&metrics, "keyhost_integrity_failures{table=\"keys\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "keyhost_integrity_failures{table=\"clients\"}"),
+        1.0
+    );
+    // Disabling a client next to the unreadable one stops it at once.
+    let id = api_key.split('_').nth(1).unwrap().to_owned();
+    let res = app
+        .admin_post(&format!("/admin/clients/{id}/disable"), json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app.mint(&api_key, json!({"email": "u@example.com"})).await;
+    assert_eq!(res.status(), 401);
+    // And a restart (which resumes unfinished issuances) serves the rest.
+    let port: u16 = app.public.rsplit(':').next().unwrap().parse().unwrap();
+    let base_url = app.state.config.airkit_base_url().unwrap();
+    let (dir, clock) = app.stop().await;
+    let config = crate::issuance::issuing_config(dir.path(), port, &base_url);
+    let app = start(dir, clock, config).await.unwrap();
+    assert_eq!(app.jwks().await, genuine);
+    app.mint_ok(&other_key, json!({"email": "u@example.com"}))
+        .await;
+}
