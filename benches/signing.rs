@@ -32,6 +32,7 @@ fn record(alg: Alg, m: &KeyMaterial) -> KeyRecord {
         revoked_at: None,
         lead_remaining: 0,
         grace_remaining: 0,
+        last_exp: None,
     }
 }
 

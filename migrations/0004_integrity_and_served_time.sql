@@ -25,3 +25,7 @@ UPDATE keys SET lead_remaining = MAX(0, signable_at - unixepoch())
     WHERE state = 'pending' AND signable_at IS NOT NULL;
 UPDATE keys SET grace_remaining = MAX(0, expires_at - unixepoch())
     WHERE state = 'retired' AND expires_at IS NOT NULL;
+
+-- The latest `exp` of a token the key signed: a key stays published until then, even when the
+-- clock that signed it was ahead (its tokens carry expiry times of that clock).
+ALTER TABLE keys ADD COLUMN last_exp INTEGER;

@@ -347,6 +347,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     ttl,
                 },
             )?;
+            keys.note_signed_until(&[(rec.id, minted.exp)])?;
             store.with(|c| {
                 store::audit::record(
                     c,

@@ -128,7 +128,7 @@ impl RowAuth {
         k: &'a KeyRecord,
         jwk: &'a str,
         master_key_id: Option<&'a str>,
-    ) -> [Field<'a>; 17] {
+    ) -> [Field<'a>; 18] {
         [
             Field::Int(k.id),
             Field::Text(&k.kid),
@@ -147,6 +147,7 @@ impl RowAuth {
             Field::OptInt(k.revoked_at),
             Field::Int(k.lead_remaining),
             Field::Int(k.grace_remaining),
+            Field::OptInt(k.last_exp),
         ]
     }
 

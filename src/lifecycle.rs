@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::auth::ClientRegistry;
 use crate::keys::live::LiveKeys;
+use crate::keys::planner::RESCHEDULE_TOLERANCE;
 use crate::keys::service::TickReport;
 use crate::keys::{KeyError, KeyService};
 use crate::store::Store;
@@ -70,6 +71,8 @@ impl Lifecycle {
             // Clients first and regardless of the key steps: a client disabled from the CLI must
             // stop minting even while the key lifecycle is failing.
             let clients_result = clients.reload(&store);
+            // What the signers signed since the last round, before any of them retires.
+            let noted = keys.note_signed_until(&live.signed_until());
             // The in-memory keys follow the store even when planning failed: the store is
             // consistent either way (each plan is one transaction), and a key revoked meanwhile
             // must stop signing.
@@ -77,6 +80,7 @@ impl Lifecycle {
             let refreshed = live.refresh(&keys);
             let report = report?;
             refreshed?;
+            noted?;
             keys.mark_served()?;
             clients_result?;
             Ok(report)
@@ -104,28 +108,32 @@ impl Lifecycle {
         let jumps = clock.jumps().unwrap_or_else(|| Arc::new(Notify::new()));
         let mut seen_version = self.data_version().await;
         loop {
-            let next_due = match self.settle("scheduler").await {
-                Ok(report) => Some(
-                    report
-                        .next_due
-                        .map_or(clock.now() + SERVED_TIME_ROUND, |due| {
-                            due.min(clock.now() + SERVED_TIME_ROUND)
-                        }),
-                ),
+            let seconds_to_due = match self.settle("scheduler").await {
+                Ok(report) => report.next_due.map_or(SERVED_TIME_ROUND, |due| {
+                    (due - clock.now()).min(SERVED_TIME_ROUND)
+                }),
                 Err(e) => {
                     tracing::error!(error = %e, "key lifecycle round failed; retrying in 5s");
-                    Some(clock.now() + 5)
+                    5
                 }
             };
+            // The wait is measured on the monotonic clock, and the wall clock watched: when it
+            // moves other than with real time (set back or ahead, and the system clock says
+            // nothing of it), plan again at once, so that the schedule follows and an active key
+            // whose signing time the clock overtook backwards keeps signing.
+            let (planned_wall, planned_mono) = (clock.now(), clock.monotonic());
             loop {
-                let now = clock.now();
-                if next_due.is_some_and(|due| due <= now) {
+                let real = (clock.monotonic() - planned_mono).as_secs() as i64;
+                let drift = (clock.now() - planned_wall) - real;
+                if drift.abs() > RESCHEDULE_TOLERANCE {
+                    tracing::warn!(drift_seconds = drift, "the wall clock moved; re-planning");
                     break;
                 }
-                let until_due = next_due
-                    .map(|due| Duration::from_secs((due - now) as u64))
-                    .unwrap_or(EXTERNAL_POLL);
-                let nap = until_due.min(EXTERNAL_POLL);
+                let left = seconds_to_due - real;
+                if left <= 0 {
+                    break;
+                }
+                let nap = Duration::from_secs(left as u64).min(EXTERNAL_POLL);
                 tokio::select! {
                     _ = tokio::time::sleep(nap) => {
                         let version = self.data_version().await;

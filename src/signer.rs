@@ -30,6 +30,9 @@ pub struct SigningKey {
     pub signable_at: UnixTime,
     header_b64: String,
     pair: KeyPair,
+    /// The latest `exp` it has signed (0: none yet); the lifecycle records it, so that the key
+    /// stays published until that token has expired.
+    last_exp: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for SigningKey {
@@ -103,7 +106,14 @@ impl SigningKey {
             signable_at: record.signable_at.unwrap_or(UnixTime::MAX),
             header_b64: URL_SAFE_NO_PAD.encode(header),
             pair,
+            last_exp: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// The latest `exp` this key has signed in this process, if any.
+    pub fn last_exp(&self) -> Option<UnixTime> {
+        let exp = self.last_exp.load(std::sync::atomic::Ordering::Relaxed);
+        (exp > 0).then_some(exp)
     }
 
     /// Mints a token issued at `now`.
@@ -131,6 +141,8 @@ impl SigningKey {
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let signature = self.pair.sign(rng, token.as_bytes())?;
+        self.last_exp
+            .fetch_max(exp, std::sync::atomic::Ordering::Relaxed);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
         Ok(Minted {

@@ -97,13 +97,18 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
     })
 }
 
-/// Takes an exclusive lock on `data_dir/keyhost.lock`, so that two servers never drive the same
-/// store (both would resume the same issuances). CLI commands do not take it: they are safe beside
-/// a running server.
+/// Takes an exclusive lock on `keyhost.lock` beside the database file itself (its real path, so
+/// that a second data directory reaching the same database through a link is refused too): two
+/// servers never drive the same store (both would count served time and resume the same
+/// issuances). CLI commands do not take it: they are safe beside a running server.
 fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
     create_private_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let path = config.data_dir.join("keyhost.lock");
+    let db = config.database_path();
+    let real_db = std::fs::canonicalize(&db)
+        .or_else(|_| std::fs::canonicalize(&config.data_dir).map(|d| d.join("keyhost.db")))
+        .with_context(|| format!("resolving {}", db.display()))?;
+    let path = real_db.with_file_name("keyhost.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -113,8 +118,9 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another keyhost server is already using {} (lock {}); run one server per data directory",
-            config.data_dir.display(),
+            "another keyhost server is already using the database {} (lock {}); run one server \
+             per database",
+            real_db.display(),
             path.display()
         ),
         Err(std::fs::TryLockError::Error(e)) => {

@@ -224,6 +224,9 @@ pub struct KeyView {
     /// Retired: seconds of its grace a running server has still to serve.
     #[serde(skip_serializing_if = "Option::is_none")]
     grace_to_serve: Option<i64>,
+    /// The latest expiry of a token it signed, as recorded (it stays published until then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_token_expires_at: Option<String>,
     public_jwk: crate::jwks::PublicJwk,
     /// `failed` when the row fails its integrity check: it was not written by keyhost, and is
     /// neither published nor used.
@@ -259,6 +262,7 @@ impl From<&KeyRecord> for KeyView {
             lead_to_serve: (k.state == KeyState::Pending && k.published_at.is_some())
                 .then_some(k.lead_remaining),
             grace_to_serve: (k.state == KeyState::Retired).then_some(k.grace_remaining),
+            last_token_expires_at: k.last_exp.map(rfc3339),
             public_jwk: k.public_jwk.clone(),
             integrity: None,
         }

@@ -114,9 +114,36 @@ impl<'de> Visitor<'de> for UniqueMembers {
     }
 }
 
-/// The first integer literal (outside strings) that fits neither `i64` nor `u64`. Run on
-/// syntactically valid JSON only.
-fn oversized_integer(bytes: &[u8]) -> Option<&str> {
+/// A decimal number as sign, significant digits (no leading or trailing zeros) and the power
+/// of ten of the last one: `-12.30e2` is `(true, "123", 0)`; zero is `(false, "", 0)`.
+fn canonical_decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exp) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = int.chars().chain(frac.chars()).collect();
+    let mut exp = exp.checked_sub(frac.len() as i64)?;
+    while digits.ends_with('0') {
+        digits.pop();
+        exp += 1;
+    }
+    let digits = digits.trim_start_matches('0').to_owned();
+    if digits.is_empty() {
+        return Some((false, digits, 0));
+    }
+    Some((negative, digits, exp))
+}
+
+/// The first number literal (outside strings) that would not reach its destination as written:
+/// an integer that fits neither `i64` nor `u64`, or a number with a fraction or an exponent
+/// whose value a 64-bit float does not hold exactly (`9007199254740993.0` would arrive as
+/// `9007199254740992.0`). Run on syntactically valid JSON only.
+fn inexact_number(bytes: &[u8]) -> Option<&str> {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -139,8 +166,15 @@ fn oversized_integer(bytes: &[u8]) -> Option<&str> {
                     i += 1;
                 }
                 let token = std::str::from_utf8(&bytes[start..i]).unwrap_or_default();
-                let integer = !token.contains(['.', 'e', 'E']);
-                if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                let exact = if token.contains(['.', 'e', 'E']) {
+                    token.parse::<f64>().ok().is_some_and(|v| {
+                        v.is_finite()
+                            && canonical_decimal(&format!("{v:e}")) == canonical_decimal(token)
+                    })
+                } else {
+                    token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()
+                };
+                if !exact {
                     return Some(token);
                 }
             }
@@ -150,9 +184,17 @@ fn oversized_integer(bytes: &[u8]) -> Option<&str> {
     None
 }
 
-/// The checks every JSON body passes before it is read as a request: no repeated member, no
-/// integer beyond 64 bits. Syntax errors are left to the caller's parse, which names them.
+/// The checks every JSON body passes before it is read as a request, whatever the route and
+/// whatever part of the body the route reads: UTF-8, JSON that a full walk can read (so a member
+/// the route ignores cannot hide anything, nor switch these checks off), no repeated member, no
+/// number that would change on its way.
 fn strict_checks(bytes: &[u8]) -> Result<(), ApiError> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ApiError::encoding_error(format!(
+            "the request body is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match UniqueMembers.deserialize(&mut de).and_then(|()| de.end()) {
         Err(e) if e.classify() == serde_json::error::Category::Data => {
@@ -160,13 +202,18 @@ fn strict_checks(bytes: &[u8]) -> Result<(), ApiError> {
                 "the request body is not valid JSON here: {e}; each member may appear once"
             )));
         }
-        Err(_) => return Ok(()),
+        Err(e) => {
+            return Err(ApiError::json_error(format!(
+                "the request body is not valid JSON: {e}"
+            )));
+        }
         Ok(()) => {}
     }
-    if let Some(token) = oversized_integer(bytes) {
+    if let Some(token) = inexact_number(bytes) {
         let shown: String = token.chars().take(40).collect();
         return Err(ApiError::bad_value(format!(
-            "the integer {shown}{} does not fit in 64 bits and would lose precision; send it as a string",
+            "the number {shown}{} cannot be carried exactly (beyond 64-bit integers and floats) \
+             and would change on its way; send it as a string",
             if shown.len() < token.len() { "…" } else { "" }
         )));
     }
@@ -234,7 +281,17 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 /// stops sending holds its connection for a bounded time only.
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let deadline = state.config.http_body_timeout;
-    match tokio::time::timeout(deadline, Bytes::from_request(req, state)).await {
+    // Until the body has arrived, the connection counts as uploading, not busy: a full
+    // listener may shed it (see `serve`).
+    let watch = req
+        .extensions()
+        .get::<std::sync::Arc<super::serve::RequestWatch>>()
+        .cloned();
+    let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
+    if let Some(watch) = watch {
+        watch.body_done();
+    }
+    match read {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::payload_too_large(BODY_LIMIT))
@@ -450,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn integers_beyond_64_bits_are_refused_not_rounded() {
+    fn numbers_that_would_change_on_their_way_are_refused_not_rounded() {
         for big in [
             "18446744073709551616",
             "-9223372036854775809",
@@ -459,7 +516,11 @@ mod tests {
             let body = format!(r#"{{"a": {{"n": [1, {big}]}}}}"#);
             let err = parse_json_object::<serde_json::Value>(body.as_bytes()).unwrap_err();
             assert_eq!(err.identifier(), "BAD_VALUE", "{big}: {}", err.message());
-            assert!(err.message().contains(&big[..10]), "{}", err.message());
+            assert!(
+                err.message().contains(&big[..10.min(big.len())]),
+                "{}",
+                err.message()
+            );
         }
         for fine in [
             "18446744073709551615",
@@ -471,6 +532,19 @@ mod tests {
             let body = format!(r#"{{"n": {fine}, "s": "123456789012345678901234567890"}}"#);
             parse_json_object::<serde_json::Value>(body.as_bytes()).unwrap();
         }
+    }
+
+    #[test]
+    fn a_member_only_the_walk_cannot_read_does_not_switch_the_checks_off() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for hidden in [r#""x": 1e400"#.to_owned(), format!(r#""x": {deep}"#)] {
+            let body = format!(r#"{{{hidden}, "email": "a@b.c", "email": "x@y.z"}}"#);
+            let err = parse_json_object::<T>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.identifier(), "JSON_ERROR", "{}", err.message());
+        }
+        let lone_surrogate = r#"{"\ud800": 1, "email": "a@b.c"}"#;
+        let err = parse_json_object::<T>(lone_surrogate.as_bytes()).unwrap_err();
+        assert_eq!(err.identifier(), "JSON_ERROR", "{}", err.message());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -44,14 +44,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use super::throttle::source_of;
 use crate::metrics::Metrics;
 use crate::telemetry::LogLimiter;
 
-/// Largest read buffer of a connection, which bounds the request line and headers.
-pub const MAX_BUF: usize = 64 * 1024;
+/// Largest read buffer of a connection, which bounds the request line and headers (hyper's
+/// smallest allowed is 8 KiB; keyhost's largest header is an API key or a signature).
+pub const MAX_BUF: usize = 16 * 1024;
 
 /// Longest wait for connections to finish after shutdown was asked for.
 pub const DRAIN: Duration = Duration::from_secs(30);
@@ -137,15 +137,97 @@ struct Entry {
     state: Arc<ConnState>,
 }
 
-/// What a connection is doing, updated by its task.
-#[derive(Default)]
+/// What a connection is doing, updated by its task and its requests.
 struct ConnState {
+    /// When it was accepted.
+    opened: Instant,
     /// The client has sent at least one byte.
     spoke: AtomicBool,
     /// Requests being handled now.
     busy: AtomicUsize,
+    /// Of those, requests whose body has not arrived yet.
+    receiving: AtomicUsize,
     /// Told to close by the limiter.
     shed: Notify,
+}
+
+impl ConnState {
+    fn opened_at(opened: Instant) -> Self {
+        Self {
+            opened,
+            spoke: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            receiving: AtomicUsize::new(0),
+            shed: Notify::new(),
+        }
+    }
+}
+
+/// What a connection is doing, from the limiter's point of view, in the order it sheds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Activity {
+    /// Not a byte yet.
+    Silent,
+    /// Between requests, or sending a request's headers.
+    Idle,
+    /// Every request in flight is still sending its body (a slow upload looks the same as one
+    /// that never ends).
+    Receiving,
+    /// A request is being handled: never shed.
+    Busy,
+}
+
+impl ConnState {
+    fn activity(&self) -> Activity {
+        let busy = self.busy.load(Ordering::Relaxed);
+        if !self.spoke.load(Ordering::Relaxed) {
+            Activity::Silent
+        } else if busy == 0 {
+            Activity::Idle
+        } else if self.receiving.load(Ordering::Relaxed) >= busy {
+            Activity::Receiving
+        } else {
+            Activity::Busy
+        }
+    }
+}
+
+/// How young a connection is protected from shedding while older ones are there to shed: a
+/// verifier that has just connected has had no time to send its request.
+const YOUNG: Duration = Duration::from_secs(1);
+
+/// One request in flight on a connection: counts it as busy until it ends, and as receiving
+/// until its body has arrived (the body reader says so, see `extract`).
+pub struct RequestWatch {
+    conn: Arc<ConnState>,
+    receiving: AtomicBool,
+}
+
+impl RequestWatch {
+    fn start(conn: Arc<ConnState>, has_body: bool) -> Arc<Self> {
+        conn.busy.fetch_add(1, Ordering::Relaxed);
+        if has_body {
+            conn.receiving.fetch_add(1, Ordering::Relaxed);
+        }
+        Arc::new(Self {
+            conn,
+            receiving: AtomicBool::new(has_body),
+        })
+    }
+
+    /// The request's body has been read (or given up on).
+    pub fn body_done(&self) {
+        if self.receiving.swap(false, Ordering::Relaxed) {
+            self.conn.receiving.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for RequestWatch {
+    fn drop(&mut self) {
+        self.body_done();
+        self.conn.busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -168,20 +250,27 @@ impl Open {
         Some(entry)
     }
 
-    /// The connection to shed for a newcomer: silent before idle, then the source with the most
-    /// connections, then the oldest. Never one in the middle of a request.
+    /// The connection to shed for a newcomer: one of the source holding the most connections
+    /// (so that one source sheds its own and not a stranger's); among those, one older than
+    /// [`YOUNG`] if there is one, silent before idle before still sending a body, the oldest
+    /// first; among young ones simply the oldest (a connection a few milliseconds old has not
+    /// had the time to say anything, so its silence says nothing). Never one whose request is
+    /// being handled.
     fn victim(&self) -> Option<u64> {
         self.conns
             .iter()
-            .filter(|(_, e)| e.state.busy.load(Ordering::Relaxed) == 0)
-            .min_by_key(|(id, e)| {
+            .map(|(id, e)| (*id, e, e.state.activity()))
+            .filter(|(_, _, activity)| *activity != Activity::Busy)
+            .min_by_key(|(id, e, activity)| {
+                let young = e.state.opened.elapsed() < YOUNG;
                 (
-                    e.state.spoke.load(Ordering::Relaxed),
                     std::cmp::Reverse(self.per_source.get(&e.source).copied().unwrap_or(0)),
-                    **id,
+                    young,
+                    if young { Activity::Silent } else { *activity },
+                    *id,
                 )
             })
-            .map(|(id, _)| *id)
+            .map(|(id, _, _)| id)
     }
 }
 
@@ -231,6 +320,11 @@ impl Limiter {
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
+        self.admit_at(ip, Instant::now())
+    }
+
+    /// [`Limiter::admit`] for a connection accepted at `opened`.
+    fn admit_at(self: &Arc<Self>, ip: IpAddr, opened: Instant) -> Admission {
         let source = source_of(ip);
         let mut open = self.lock();
         let mut shed = false;
@@ -245,7 +339,7 @@ impl Limiter {
         }
         let id = open.next_id;
         open.next_id += 1;
-        let state = Arc::new(ConnState::default());
+        let state = Arc::new(ConnState::opened_at(opened));
         open.conns.insert(
             id,
             Entry {
@@ -394,6 +488,62 @@ impl Server {
     }
 }
 
+/// The router of one connection: each request carries its [`RequestWatch`] (and the peer's
+/// address, when asked for), which ends with it.
+#[derive(Clone)]
+struct Watched {
+    router: Router,
+    conn: Arc<ConnState>,
+    peer: Option<SocketAddr>,
+}
+
+impl tower::Service<Request<Incoming>> for Watched {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = WatchedFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        use hyper::body::Body as _;
+        let watch = RequestWatch::start(self.conn.clone(), !req.body().is_end_stream());
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(watch.clone());
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        WatchedFuture {
+            inner: tower::Service::call(&mut self.router, req),
+            _watch: watch,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, keeping its [`RequestWatch`] until it is ready.
+    struct WatchedFuture {
+        #[pin]
+        inner: axum::routing::future::RouteFuture<std::convert::Infallible>,
+        _watch: Arc<RequestWatch>,
+    }
+}
+
+impl std::future::Future for WatchedFuture {
+    type Output = Result<axum::response::Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
 /// Completes once `flag` turns true (or its sender is gone).
 async fn stopped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|stop| *stop).await;
@@ -460,25 +610,11 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let state = self.slot.state.clone();
-        let (peer, busy) = (self.peer, state.clone());
-        let service = self
-            .router
-            .clone()
-            .map_request(move |req: Request<Incoming>| {
-                busy.busy.fetch_add(1, Ordering::Relaxed);
-                let mut req = req.map(Body::new);
-                if let Some(peer) = peer {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                }
-                req
-            })
-            .map_response({
-                let busy = state.clone();
-                move |res| {
-                    busy.busy.fetch_sub(1, Ordering::Relaxed);
-                    res
-                }
-            });
+        let service = Watched {
+            router: self.router.clone(),
+            conn: state.clone(),
+            peer: self.peer,
+        };
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -515,6 +651,30 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_still_sending_its_body_is_shed_after_idle_ones_and_never_once_it_arrived() {
+        let limiter = Limiter::new(3);
+        let source = ip("203.0.113.9");
+        let uploading = old(&limiter, source);
+        uploading.state.spoke.store(true, Ordering::Relaxed);
+        let watch = RequestWatch::start(uploading.state.clone(), true);
+        assert_eq!(uploading.state.activity(), Activity::Receiving);
+        let idle = old(&limiter, source);
+        idle.state.spoke.store(true, Ordering::Relaxed);
+        // A connection just accepted has said nothing yet: it is not the one to go.
+        let young = admitted(limiter.admit(source)).unwrap();
+        // The idle one goes before the uploading one, though it is younger.
+        let _n1 = admitted(limiter.admit(source)).unwrap();
+        assert!(!limiter.lock().conns.contains_key(&idle.id));
+        assert!(limiter.lock().conns.contains_key(&young.id));
+        // Once its body has arrived, the request is busy and never shed.
+        watch.body_done();
+        assert_eq!(uploading.state.activity(), Activity::Busy);
+        drop(watch);
+        assert_eq!(uploading.state.activity(), Activity::Idle);
+        drop(young);
+    }
+
+    #[test]
     fn limits_fit_under_the_open_files_limit_and_neither_listener_takes_it_all() {
         assert_eq!(fit_connection_limits(4096, 1024, None), Ok((4096, 1024)));
         assert_eq!(
@@ -541,6 +701,11 @@ mod tests {
         assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
     }
 
+    /// Admits a connection accepted well over [`YOUNG`] ago.
+    fn old(limiter: &Arc<Limiter>, ip: IpAddr) -> Slot {
+        admitted(limiter.admit_at(ip, Instant::now() - YOUNG * 5)).unwrap()
+    }
+
     fn admitted(a: Admission) -> Option<Slot> {
         match a {
             Admission::Admitted(s) | Admission::Shed(s) => Some(s),
@@ -558,11 +723,9 @@ mod tests {
             slot.state.spoke.store(true, Ordering::Relaxed);
             slot.state.busy.store(busy, Ordering::Relaxed);
         };
-        let v1 = admitted(limiter.admit(verifier)).unwrap();
+        let v1 = old(&limiter, verifier);
         talk(&v1, 0); // an idle keep-alive connection
-        let a: Vec<Slot> = (0..4)
-            .map(|_| admitted(limiter.admit(attacker)).unwrap())
-            .collect();
+        let a: Vec<Slot> = (0..4).map(|_| old(&limiter, attacker)).collect();
         talk(&a[0], 1); // in a request
         talk(&a[1], 0);
         talk(&a[2], 0);

@@ -108,6 +108,38 @@ pub fn parse_keyhost_signature(header: &str) -> Option<KeyhostSignature<'_>> {
     Some(KeyhostSignature { t: t?, mac: mac? })
 }
 
+/// A webhook that is configured. An unconfigured one is answered 503 before its body is read:
+/// a body read is a connection held, and nobody should be able to hold them for nothing.
+struct Enabled;
+
+impl axum::extract::FromRequestParts<AppState> for Enabled {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let (secret, setting) = if parts.uri.path().ends_with("/idenfy") {
+            (
+                &state.config.idenfy_signing_key,
+                "KEYHOST_IDENFY_SIGNING_KEY",
+            )
+        } else {
+            (
+                &state.config.kyc_webhook_secret,
+                "KEYHOST_KYC_WEBHOOK_SECRET",
+            )
+        };
+        match secret {
+            Some(_) => Ok(Enabled),
+            None => Err(ApiError::unavailable(
+                format!("this webhook is not configured: set {setting}"),
+                3600,
+            )),
+        }
+    }
+}
+
 async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
     static REJECTIONS: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
     if let Some(suppressed) = REJECTIONS.allow() {
@@ -178,6 +210,7 @@ struct KycComplete {
 
 async fn kyc_complete(
     State(state): State<AppState>,
+    _: Enabled,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -289,6 +322,7 @@ struct IdenfyWebhook {
 
 async fn idenfy(
     State(state): State<AppState>,
+    _: Enabled,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {

@@ -84,6 +84,16 @@ impl LiveKeys {
         self.signers.load()
     }
 
+    /// The latest `exp` each opened key has signed in this process (key row id, exp).
+    pub fn signed_until(&self) -> Vec<(i64, UnixTime)> {
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(id, key)| key.last_exp().map(|exp| (*id, exp)))
+            .collect()
+    }
+
     /// Rebuilds both views from the store.
     pub fn refresh(&self, service: &KeyService) -> Result<(), KeyError> {
         let records = service.list()?;

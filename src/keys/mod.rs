@@ -170,6 +170,8 @@ pub struct KeyRecord {
     pub lead_remaining: i64,
     /// Retired: seconds of its grace a running server has still to serve.
     pub grace_remaining: i64,
+    /// The latest `exp` of a token it signed, as far as recorded.
+    pub last_exp: Option<UnixTime>,
 }
 
 impl KeyRecord {

@@ -18,7 +18,8 @@
 //!   `rotation_period` ends; a late planner (server down, clock jump) never shortens the lead, it
 //!   only keeps the old key signing longer;
 //! - a retired key stays published for `retire_grace` after it last signed, on the wall clock and
-//!   in served time (`grace_remaining`), then expires;
+//!   in served time (`grace_remaining`), and until the last token it signed has expired
+//!   (`last_exp`, which a clock that was ahead can put far out), then expires;
 //! - keys of algorithms no longer enabled retire;
 //! - the wall-clock schedule follows the served time: when the wall clock has moved (a jump, a
 //!   host that booted with a wrong clock) so that a pending key's `signable_at` is more than
@@ -182,9 +183,12 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
                 plan.due(signable_at);
             }
             KeyState::Retired => {
+                // Published until its grace has passed on the wall clock and been served, and
+                // until the last token it signed has expired (by the clock that signed it).
                 let expires_at = key
                     .expires_at
-                    .unwrap_or(key.retired_at.unwrap_or(key.created_at) + policy.retire_grace);
+                    .unwrap_or(key.retired_at.unwrap_or(key.created_at) + policy.retire_grace)
+                    .max(key.last_exp.unwrap_or(UnixTime::MIN));
                 if expires_at <= now && key.grace_remaining <= 0 {
                     plan.transitions.push(Transition::Expire { id: key.id });
                 } else {
@@ -371,6 +375,7 @@ mod tests {
                             revoked_at: None,
                             lead_remaining: signable_at - now,
                             grace_remaining: 0,
+                            last_exp: None,
                         });
                     }
                     Transition::Activate { id } => {
@@ -683,6 +688,27 @@ mod tests {
         sim.settle(T0 + 30 * D + 6 + 3 * H - 2, &p);
         assert_eq!(sim.state_of(first), KeyState::Retired);
         sim.settle(T0 + 30 * D + 6 + 3 * H - 1, &p);
+        assert_eq!(sim.state_of(first), KeyState::Expired);
+    }
+
+    #[test]
+    fn a_retired_key_stays_published_until_the_last_token_it_signed_has_expired() {
+        let p = es256_only();
+        let mut sim = started(&p);
+        let first = sim.active(Alg::ES256).unwrap().id;
+        // It signed a token under a clock ten days ahead.
+        sim.get(first).last_exp = Some(T0 + 40 * D);
+        sim.settle(T0 + 29 * D, &p);
+        sim.settle(T0 + 30 * D, &p);
+        assert_eq!(sim.state_of(first), KeyState::Retired);
+        // Its grace is over, on the wall clock and served; that token is not.
+        sim.settle(T0 + 30 * D + 2 * H, &p);
+        assert_eq!(sim.state_of(first), KeyState::Retired);
+        assert_eq!(
+            plan(T0 + 30 * D + 2 * H, &sim.keys, &p, true).next_due,
+            Some(T0 + 40 * D)
+        );
+        sim.settle(T0 + 40 * D, &p);
         assert_eq!(sim.state_of(first), KeyState::Expired);
     }
 

@@ -104,6 +104,22 @@ fn envelope_context(alg: Alg, kid: &str, created_at: UnixTime) -> Vec<u8> {
     format!("keyhost/v1/{alg}/{kid}/{created_at}").into_bytes()
 }
 
+/// Whether a server has ever served this store's JWKS. Until then a missing key may be active at
+/// once (nobody can have cached the JWKS); afterwards never. The setting records it; since a
+/// database writer could delete the setting, the trusted key rows testify too: a key keyhost
+/// generated and activated, or one that has already left signing, means a server ran.
+fn ever_served(c: &Connection, keys: &[KeyRecord]) -> Result<bool, KeyError> {
+    Ok(
+        store::settings::get(c, store::settings::FIRST_SERVED_AT)?.is_some()
+            || keys.iter().any(|k| {
+                matches!(
+                    k.state,
+                    KeyState::Retired | KeyState::Expired | KeyState::Revoked
+                ) || (k.origin == Origin::Generated && k.activated_at.is_some())
+            }),
+    )
+}
+
 /// Checks an operator-chosen kid: 1 to 128 visible ASCII characters, no quotes or backslashes.
 pub fn validate_kid(kid: &str) -> Result<(), KeyError> {
     let ok = !kid.is_empty()
@@ -260,7 +276,7 @@ impl KeyService {
             let now = self.clock.now();
             let missing: Vec<Alg> = self.store.with(|c| {
                 let keys = self.trusted(store::keys::list(c)?);
-                let served = store::settings::get(c, store::settings::FIRST_SERVED_AT)?.is_some();
+                let served = ever_served(c, &keys)?;
                 let plan = planner::plan(now, &keys, &self.policy, served);
                 Ok::<_, KeyError>(
                     plan.transitions
@@ -283,7 +299,7 @@ impl KeyService {
                 let now = self.clock.now();
                 self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
                 let keys = self.trusted(store::keys::list(&tx)?);
-                let served = store::settings::get(&tx, store::settings::FIRST_SERVED_AT)?.is_some();
+                let served = ever_served(&tx, &keys)?;
                 let plan = planner::plan(now, &keys, &self.policy, served);
                 if plan.transitions.is_empty() {
                     report.next_due = plan.next_due;
@@ -432,6 +448,32 @@ impl KeyService {
         if let Err(e) = result {
             tracing::warn!(error = %e, "WAL checkpoint after key destruction failed");
         }
+    }
+
+    /// Records the latest `exp` each key signed (key row id, exp), where it is later than what is
+    /// recorded: a retired key stays published until then.
+    pub fn note_signed_until(&self, exps: &[(i64, UnixTime)]) -> Result<(), KeyError> {
+        if exps.is_empty() {
+            return Ok(());
+        }
+        self.store.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let trusted = self.trusted(store::keys::list(&tx)?);
+            let mut changed = false;
+            for (id, exp) in exps {
+                let later = trusted
+                    .iter()
+                    .any(|k| k.id == *id && k.last_exp.is_none_or(|known| known < *exp));
+                if later && store::keys::note_exp(&tx, *id, *exp)? {
+                    self.seal_row(&tx, *id)?;
+                    changed = true;
+                }
+            }
+            if changed {
+                tx.commit()?;
+            }
+            Ok(())
+        })
     }
 
     /// Records that a server has served this store's JWKS (once; later calls are free).
@@ -764,7 +806,7 @@ impl KeyService {
                     p.kid
                 )));
             }
-            let served = store::settings::get(&tx, store::settings::FIRST_SERVED_AT)?.is_some();
+            let served = ever_served(&tx, &keys)?;
             let has_active = keys
                 .iter()
                 .any(|k| k.alg == alg && k.state == KeyState::Active);

@@ -10,7 +10,7 @@ use crate::keys::{Alg, KeyRecord, KeyState, Origin};
 const COLUMNS: &str = "id, kid, alg, state, origin, bits, public_jwk, created_at, published_at, \
                        signable_at, activated_at, retired_at, expires_at, revoked_at, \
                        lead_remaining, grace_remaining, master_key_id, mac, \
-                       private_key_enc IS NOT NULL";
+                       private_key_enc IS NOT NULL, last_exp";
 
 /// A key row as stored: the record, the master key that sealed it and its MAC (both checked by
 /// the service, never here).
@@ -115,6 +115,7 @@ fn record(r: &Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
         revoked_at: r.get(13)?,
         lead_remaining: r.get(14)?,
         grace_remaining: r.get(15)?,
+        last_exp: r.get(19)?,
     })
 }
 
@@ -304,6 +305,16 @@ pub fn reschedule(conn: &Connection, id: i64, signable_at: UnixTime) -> Result<(
         params![id, signable_at],
     )?;
     changed(n, id, "rescheduling")
+}
+
+/// Records that key `id` signed a token expiring at `exp`; false if it already had a later one.
+#[tracing::instrument(skip_all)]
+pub fn note_exp(conn: &Connection, id: i64, exp: UnixTime) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE keys SET last_exp = ?2 WHERE id = ?1 AND (last_exp IS NULL OR last_exp < ?2)",
+        params![id, exp],
+    )?;
+    Ok(n == 1)
 }
 
 /// Counts `seconds` of served time against a published pending key's lead, or a retired key's

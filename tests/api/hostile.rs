@@ -217,6 +217,11 @@ async fn a_body_that_never_ends_is_answered_408_and_its_connection_closed() {
     let started = Instant::now();
     for (path, conn) in &mut stalled {
         let answer = read_to_close(conn, Duration::from_secs(4)).await;
+        if *path == "/webhooks/idenfy" {
+            // Not configured here: refused before its body is read.
+            assert!(answer.starts_with("HTTP/1.1 503"), "{path}: {answer}");
+            continue;
+        }
         assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
         assert!(answer.contains("\"identifier\":\"BAD_VALUE\""), "{answer}");
         assert!(answer.contains("KEYHOST_HTTP_BODY_TIMEOUT"), "{answer}");
@@ -443,4 +448,131 @@ async fn a_flood_of_bad_credentials_writes_a_few_log_lines_not_one_each() {
         (1..=3).contains(&lines),
         "{lines} log lines for 300 failures"
     );
+}
+
+/// The attacker's own address (any 127/8 address reaches loopback): a verifier does not share
+/// an address with whoever floods it, and the server sheds per source.
+const ATTACKER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// Keeps `n` connections from [`ATTACKER`] to `to` sending `head` and then nothing more (a
+/// request whose headers or body never end), opening a new one whenever the server closes one,
+/// until `stop`.
+fn stalled_flood(
+    to: SocketAddr,
+    n: usize,
+    head: &'static [u8],
+    stop: watch::Receiver<bool>,
+) -> Arc<AtomicUsize> {
+    let opened = Arc::new(AtomicUsize::new(0));
+    for _ in 0..n {
+        let (opened, mut stop) = (opened.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !*stop.borrow() {
+                let connected = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::from((ATTACKER, 0)))?;
+                    socket.connect(to).await
+                };
+                let Ok(mut conn) = connected.await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                if conn.write_all(head).await.is_err() {
+                    continue;
+                }
+                opened.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 256];
+                tokio::select! {
+                    _ = conn.read(&mut buf) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+    opened
+}
+
+async fn served_during(http: &reqwest::Client, url: &str, bearer: &str, tries: usize) -> usize {
+    let mut served = 0;
+    for _ in 0..tries {
+        let ok = http
+            .get(url)
+            .bearer_auth(bearer)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        served += usize::from(ok);
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_bodies_that_never_end_cannot_keep_admins_from_the_internal_listener() {
+    let app = spawn_app_with(|c| {
+        c.internal_max_connections = 64;
+        c.idenfy_signing_key = Some("idenfy-test-signing-key".to_owned().into());
+    })
+    .await;
+    let (stop, stopped) = watch::channel(false);
+    // The webhook reads its body before it can check the signature: each of these holds a
+    // request open until the body deadline.
+    let opened = stalled_flood(
+        addr(&app.internal),
+        300,
+        b"POST /webhooks/idenfy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 60000\r\n\r\n{\"final\": ",
+        stopped,
+    );
+    crate::helpers::eventually(Duration::from_secs(20), "the flood got going", || async {
+        opened.load(Ordering::Relaxed) > 400
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let served = served_during(
+        &http,
+        &format!("{}/admin/keys", app.internal),
+        ADMIN_TOKEN,
+        20,
+    )
+    .await;
+    let _ = stop.send(true);
+    let metrics = app.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "keyhost_connections_shed_total{listener=\"internal\"}"
+        ) > 0.0
+    );
+    assert_eq!(
+        served, 20,
+        "admin requests served while webhook bodies stall"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_connecting_during_a_churn_of_half_sent_requests_is_served() {
+    let app = spawn_app_with(|c| c.public_max_connections = 64).await;
+    let (stop, stopped) = watch::channel(false);
+    let opened = stalled_flood(addr(&app.public), 300, b"G", stopped);
+    crate::helpers::eventually(Duration::from_secs(20), "the flood got going", || async {
+        opened.load(Ordering::Relaxed) > 400
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let served = served_during(
+        &http,
+        &format!("{}/.well-known/jwks.json", app.public),
+        "",
+        20,
+    )
+    .await;
+    let _ = stop.send(true);
+    assert_eq!(served, 20, "JWKS fetches served during the churn");
 }

@@ -110,6 +110,7 @@ async fn a_key_row_inserted_behind_keyhosts_back_is_never_published_and_is_repor
         revoked_at: None,
         lead_remaining: 0,
         grace_remaining: 0,
+        last_exp: None,
     };
     let now = keyhost::clock::Clock::now(&keyhost::clock::SystemClock);
     let token = keyhost::signer::SigningKey::new(&record, attacker.pair)
@@ -531,4 +532,34 @@ async fn an_unreadable_row_is_reported_and_the_rest_keeps_serving() {
     assert_eq!(app.jwks().await, genuine);
     app.mint_ok(&other_key, json!({"email": "u@example.com"}))
         .await;
+}
+
+#[tokio::test]
+async fn deleting_first_served_at_never_makes_a_new_key_sign_at_once() {
+    let app = spawn_app().await;
+    let es256 = app
+        .keys()
+        .await
+        .into_iter()
+        .find(|k| k["alg"] == "ES256")
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Take the active ES256 key out of play (its row fails its check now) and erase the record
+    // that a server ever served this store.
+    let conn = db(&app);
+    conn.execute("UPDATE keys SET bits = 255 WHERE kid = ?1", [&es256])
+        .unwrap();
+    conn.execute("DELETE FROM settings WHERE name = 'first_served_at'", [])
+        .unwrap();
+    drop(conn);
+    app.advance(1).await;
+    let keys = app.keys().await;
+    let fresh: Vec<&Value> = keys
+        .iter()
+        .filter(|k| k["alg"] == "ES256" && k["kid"] != es256.as_str())
+        .collect();
+    assert_eq!(fresh.len(), 1, "{keys:?}");
+    assert_eq!(fresh[0]["state"], "pending", "publish before use, always");
 }

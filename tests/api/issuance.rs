@@ -871,7 +871,7 @@ async fn an_integer_beyond_64_bits_in_the_subject_is_refused_rather_than_rounded
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["identifier"], "BAD_VALUE", "{body}");
     assert!(
-        body["message"].as_str().unwrap().contains("64 bits"),
+        body["message"].as_str().unwrap().contains("exactly"),
         "{body}"
     );
     assert!(upstream.control.issue_calls().is_empty());

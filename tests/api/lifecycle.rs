@@ -307,3 +307,94 @@ async fn a_restart_with_the_wall_clock_a_day_ahead_never_shortens_a_lead_or_a_gr
     app.advance(1).await;
     assert!(!app.jwks().await.to_string().contains(&retired));
 }
+
+/// A manual clock whose moves nobody is told about, as with the system clock.
+struct Unannounced(std::sync::Arc<keyhost::clock::ManualClock>);
+
+impl keyhost::clock::Clock for Unannounced {
+    fn now(&self) -> i64 {
+        self.0.now()
+    }
+    fn monotonic(&self) -> std::time::Duration {
+        // Real time passes for the lifecycle's naps; the manual part adds what tests advance.
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed() + self.0.monotonic()
+    }
+}
+
+#[tokio::test]
+async fn a_wall_clock_set_back_an_hour_unannounced_keeps_the_active_key_signing_within_seconds() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let manual = keyhost::clock::ManualClock::new(T0);
+    let clock = std::sync::Arc::new(Unannounced(manual.clone()));
+    let config = crate::helpers::test_config(dir.path());
+    let app = keyhost::startup::Application::build_with_clock(config, clock)
+        .await
+        .unwrap();
+    let internal = format!("http://{}", app.internal_addr());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let client: Value = http
+        .post(format!("{internal}/admin/clients"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .json(&json!({"name": "app", "scopes": ["issue"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = client["apiKey"].as_str().unwrap().to_owned();
+    let mint = || {
+        let (http, internal, key) = (http.clone(), internal.clone(), key.clone());
+        async move {
+            http.post(format!("{internal}/v1/tokens"))
+                .bearer_auth(key)
+                .json(&json!({"email": "u@example.com"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(mint().await, 200);
+    manual.jump(-3600);
+    crate::helpers::eventually(
+        Duration::from_secs(5),
+        "the active key did not sign again after the clock went back",
+        || async { mint().await == 200 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_key_stays_published_until_the_last_token_it_signed_has_expired() {
+    let app = spawn_app().await;
+    let (_, api_key) = app.create_client(&["issue"]).await;
+    // A token signed while the clock was two days ahead expires two days from the real now.
+    app.clock.jump(2 * 24 * 3600);
+    app.settle().await;
+    let token = app
+        .mint_ok(&api_key, json!({"email": "u@example.com"}))
+        .await;
+    let kid = token["kid"].as_str().unwrap().to_owned();
+    app.clock.jump(-2 * 24 * 3600);
+    app.settle().await;
+    // The key is replaced and retires; its grace ends long before that token does.
+    app.rotate("ES256", false).await;
+    app.advance(24 * 3600).await;
+    assert_eq!(app.kids_in("retired").await, vec![kid.clone()]);
+    app.advance(2 * 3600).await;
+    assert!(
+        app.jwks().await.to_string().contains(&kid),
+        "the token still verifies"
+    );
+    let keys = app.keys().await;
+    let old = keys.iter().find(|k| k["kid"] == kid.as_str()).unwrap();
+    assert_eq!(old["lastTokenExpiresAt"], token["expiresAt"]);
+    app.advance(22 * 3600 + 300).await;
+    assert!(!app.jwks().await.to_string().contains(&kid));
+}

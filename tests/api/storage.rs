@@ -168,3 +168,29 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     // The first one is unaffected.
     assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_second_server_reaching_the_same_database_by_another_path_refuses_to_start() {
+    let app = spawn_app().await;
+    let other = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    std::fs::create_dir_all(other.path().join("data")).unwrap();
+    std::os::unix::fs::symlink(
+        app.dir.path().join("data/keyhost.db"),
+        other.path().join("data/keyhost.db"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(app.dir.path().join("keys"), other.path().join("keys")).unwrap();
+    let config = crate::helpers::test_config(other.path());
+    let err = crate::helpers::start(
+        other,
+        keyhost::clock::ManualClock::new(crate::helpers::T0),
+        config,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        format!("{err:#}").contains("another keyhost server"),
+        "{err:#}"
+    );
+}
