@@ -363,40 +363,68 @@ fn bearer(parts: &Parts) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
+/// Which credential a request presents, for the failed-authentication throttle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    /// The admin token, which an operator may have chosen (at least 16 characters): a throttled
+    /// address is refused before it is looked at, so that a guesser learns nothing.
+    Admin,
+    /// An API key, always 256 random bits: a valid one passes even from a throttled address (the
+    /// difference teaches a guesser nothing it could use, and one misconfigured app must not
+    /// lock out the apps that share its address); a wrong one is refused 429 there.
+    Client,
+}
+
+impl Credential {
+    fn name(self) -> &'static str {
+        match self {
+            Credential::Admin => "admin",
+            Credential::Client => "client",
+        }
+    }
+}
+
+fn throttled(ip: std::net::IpAddr, wait: std::time::Duration, state: &AppState) -> ApiError {
+    state.metrics.auth_throttled.inc();
+    ApiError::too_many_requests(
+        format!(
+            "too many failed authentications from {ip}; try again in {} s \
+             (KEYHOST_AUTH_FAILURE_LIMIT per minute)",
+            wait.as_secs() + 1
+        ),
+        wait.as_secs() + 1,
+    )
+}
+
 /// Runs `verify` on the request's bearer credential within the client address's budget of
-/// failed authentications (see [`super::throttle`]): a spent budget is answered 429 before the
-/// credential is looked at; a failure is counted, and logged at most once every 10 s (with how
-/// many were held back).
+/// failed authentications (see [`super::throttle`] and [`Credential`]): a failure is counted,
+/// and logged at most once every 10 s (with how many were held back).
 fn authenticate<T>(
     parts: &Parts,
     state: &AppState,
-    kind: &'static str,
+    kind: Credential,
     verify: impl FnOnce(&str) -> Result<T, AuthError>,
 ) -> Result<T, ApiError> {
     static FAILURES: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
     let source = throttle::client_addr(parts, &state.config.trusted_proxies);
-    if let Some(ip) = source
-        && let Err(wait) = state.auth_throttle.check(ip)
+    let spent = source.and_then(|ip| state.auth_throttle.check(ip).err().map(|w| (ip, w)));
+    if kind == Credential::Admin
+        && let Some((ip, wait)) = spent
     {
-        state.metrics.auth_throttled.inc();
-        return Err(ApiError::too_many_requests(
-            format!(
-                "too many failed authentications from {ip}; try again in {} s \
-                 (KEYHOST_AUTH_FAILURE_LIMIT per minute)",
-                wait.as_secs() + 1
-            ),
-            wait.as_secs() + 1,
-        ));
+        return Err(throttled(ip, wait, state));
     }
     let token = bearer(parts).map_err(|e| ApiError::unauthorized(e.to_string()))?;
     verify(token).map_err(|e| {
-        state.metrics.auth_failed(kind);
+        if let Some((ip, wait)) = spent {
+            return throttled(ip, wait, state);
+        }
+        state.metrics.auth_failed(kind.name());
         if let Some(ip) = source {
             state.auth_throttle.failed(ip);
         }
         if let Some(suppressed) = FAILURES.allow() {
             tracing::warn!(
-                kind,
+                kind = kind.name(),
                 source = %source.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
                 suppressed,
                 "request with invalid credentials"
@@ -417,7 +445,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(parts, state, "admin", |token| {
+        authenticate(parts, state, Credential::Admin, |token| {
             if state.admin.verify(token) {
                 Ok(AdminAuth)
             } else {
@@ -438,7 +466,7 @@ impl FromRequestParts<AppState> for ClientAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(parts, state, "client", |token| {
+        authenticate(parts, state, Credential::Client, |token| {
             state.clients.authenticate(token).map(ClientAuth)
         })
     }

@@ -351,6 +351,7 @@ async fn admin_keys_as(
 async fn guessing_the_admin_token_is_throttled_per_address_and_a_throttled_address_learns_nothing()
 {
     let app = spawn_app_with(|c| c.auth_failure_limit = 5).await;
+    let (_, api_key) = app.create_client(&["issue"]).await;
     for _ in 0..5 {
         let res = admin_keys_as(&app, "kha_guess", None).await;
         assert_eq!(res.status(), 401);
@@ -370,7 +371,7 @@ async fn guessing_the_admin_token_is_throttled_per_address_and_a_throttled_addre
     // X-Forwarded-For from a peer that is not a trusted proxy changes nothing.
     let res = admin_keys_as(&app, ADMIN_TOKEN, Some("203.0.113.77")).await;
     assert_eq!(res.status(), 429);
-    // API keys share the address's budget: a guesser cannot switch to guessing those.
+    // API keys share the address's budget: a guesser cannot switch to guessing those...
     let res = app
         .mint(
             "khc_0123456789abcdef_guess",
@@ -378,6 +379,11 @@ async fn guessing_the_admin_token_is_throttled_per_address_and_a_throttled_addre
         )
         .await;
     assert_eq!(res.status(), 429);
+    // ... but an app with a valid key on the same address is not locked out by its neighbour.
+    let res = app
+        .mint(&api_key, serde_json::json!({"email": "u@example.com"}))
+        .await;
+    assert_eq!(res.status(), 200);
     // The public listener (no credentials) is untouched.
     assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 2);
     let metrics = app.metrics().await;
