@@ -299,6 +299,17 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads a configuration from the text of a TOML file over the defaults, with the same
+    /// extraction and validation as [`Config::load`] but no environment variables (for tools and
+    /// the fuzz targets: any text gives a configuration or an error, never a panic).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// A default configuration rooted in `dir` (data in `dir/data`, keys in `dir/keys`) with both
     /// listeners on ephemeral loopback ports; the base of tests and tools.
     pub fn rooted_at(dir: &Path) -> Self {

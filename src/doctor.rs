@@ -229,16 +229,23 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
             return Ok(None);
         }
     };
-    let body: Value = match serde_json::from_slice(&bytes) {
+    Ok(check_jwks_document(&bytes, report))
+}
+
+/// The checks of a JWKS document (the body the URL answered): JSON with a `keys` array, and
+/// each key public, named once, and of an algorithm that fits its type. The document as JSON, if
+/// it has a `keys` array.
+fn check_jwks_document(bytes: &[u8], report: &mut Report) -> Option<Value> {
+    let body: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
             report.fail("jwks.json", format!("not JSON: {e}"), FIX_UNREACHABLE);
-            return Ok(None);
+            return None;
         }
     };
     let Some(keys) = body.get("keys").and_then(Value::as_array) else {
         report.fail("jwks.json", "no \"keys\" array", FIX_UNREACHABLE);
-        return Ok(None);
+        return None;
     };
     report.pass("jwks.json", format!("{} key(s)", keys.len()));
     if keys.is_empty() {
@@ -285,7 +292,19 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
             },
         }
     }
-    Ok(Some(body))
+    Some(body)
+}
+
+/// The checks of [`run`] that need no network: the JWKS document `jwks_body` as if the URL had
+/// answered it, then `args.token` (if any) against it; `args.jwks_url` and `args.ca_file` are
+/// not used. Only the fuzz targets use it ([`crate::fuzzing`]).
+pub(crate) fn check_offline(args: &DoctorArgs, jwks_body: &[u8]) -> Vec<Finding> {
+    let mut report = Report::default();
+    let jwks = check_jwks_document(jwks_body, &mut report);
+    if let (Some(token), Some(jwks)) = (&args.token, &jwks) {
+        check_token(args, token.trim(), jwks, &mut report);
+    }
+    report.0
 }
 
 /// The redirect `url` answered (`status`, `headers`), hop by hop: the one hop requested, its
