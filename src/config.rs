@@ -389,7 +389,9 @@ impl Config {
                 humantime::format_duration(max_age)
             ));
         }
-        let min_grace = Duration::from_secs(MAX_TOKEN_TTL as u64) + max_age;
+        // Saturating: a max-age near u64::MAX seconds ("18446744073709551615s" parses) must be
+        // refused, not overflow.
+        let min_grace = Duration::from_secs(MAX_TOKEN_TTL as u64).saturating_add(max_age);
         if self.retire_grace < min_grace {
             return invalid(format!(
                 "KEYHOST_RETIRE_GRACE ({}) is shorter than the longest token lifetime plus \

@@ -448,12 +448,14 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
             return;
         }
     }
+    // In i128: the token chooses exp and iat, and any two i64 values differ by less than 2^64,
+    // so the differences below are exact instead of overflowing.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i128::from(d.as_secs()))
         .unwrap_or(0);
-    let exp = claims.get("exp").and_then(Value::as_i64);
-    let iat = claims.get("iat").and_then(Value::as_i64);
+    let exp = claims.get("exp").and_then(Value::as_i64).map(i128::from);
+    let iat = claims.get("iat").and_then(Value::as_i64).map(i128::from);
     match exp {
         None => report.fail("token.exp", "no exp claim", FIX_EXPIRED),
         Some(e) if e <= now => report.fail(
@@ -464,7 +466,7 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
         Some(e) => report.pass("token.exp", format!("valid for {} s more", e - now)),
     }
     if let (Some(e), Some(i)) = (exp, iat) {
-        if e - i > AIR_MAX_TTL {
+        if e - i > i128::from(AIR_MAX_TTL) {
             report.fail(
                 "token.lifetime",
                 format!("{} s between iat and exp", e - i),
@@ -475,7 +477,7 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
         }
     }
     if let Some(i) = iat
-        && i > now + SKEW
+        && i > now + i128::from(SKEW)
     {
         report.warn(
             "token.iat",
