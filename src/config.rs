@@ -305,6 +305,17 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads a configuration from the text of a TOML file over the defaults, with the same
+    /// extraction and validation as [`Config::load`] but no environment variables (for tools and
+    /// the fuzz targets: any text gives a configuration or an error, never a panic).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// A default configuration rooted in `dir` (data in `dir/data`, keys in `dir/keys`) with both
     /// listeners on ephemeral loopback ports; the base of tests and tools.
     pub fn rooted_at(dir: &Path) -> Self {
@@ -384,7 +395,9 @@ impl Config {
                 humantime::format_duration(max_age)
             ));
         }
-        let min_grace = Duration::from_secs(MAX_TOKEN_TTL as u64) + max_age;
+        // Saturating: a max-age near u64::MAX seconds ("18446744073709551615s" parses) must be
+        // refused, not overflow.
+        let min_grace = Duration::from_secs(MAX_TOKEN_TTL as u64).saturating_add(max_age);
         if self.retire_grace < min_grace {
             return invalid(format!(
                 "KEYHOST_RETIRE_GRACE ({}) is shorter than the longest token lifetime plus \

@@ -230,16 +230,23 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
             return Ok(None);
         }
     };
-    let body: Value = match serde_json::from_slice(&bytes) {
+    Ok(check_jwks_document(&bytes, report))
+}
+
+/// The checks of a JWKS document (the body the URL answered): JSON with a `keys` array, and
+/// each key public, named once, and of an algorithm that fits its type. The document as JSON, if
+/// it has a `keys` array.
+fn check_jwks_document(bytes: &[u8], report: &mut Report) -> Option<Value> {
+    let body: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
             report.fail("jwks.json", format!("not JSON: {e}"), FIX_UNREACHABLE);
-            return Ok(None);
+            return None;
         }
     };
     let Some(keys) = body.get("keys").and_then(Value::as_array) else {
         report.fail("jwks.json", "no \"keys\" array", FIX_UNREACHABLE);
-        return Ok(None);
+        return None;
     };
     report.pass("jwks.json", format!("{} key(s)", keys.len()));
     if keys.is_empty() {
@@ -286,7 +293,19 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
             },
         }
     }
-    Ok(Some(body))
+    Some(body)
+}
+
+/// The checks of [`run`] that need no network: the JWKS document `jwks_body` as if the URL had
+/// answered it, then `args.token` (if any) against it; `args.jwks_url` and `args.ca_file` are
+/// not used. Only the fuzz targets use it ([`crate::fuzzing`]).
+pub(crate) fn check_offline(args: &DoctorArgs, jwks_body: &[u8]) -> Vec<Finding> {
+    let mut report = Report::default();
+    let jwks = check_jwks_document(jwks_body, &mut report);
+    if let (Some(token), Some(jwks)) = (&args.token, &jwks) {
+        check_token(args, token.trim(), jwks, &mut report);
+    }
+    report.0
 }
 
 /// The redirect `url` answered (`status`, `headers`), hop by hop: the one hop requested, its
@@ -468,12 +487,14 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
             return;
         }
     }
+    // In i128: the token chooses exp and iat, and any two i64 values differ by less than 2^64,
+    // so the differences below are exact instead of overflowing.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i128::from(d.as_secs()))
         .unwrap_or(0);
-    let exp = claims.get("exp").and_then(Value::as_i64);
-    let iat = claims.get("iat").and_then(Value::as_i64);
+    let exp = claims.get("exp").and_then(Value::as_i64).map(i128::from);
+    let iat = claims.get("iat").and_then(Value::as_i64).map(i128::from);
     match exp {
         None => report.fail("token.exp", "no exp claim", FIX_EXPIRED),
         Some(e) if e <= now => report.fail(
@@ -484,7 +505,7 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
         Some(e) => report.pass("token.exp", format!("valid for {} s more", e - now)),
     }
     if let (Some(e), Some(i)) = (exp, iat) {
-        if e - i > AIR_MAX_TTL {
+        if e - i > i128::from(AIR_MAX_TTL) {
             report.fail(
                 "token.lifetime",
                 format!("{} s between iat and exp", e - i),
@@ -495,7 +516,7 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
         }
     }
     if let Some(i) = iat
-        && i > now + SKEW
+        && i > now + i128::from(SKEW)
     {
         report.warn(
             "token.iat",

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod doctor;
 pub mod emulator;
+pub mod fuzzing;
 pub mod http;
 pub mod http_client;
 pub mod integrity;

@@ -62,6 +62,16 @@ impl Snapshot {
     fn is_fresh(&self) -> bool {
         self.fetched_at.elapsed() < self.max_age
     }
+
+    /// The snapshot a fetch of `url` answering `body` (without `max-age`) would make; for the
+    /// fuzz targets, which verify tokens without a network.
+    pub(super) fn from_body(url: &str, body: &[u8]) -> Result<Self, JwksError> {
+        Ok(Snapshot {
+            keys: parse(url, body)?,
+            fetched_at: Instant::now(),
+            max_age: DEFAULT_MAX_AGE,
+        })
+    }
 }
 
 /// Why no JWKS could be had.

@@ -38,6 +38,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub use control::EmulatorControl;
+pub(crate) use verify::verify_offline;
 
 /// How long a JWKS fetch may take before it counts as unreachable.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);

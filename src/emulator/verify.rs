@@ -13,7 +13,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
-use super::jwks::{JwksCache, JwksError};
+use super::jwks::{JwksCache, JwksError, Snapshot};
 
 /// Why a Partner JWT is refused; the `Display` text is the message of the 401.
 #[derive(Debug, thiserror::Error)]
@@ -134,86 +134,128 @@ impl Verifier {
 
     /// Verifies the `x-partner-auth` header value.
     pub(super) async fn verify(&self, header: Option<&HeaderValue>) -> Result<Caller, AuthError> {
-        let token = header.ok_or(AuthError::MissingHeader)?;
-        let token = token
-            .to_str()
-            .map_err(|_| AuthError::Malformed("the token is not ASCII".into()))?
-            .trim();
-        if token.is_empty() {
-            return Err(AuthError::MissingHeader);
-        }
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(AuthError::Malformed("the token is too long".into()));
-        }
-        if token.split('.').count() != 3 {
-            return Err(AuthError::Malformed(
-                "a JWT has three base64url parts separated by dots".into(),
-            ));
-        }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Malformed(format!("the header cannot be read ({e})")))?;
-        if header.typ.as_deref() != Some("JWT") {
-            return Err(AuthError::MissingTyp);
-        }
-        let kid = header.kid.ok_or(AuthError::MissingKid)?;
-
+        let (token, alg, kid) = read_token(header)?;
         let jwks = self.jwks.current().await?;
-        let published = jwks
-            .get(&kid)
-            .ok_or_else(|| AuthError::KidNotFound(kid.clone()))?;
-        let kty = expected_kty(header.alg).ok_or(AuthError::AlgorithmMismatch)?;
-        let alg_name = match header.alg {
-            Algorithm::RS256 => "RS256",
-            _ => "ES256",
-        };
-        if published.kty != kty || published.alg.as_deref().is_some_and(|a| a != alg_name) {
-            return Err(AuthError::AlgorithmMismatch);
-        }
-        let key = published
-            .key
-            .as_ref()
-            .map_err(|reason| AuthError::UnusableKey {
-                kid: kid.clone(),
-                reason: reason.clone(),
-            })?;
-
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = 0;
-        validation.validate_exp = true;
-        validation.validate_aud = false;
-        validation.required_spec_claims = HashSet::from(["exp".to_owned()]);
-        let data =
-            jsonwebtoken::decode::<Value>(token, key, &validation).map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim("exp"),
-                ErrorKind::InvalidClaimFormat(_) => AuthError::BadExp,
-                ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                    AuthError::Malformed("the payload is not a JSON object".into())
-                }
-                _ => AuthError::BadSignature,
-            })?;
-        let claims = data.claims;
-        if !claims.is_object() {
-            return Err(AuthError::Malformed(
-                "the payload is not a JSON object".into(),
-            ));
-        }
-
-        let partner_id = string_claim(&claims, "partnerId")?;
-        let email = string_claim(&claims, "email")?;
-        let scope = string_claim(&claims, "scope")?;
-        if partner_id != self.partner_id {
-            return Err(AuthError::WrongPartner {
-                got: partner_id,
-                expected: self.partner_id.clone(),
-            });
-        }
-        if !self.accept_scopes.contains(&scope) {
-            return Err(AuthError::ScopeNotAccepted {
-                got: scope,
-                accepted: self.accept_scopes.join(", "),
-            });
-        }
-        Ok(Caller { email })
+        check_token(
+            token,
+            alg,
+            kid,
+            &jwks,
+            &self.partner_id,
+            &self.accept_scopes,
+        )
     }
+}
+
+/// The checks that need no JWKS: the token's shape, `typ` and `kid`. Returns the token text, its
+/// `alg` and its `kid`.
+fn read_token(header: Option<&HeaderValue>) -> Result<(&str, Algorithm, String), AuthError> {
+    let token = header.ok_or(AuthError::MissingHeader)?;
+    let token = token
+        .to_str()
+        .map_err(|_| AuthError::Malformed("the token is not ASCII".into()))?
+        .trim();
+    if token.is_empty() {
+        return Err(AuthError::MissingHeader);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Malformed("the token is too long".into()));
+    }
+    if token.split('.').count() != 3 {
+        return Err(AuthError::Malformed(
+            "a JWT has three base64url parts separated by dots".into(),
+        ));
+    }
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| AuthError::Malformed(format!("the header cannot be read ({e})")))?;
+    if header.typ.as_deref() != Some("JWT") {
+        return Err(AuthError::MissingTyp);
+    }
+    let kid = header.kid.ok_or(AuthError::MissingKid)?;
+    Ok((token, header.alg, kid))
+}
+
+/// The checks against the JWKS: `kid` published, algorithm fitting the key, signature, expiry,
+/// then the claims AIR Kit reads.
+fn check_token(
+    token: &str,
+    alg: Algorithm,
+    kid: String,
+    jwks: &Snapshot,
+    partner_id: &str,
+    accept_scopes: &[String],
+) -> Result<Caller, AuthError> {
+    let published = jwks
+        .get(&kid)
+        .ok_or_else(|| AuthError::KidNotFound(kid.clone()))?;
+    let kty = expected_kty(alg).ok_or(AuthError::AlgorithmMismatch)?;
+    let alg_name = match alg {
+        Algorithm::RS256 => "RS256",
+        _ => "ES256",
+    };
+    if published.kty != kty || published.alg.as_deref().is_some_and(|a| a != alg_name) {
+        return Err(AuthError::AlgorithmMismatch);
+    }
+    let key = published
+        .key
+        .as_ref()
+        .map_err(|reason| AuthError::UnusableKey {
+            kid: kid.clone(),
+            reason: reason.clone(),
+        })?;
+
+    let mut validation = Validation::new(alg);
+    validation.leeway = 0;
+    validation.validate_exp = true;
+    validation.validate_aud = false;
+    validation.required_spec_claims = HashSet::from(["exp".to_owned()]);
+    let data =
+        jsonwebtoken::decode::<Value>(token, key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim("exp"),
+            ErrorKind::InvalidClaimFormat(_) => AuthError::BadExp,
+            ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                AuthError::Malformed("the payload is not a JSON object".into())
+            }
+            _ => AuthError::BadSignature,
+        })?;
+    let claims = data.claims;
+    if !claims.is_object() {
+        return Err(AuthError::Malformed(
+            "the payload is not a JSON object".into(),
+        ));
+    }
+
+    let partner_id_claim = string_claim(&claims, "partnerId")?;
+    let email = string_claim(&claims, "email")?;
+    let scope = string_claim(&claims, "scope")?;
+    if partner_id_claim != partner_id {
+        return Err(AuthError::WrongPartner {
+            got: partner_id_claim,
+            expected: partner_id.to_owned(),
+        });
+    }
+    if !accept_scopes.contains(&scope) {
+        return Err(AuthError::ScopeNotAccepted {
+            got: scope,
+            accepted: accept_scopes.join(", "),
+        });
+    }
+    Ok(Caller { email })
+}
+
+/// [`Verifier::verify`] without the fetch: `header` checked against the JWKS document
+/// `jwks_body` as if it had just been fetched. The verified caller's email, or the 401 message.
+/// Only the fuzz targets use it ([`crate::fuzzing`]); the server always fetches.
+pub(crate) fn verify_offline(
+    header: Option<&HeaderValue>,
+    jwks_body: &[u8],
+    partner_id: &str,
+    accept_scopes: &[String],
+) -> Result<String, String> {
+    let (token, alg, kid) = read_token(header).map_err(|e| e.to_string())?;
+    let jwks = Snapshot::from_body("(fuzz input)", jwks_body).map_err(|e| e.to_string())?;
+    check_token(token, alg, kid, &jwks, partner_id, accept_scopes)
+        .map(|caller| caller.email)
+        .map_err(|e| e.to_string())
 }

@@ -118,7 +118,7 @@ async fn resume_issuance(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct KycSubject {
+pub(crate) struct KycSubject {
     client_id: Option<String>,
     email: Option<String>,
 }
@@ -299,7 +299,7 @@ async fn list_keys(_: AdminAuth, State(state): State<AppState>) -> Result<Json<V
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RotateRequest {
+pub(crate) struct RotateRequest {
     alg: Option<String>,
     emergency: Option<bool>,
 }
@@ -362,7 +362,7 @@ async fn revoke(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ImportRequest {
+pub(crate) struct ImportRequest {
     /// The private key; held in a redacting, zeroising type.
     pem: Option<secrecy::SecretString>,
     kid: Option<String>,
@@ -398,7 +398,7 @@ async fn import(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateClientRequest {
+pub(crate) struct CreateClientRequest {
     name: Option<String>,
     scopes: Option<Vec<String>>,
 }

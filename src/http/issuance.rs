@@ -58,7 +58,7 @@ fn require_issue_scope(state: &AppState, client: &Client) -> Result<(), ApiError
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct IssueRequest {
+pub(crate) struct IssueRequest {
     email: Option<String>,
     credential_subject: Option<Value>,
     issuer_did: Option<String>,

@@ -27,7 +27,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct TokenRequest {
+pub(crate) struct TokenRequest {
     email: Option<String>,
     scope: Option<String>,
     ttl_seconds: Option<i64>,

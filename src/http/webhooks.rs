@@ -202,7 +202,7 @@ async fn authenticate<T>(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct KycComplete {
+pub(crate) struct KycComplete {
     user_email: Option<String>,
     kyc_level: Option<Value>,
     event_id: Option<String>,
@@ -312,7 +312,7 @@ struct IdenfyStatus {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct IdenfyWebhook {
+pub(crate) struct IdenfyWebhook {
     #[serde(rename = "final")]
     is_final: Option<bool>,
     status: Option<IdenfyStatus>,
