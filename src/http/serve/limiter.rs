@@ -1,60 +1,21 @@
-//! Serving HTTP/1.1 (and HTTPS) connections within bounds, so that no client can hold a listener,
-//! or the process's file descriptors, hostage.
+//! The connections of one listener within its limit, and which one to shed for a newcomer.
 //!
-//! What each listener guarantees:
-//! - **Its own connection limit.** The two listeners never share one: silent connections piled
-//!   on the public listener cannot take `/admin` or `/v1/tokens` down, nor the reverse. Both
-//!   limits are fitted under the process's open-files limit at start ([`fit_connection_limits`]).
-//! - **A full listener sheds, it does not stall.** A new connection to a full listener replaces
-//!   an open one that is doing nothing useful: first the oldest connection that has not sent a
-//!   byte (a silent TCP or TLS connection), then the oldest idle one (between requests, or still
-//!   sending headers); within a class, the one whose source address (IPv6: its /64) holds the
-//!   most connections, so that one busy source sheds its own connections and not a stranger's.
-//!   Connections in the middle of a request are never shed; if every connection is, the new one
-//!   is refused (closed at once) and counted. A legitimate verifier sends its request as soon as
-//!   it connects, so a flood of silent or slow connections cannot cost it its fetch.
-//! - **Timers on every wait.** The client's first byte within [`Bounds::first_byte_timeout`]
-//!   (verifiers and proxies speak as soon as they connect); TLS: the whole handshake within
-//!   [`Bounds::tls_handshake`]; HTTP: a request's headers within [`Bounds::header_timeout`],
-//!   counted from the connection's start or the end of the previous response, so it is also the
-//!   keep-alive idle timeout. Request bodies have their own deadline, enforced where they are
-//!   read (`extract`).
-//! - **Bounded memory per connection**: headers and buffered bytes are capped ([`MAX_BUF`]).
-//!
-//! On shutdown a listener stops accepting, lets requests in flight finish, closes idle
-//! connections, and waits (at most [`DRAIN`]) for the rest.
+//! When the listener is full, the connection shed is one of the source address (IPv6: its /64)
+//! holding the most connections, so that one source sheds its own and not a stranger's; among
+//! those, one older than [`YOUNG`] if there is one (a connection just opened has had no time to
+//! speak), silent before idle before still sending its body (a slow upload and one that never
+//! ends look the same), the oldest first. A connection whose request is being handled is never
+//! shed. The limits themselves are fitted under the process's open-files limit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::Notify;
 
-use super::throttle::source_of;
-use crate::metrics::Metrics;
-use crate::telemetry::LogLimiter;
-
-/// Largest read buffer of a connection, which bounds the request line and headers (hyper's
-/// smallest allowed is 8 KiB; keyhost's largest header is an API key or a signature).
-pub const MAX_BUF: usize = 16 * 1024;
-
-/// Longest wait for connections to finish after shutdown was asked for.
-pub const DRAIN: Duration = Duration::from_secs(30);
+use crate::http::throttle::source_of;
 
 /// Open files kept out of the connection budget: the database and its journal, the lock file,
 /// the runtime's own descriptors, outgoing connections to AIR Kit, certificate reloads.
@@ -62,20 +23,6 @@ pub const RESERVED_FILES: u64 = 64;
 
 /// The smallest connection budget keyhost starts with.
 const MIN_BUDGET: u64 = 8;
-
-/// Limits of one listener.
-#[derive(Debug, Clone)]
-pub struct Bounds {
-    /// Connections open at once.
-    pub max_connections: usize,
-    /// Time a client has to send a request's headers, from the connection's start or the end of
-    /// the previous response (so also the keep-alive idle timeout).
-    pub header_timeout: Duration,
-    /// Time to the client's first byte (of its TLS handshake, or of its first request).
-    pub first_byte_timeout: Duration,
-    /// TLS: time to the end of the handshake.
-    pub tls_handshake: Duration,
-}
 
 /// Raises the soft open-files limit to the hard one (as nginx and Go do) and returns the soft
 /// limit then in force, if the platform tells.
@@ -138,17 +85,17 @@ struct Entry {
 }
 
 /// What a connection is doing, updated by its task and its requests.
-struct ConnState {
+pub(super) struct ConnState {
     /// When it was accepted.
     opened: Instant,
     /// The client has sent at least one byte.
-    spoke: AtomicBool,
+    pub(super) spoke: AtomicBool,
     /// Requests being handled now.
-    busy: AtomicUsize,
+    pub(super) busy: AtomicUsize,
     /// Of those, requests whose body has not arrived yet.
     receiving: AtomicUsize,
     /// Told to close by the limiter.
-    shed: Notify,
+    pub(super) shed: Notify,
 }
 
 impl ConnState {
@@ -204,6 +151,16 @@ pub struct RequestWatch {
 }
 
 impl RequestWatch {
+    /// Watches a request with a body on `conn`, already counted busy there.
+    pub(super) fn receiving(conn: Arc<ConnState>) -> Arc<Self> {
+        conn.receiving.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Self {
+            conn,
+            receiving: AtomicBool::new(true),
+        })
+    }
+
+    #[cfg(test)]
     fn start(conn: Arc<ConnState>, has_body: bool) -> Arc<Self> {
         conn.busy.fetch_add(1, Ordering::Relaxed);
         if has_body {
@@ -275,7 +232,7 @@ impl Open {
 }
 
 /// The connections of one listener, within its limit.
-struct Limiter {
+pub(super) struct Limiter {
     capacity: usize,
     open: Mutex<Open>,
     /// Notified whenever a connection closes (for the drain at shutdown).
@@ -283,10 +240,10 @@ struct Limiter {
 }
 
 /// A connection's place in its listener; gives the place back when dropped.
-struct Slot {
+pub(super) struct Slot {
     id: u64,
     limiter: Arc<Limiter>,
-    state: Arc<ConnState>,
+    pub(super) state: Arc<ConnState>,
 }
 
 impl Drop for Slot {
@@ -297,7 +254,7 @@ impl Drop for Slot {
 }
 
 /// Whether a connection got in.
-enum Admission {
+pub(super) enum Admission {
     /// There was room.
     Admitted(Slot),
     /// It took the place of a connection that was told to close.
@@ -307,7 +264,7 @@ enum Admission {
 }
 
 impl Limiter {
-    fn new(capacity: usize) -> Arc<Self> {
+    pub(super) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             capacity: capacity.max(1),
             open: Mutex::default(),
@@ -319,7 +276,7 @@ impl Limiter {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
         self.admit_at(ip, Instant::now())
     }
 
@@ -365,7 +322,7 @@ impl Limiter {
     }
 
     /// Waits until no connection is left, or `limit` has passed.
-    async fn drained(&self, limit: Duration) {
+    pub(super) async fn drained(&self, limit: Duration) {
         let wait = async {
             loop {
                 let closed = self.closed.notified();
@@ -376,269 +333,6 @@ impl Limiter {
             }
         };
         let _ = tokio::time::timeout(limit, wait).await;
-    }
-}
-
-/// One listener: TCP, optionally TLS, HTTP/1.1, within its [`Bounds`].
-pub struct Server {
-    name: &'static str,
-    tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
-    bounds: Bounds,
-    metrics: Arc<Metrics>,
-    /// Whether requests carry the peer's address (`ConnectInfo`); the public listener's routes
-    /// need none, and it saves them an allocation each.
-    peer_address: bool,
-}
-
-static ACCEPT_FAILURES: LogLimiter = LogLimiter::new(Duration::from_secs(10));
-static REFUSALS: LogLimiter = LogLimiter::new(Duration::from_secs(10));
-
-impl Server {
-    /// A server named `name` (`public` or `internal`, for logs and metrics) on `tcp`, speaking
-    /// TLS with `tls` when given.
-    pub fn new(
-        name: &'static str,
-        tcp: TcpListener,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        bounds: Bounds,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            name,
-            tcp,
-            tls: tls.map(TlsAcceptor::from),
-            bounds,
-            metrics,
-            peer_address: false,
-        }
-    }
-
-    /// Gives every request the peer's address as `ConnectInfo<SocketAddr>` (for per-address
-    /// throttling).
-    pub fn with_peer_address(mut self) -> Self {
-        self.peer_address = true;
-        self
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
-
-    /// Serves `router` until `shutdown` turns true, then drains (see the module documentation).
-    pub async fn run(self, router: Router, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
-        let limiter = Limiter::new(self.bounds.max_connections);
-        let (closing, closing_rx) = watch::channel(false);
-        let counters = self.metrics.connections(self.name);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = self.tcp.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors, most likely: wait for some to close.
-                        if let Some(suppressed) = ACCEPT_FAILURES.allow() {
-                            tracing::warn!(listener = self.name, error = %e, suppressed, "accepting a connection failed");
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stopped(&mut shutdown) => break,
-            };
-            let slot = match limiter.admit(peer.ip()) {
-                Admission::Admitted(slot) => slot,
-                Admission::Shed(slot) => {
-                    counters.shed.inc();
-                    slot
-                }
-                Admission::Refused => {
-                    counters.refused.inc();
-                    if let Some(suppressed) = REFUSALS.allow() {
-                        tracing::warn!(
-                            listener = self.name,
-                            limit = self.bounds.max_connections,
-                            suppressed,
-                            "connection refused: every connection is busy with a request"
-                        );
-                    }
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let conn = Connection {
-                peer: self.peer_address.then_some(peer),
-                slot,
-                router: router.clone(),
-                bounds: self.bounds.clone(),
-                closing: closing_rx.clone(),
-            };
-            let tls = self.tls.clone();
-            let open = counters.open.clone();
-            open.inc();
-            tokio::spawn(async move {
-                conn.serve(tcp, tls).await;
-                open.dec();
-            });
-        }
-        drop(self.tcp);
-        let _ = closing.send(true);
-        limiter.drained(DRAIN).await;
-        Ok(())
-    }
-}
-
-/// The router of one connection: each request carries its [`RequestWatch`] (and the peer's
-/// address, when asked for), which ends with it.
-#[derive(Clone)]
-struct Watched {
-    router: Router,
-    conn: Arc<ConnState>,
-    peer: Option<SocketAddr>,
-}
-
-impl tower::Service<Request<Incoming>> for Watched {
-    type Response = axum::response::Response;
-    type Error = std::convert::Infallible;
-    type Future = WatchedFuture;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        use hyper::body::Body as _;
-        let watch = RequestWatch::start(self.conn.clone(), !req.body().is_end_stream());
-        let mut req = req.map(Body::new);
-        req.extensions_mut().insert(watch.clone());
-        if let Some(peer) = self.peer {
-            req.extensions_mut().insert(ConnectInfo(peer));
-        }
-        WatchedFuture {
-            inner: tower::Service::call(&mut self.router, req),
-            _watch: watch,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request's answer, keeping its [`RequestWatch`] until it is ready.
-    struct WatchedFuture {
-        #[pin]
-        inner: axum::routing::future::RouteFuture<std::convert::Infallible>,
-        _watch: Arc<RequestWatch>,
-    }
-}
-
-impl std::future::Future for WatchedFuture {
-    type Output = Result<axum::response::Response, std::convert::Infallible>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
-
-/// Completes once `flag` turns true (or its sender is gone).
-async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|stop| *stop).await;
-}
-
-/// One accepted connection and what it needs to serve itself.
-struct Connection {
-    /// The peer, when requests are to carry it.
-    peer: Option<SocketAddr>,
-    slot: Slot,
-    router: Router,
-    bounds: Bounds,
-    closing: watch::Receiver<bool>,
-}
-
-impl Connection {
-    async fn serve(mut self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
-        let state = self.slot.state.clone();
-        let first_byte = self.bounds.first_byte_timeout;
-        // Wait for the client to say something; until it does, it is first in line to be shed.
-        let spoke = async {
-            let mut byte = [0u8; 1];
-            matches!(
-                tokio::time::timeout(first_byte, tcp.peek(&mut byte)).await,
-                Ok(Ok(1..))
-            )
-        };
-        let spoke = tokio::select! {
-            spoke = spoke => spoke,
-            _ = state.shed.notified() => false,
-            _ = stopped(&mut self.closing) => false,
-        };
-        if !spoke {
-            return;
-        }
-        state.spoke.store(true, Ordering::Relaxed);
-        match tls {
-            None => self.http(tcp).await,
-            Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(self.bounds.tls_handshake, acceptor.accept(tcp));
-                let stream = tokio::select! {
-                    done = handshake => match done {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    },
-                    _ = state.shed.notified() => return,
-                    _ = stopped(&mut self.closing) => return,
-                };
-                self.http(stream).await
-            }
-        }
-    }
-
-    async fn http<I>(mut self, io: I)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let state = self.slot.state.clone();
-        let service = Watched {
-            router: self.router.clone(),
-            conn: state.clone(),
-            peer: self.peer,
-        };
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.bounds.header_timeout)
-            .max_buf_size(MAX_BUF);
-        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
-        let mut conn = pin!(conn);
-        let mut draining = false;
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                // Only a connection between requests is shed: dropping it closes it.
-                _ = state.shed.notified() => return,
-                _ = stopped(&mut self.closing), if !draining => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-        }
     }
 }
 
