@@ -225,6 +225,27 @@ impl KeyService {
     /// that starts a lead or a grace, before the change (so a new key is never credited with time
     /// from before it existed), on verified rows.
     fn count_served(&self, tx: &Connection, keys: &[KeyRecord]) -> Result<(), KeyError> {
+        self.count_served_then(tx, keys, false)
+    }
+
+    /// [`KeyService::count_served`] before a change that starts a lead or a grace: the fraction
+    /// of a second not yet counted is dropped (the keys already counting lose it, which only
+    /// delays them), so that the new lead or grace starts from now and is never credited with
+    /// time from before it existed.
+    fn count_served_before_a_start(
+        &self,
+        tx: &Connection,
+        keys: &[KeyRecord],
+    ) -> Result<(), KeyError> {
+        self.count_served_then(tx, keys, true)
+    }
+
+    fn count_served_then(
+        &self,
+        tx: &Connection,
+        keys: &[KeyRecord],
+        drop_fraction: bool,
+    ) -> Result<(), KeyError> {
         if !self.serving {
             return Ok(());
         }
@@ -243,8 +264,10 @@ impl KeyService {
                 }
             }
         }
-        // Whole seconds only: the fraction stays for the next round.
+        // Whole seconds only: the fraction stays for the next round, unless a lead or a grace
+        // starts now.
         *counted_to = Some(match *counted_to {
+            _ if drop_fraction => now,
             Some(before) if served > 0 => before + Duration::from_secs(served as u64),
             Some(before) => before,
             None => now,
@@ -312,6 +335,21 @@ impl KeyService {
                     {
                         return Ok(false); // another writer changed the picture: plan again
                     }
+                }
+                // A lead or a grace starting now must not inherit the fraction of a second not
+                // counted yet.
+                let starts = plan.transitions.iter().any(|t| {
+                    matches!(
+                        t,
+                        Transition::Generate {
+                            activate_now: false,
+                            ..
+                        } | Transition::Publish { .. }
+                            | Transition::Retire { .. }
+                    )
+                });
+                if starts {
+                    self.count_served_before_a_start(&tx, &keys)?;
                 }
                 for t in plan.transitions {
                     let kid = self.apply(&tx, now, &keys, &t, &mut spare, actor)?;
@@ -578,8 +616,6 @@ impl KeyService {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 ?;
             let now = self.clock.now();
-            // Count what was served up to now first: the new key's lead starts now.
-            self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
             let keys = self.trusted(store::keys::list(&tx)?);
             let of_alg = |s: KeyState| keys.iter().filter(move |k| k.alg == alg && k.state == s);
             let mut revoked = Vec::new();
@@ -626,6 +662,10 @@ impl KeyService {
                 warning = None;
                 KeyState::Pending
             };
+            if state == KeyState::Pending {
+                // What was served up to now is counted first: the new key's lead starts now.
+                self.count_served_before_a_start(&tx, &keys)?;
+            }
             let signable_at = self.signable_at_of_new(state, now);
             let key = self.insert(&tx, &m, None, Origin::Generated, state, signable_at, now)?;
             store::audit::record(
@@ -679,8 +719,6 @@ impl KeyService {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 ?;
             let now = self.clock.now();
-            // Count what was served up to now first: the key's grace starts now.
-            self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
             let (key, trusted) = self.find(&tx, kid)?;
             if !trusted {
                 return Err(KeyError::Conflict(format!(
@@ -705,6 +743,8 @@ impl KeyService {
                 }
             }
             let expires_at = now + self.policy.retire_grace;
+            // What was served up to now is counted first: the key's grace starts now.
+            self.count_served_before_a_start(&tx, &self.trusted(store::keys::list(&tx)?))?;
             store::keys::retire(&tx, key.id, now, expires_at)?;
             let key = self.seal_row(&tx, key.id)?;
             store::audit::record(
@@ -774,8 +814,6 @@ impl KeyService {
         self.store.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = self.clock.now();
-            // Count what was served up to now first: the new key's lead starts now.
-            self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
             let keys = self.trusted(store::keys::list(&tx)?);
             let thumbprint = m.pair.public_jwk().thumbprint();
             if let Some(same) = keys
@@ -815,6 +853,10 @@ impl KeyService {
             } else {
                 KeyState::Pending
             };
+            if state == KeyState::Pending {
+                // What was served up to now is counted first: the new key's lead starts now.
+                self.count_served_before_a_start(&tx, &keys)?;
+            }
             let signable_at = self.signable_at_of_new(state, now);
             let key = self.insert(&tx, &m, kid, Origin::Imported, state, signable_at, now)?;
             store::audit::record(
@@ -898,6 +940,52 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::Config;
+
+    /// A clock whose monotonic face moves in milliseconds.
+    struct MsClock {
+        wall: std::sync::atomic::AtomicI64,
+        mono_ms: std::sync::atomic::AtomicU64,
+    }
+
+    impl Clock for MsClock {
+        fn now(&self) -> UnixTime {
+            self.wall.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn monotonic(&self) -> Duration {
+            Duration::from_millis(self.mono_ms.load(std::sync::atomic::Ordering::SeqCst))
+        }
+    }
+
+    #[test]
+    fn not_even_the_fraction_of_a_second_before_it_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(MsClock {
+            wall: std::sync::atomic::AtomicI64::new(crate::clock::SystemClock.now()),
+            mono_ms: std::sync::atomic::AtomicU64::new(10_000),
+        });
+        let at = |ms: u64| clock.mono_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+        let config = Config::rooted_at(dir.path());
+        let keys = crate::startup::open(&config, clock.clone(), true)
+            .unwrap()
+            .keys;
+        keys.tick("test").unwrap(); // counting starts at 10.0 s
+        keys.mark_served().unwrap();
+        at(10_900); // 0.9 s not counted yet when the rotation comes
+        let rotated = keys.rotate(Alg::ES256, false, "test").unwrap().key;
+        at(13_000); // the new key has existed 2.1 s
+        keys.tick("test").unwrap();
+        let pending = keys
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|k| k.id == rotated.id)
+            .unwrap();
+        assert_eq!(
+            pending.lead_remaining,
+            keys.policy().publish_lead - 2,
+            "2 whole seconds served, not 3"
+        );
+    }
 
     #[test]
     fn a_new_key_is_never_credited_with_time_served_before_it_existed() {
