@@ -132,7 +132,7 @@ impl ClientRegistry {
     /// Reloads every client from the store; a row failing its integrity check is left out and
     /// reported.
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let found = store.with(|c| store::clients::list(c))?;
+        let found = store.blocking_read(store::clients::list)?;
         let (rows, forged): (Vec<_>, Vec<_>) =
             found.rows.into_iter().partition(|r| self.auth.client_ok(r));
         let failing = forged.len() + found.unreadable.len();
@@ -263,7 +263,7 @@ impl AdminToken {
             ));
         }
         let name = store::settings::ADMIN_TOKEN_SHA256;
-        let stored = store.with(|c| store::settings::get_with_mac(c, name))?;
+        let stored = store.blocking_read(|tx| store::settings::get_with_mac(tx, name))?;
         if let Some(stored) = stored {
             match decode_hex32(&stored.value) {
                 Some(hash) if auth.setting_ok(name, &stored.value, stored.mac.as_deref()) => {
@@ -295,8 +295,8 @@ impl AdminToken {
         };
         let me = Self::from_token(&token);
         let hex = hex::encode(me.hash);
-        store.with(|c| {
-            store::settings::set_with_mac(c, name, &hex, &auth.setting_mac(name, &hex))
+        store.blocking_write(|tx| {
+            store::settings::set_with_mac(tx, name, &hex, &auth.setting_mac(name, &hex))
         })?;
         Ok((me, AdminTokenSource::Generated(file)))
     }

@@ -307,7 +307,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 bail!("--ttl must be between 1 and {MAX_TOKEN_TTL}");
             }
             let row = store
-                .with(|c| store::clients::get(c, &client))?
+                .blocking_read(|tx| store::clients::get(tx, &client))?
                 .with_context(|| format!("no client with id {client:?}"))?;
             if !keys.row_auth().client_ok(&row) {
                 bail!(
@@ -348,9 +348,9 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 },
             )?;
             keys.note_signed_until(&[(rec.id, minted.exp)])?;
-            store.with(|c| {
+            store.blocking_write(|tx| {
                 store::audit::record(
-                    c,
+                    tx,
                     now,
                     &actor,
                     "token.mint",

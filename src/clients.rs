@@ -114,18 +114,16 @@ pub fn create(
         mac: None,
     };
     row.mac = Some(auth.client_mac(&row));
-    store.with(|c| {
-        let tx = c.transaction()?;
-        store::clients::insert(&tx, &row)?;
+    store.blocking_write(|tx| {
+        store::clients::insert(tx, &row)?;
         store::audit::record(
-            &tx,
+            tx,
             now,
             actor,
             "client.create",
             &row.id,
             &json!({"name": row.name, "scopes": row.scopes}),
         )?;
-        tx.commit()?;
         Ok::<_, StoreError>(())
     })?;
     Ok((ClientView::from(&row), issued.api_key))
@@ -133,7 +131,7 @@ pub fn create(
 
 /// Every client, each flagged if its row fails its integrity check.
 pub fn list(store: &Store, auth: &RowAuth) -> Result<Vec<ClientView>, ClientError> {
-    let rows = store.with(|c| store::clients::list(c))?.rows;
+    let rows = store.blocking_read(store::clients::list)?.rows;
     Ok(rows
         .iter()
         .map(|r| ClientView {
@@ -151,20 +149,18 @@ pub fn disable(
     id: &str,
     actor: &str,
 ) -> Result<ClientView, ClientError> {
-    store.with(|c| {
-        let tx = c.transaction().map_err(StoreError::from)?;
-        let Some(_) = store::clients::get(&tx, id)? else {
+    store.blocking_write(|tx| {
+        let Some(_) = store::clients::get(tx, id)? else {
             return Err(ClientError::NotFound(id.to_owned()));
         };
-        if !store::clients::disable(&tx, id, now)? {
+        if !store::clients::disable(tx, id, now)? {
             return Err(ClientError::AlreadyDisabled(id.to_owned()));
         }
-        store::audit::record(&tx, now, actor, "client.disable", id, &json!({}))?;
+        store::audit::record(tx, now, actor, "client.disable", id, &json!({}))?;
         // A disabled client authenticates nothing, so a forged row may be disabled too (that is
         // the remedy); its MAC then covers the disabling.
-        let row = store::clients::get(&tx, id)?.expect("exists");
-        store::clients::set_mac(&tx, id, &auth.client_mac(&row))?;
-        tx.commit().map_err(StoreError::from)?;
+        let row = store::clients::get(tx, id)?.expect("exists");
+        store::clients::set_mac(tx, id, &auth.client_mac(&row))?;
         Ok(ClientView::from(&row))
     })
 }

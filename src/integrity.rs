@@ -27,7 +27,6 @@
 use aws_lc_rs::hmac;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use rusqlite::TransactionBehavior;
 use serde_json::json;
 
 use crate::clock::UnixTime;
@@ -36,7 +35,7 @@ use crate::metrics::TableLabel;
 use crate::store::clients::ClientRow;
 use crate::store::issuances::IssuanceRow;
 use crate::store::keys::StoredKey;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Store, StoreError, Tx};
 
 /// Derives the MAC key and checks rows with it.
 pub struct RowAuth {
@@ -263,7 +262,7 @@ pub struct Survey {
     pub with_mac: usize,
 }
 
-fn survey(tx: &rusqlite::Transaction<'_>) -> Result<Survey, StoreError> {
+fn survey(tx: &Tx<'_>) -> Result<Survey, StoreError> {
     let mut survey = Survey::default();
     let mut count = |has_mac: bool, what: String| {
         if has_mac {
@@ -317,12 +316,11 @@ fn survey(tx: &rusqlite::Transaction<'_>) -> Result<Survey, StoreError> {
 /// predate row authentication: those need an operator's word
 /// ([`accept_legacy_rows`]), since a database writer can make any store look like that.
 pub fn settle(store: &Store, now: UnixTime) -> Result<Option<Survey>, StoreError> {
-    store.with(|c| {
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if store::settings::get(&tx, store::settings::ROW_MACS_SINCE)?.is_some() {
+    store.blocking_write(|tx| {
+        if store::settings::get(tx, store::settings::ROW_MACS_SINCE)?.is_some() {
             return Ok(None);
         }
-        let survey = survey(&tx)?;
+        let survey = survey(tx)?;
         if !survey.without_mac.is_empty() && survey.with_mac == 0 {
             return Ok(Some(survey));
         }
@@ -334,8 +332,7 @@ pub fn settle(store: &Store, now: UnixTime) -> Result<Option<Survey>, StoreError
                  stay untrusted"
             );
         }
-        store::settings::set(&tx, store::settings::ROW_MACS_SINCE, &now.to_string())?;
-        tx.commit()?;
+        store::settings::set(tx, store::settings::ROW_MACS_SINCE, &now.to_string())?;
         Ok(None)
     })
 }
@@ -363,49 +360,45 @@ pub fn accept_legacy_rows(
     now: UnixTime,
     actor: &str,
 ) -> Result<Vec<String>, AcceptError> {
-    store.with(|c| {
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let surveyed = survey(&tx)?;
-        if store::settings::get(&tx, store::settings::ROW_MACS_SINCE)?.is_some()
+    store.blocking_write(|tx| {
+        let surveyed = survey(tx)?;
+        if store::settings::get(tx, store::settings::ROW_MACS_SINCE)?.is_some()
             || surveyed.with_mac > 0
         {
             return Err(AcceptError::NotLegacy);
         }
         // Unreadable rows get no MAC: they stay out, reported.
-        for row in store::keys::list(&tx)?.rows {
+        for row in store::keys::list(tx)?.rows {
             let mac = auth.key_mac(&row.record, row.master_key_id.as_deref());
-            store::keys::set_mac(&tx, row.record.id, &mac)?;
+            store::keys::set_mac(tx, row.record.id, &mac)?;
         }
-        for row in store::clients::list(&tx)?.rows {
-            store::clients::set_mac(&tx, &row.id, &auth.client_mac(&row))?;
+        for row in store::clients::list(tx)?.rows {
+            store::clients::set_mac(tx, &row.id, &auth.client_mac(&row))?;
         }
-        for row in store::issuances::without_mac(&tx)? {
-            store::issuances::set_mac(&tx, &row.id, &auth.issuance_mac(&row))?;
+        for row in store::issuances::without_mac(tx)? {
+            store::issuances::set_mac(tx, &row.id, &auth.issuance_mac(&row))?;
         }
-        for s in store::kyc::subjects(&tx)? {
+        for s in store::kyc::subjects(tx)? {
             store::kyc::set_subject_mac(
-                &tx,
+                tx,
                 &s.client_id,
                 &auth.subject_mac(&s.client_id, &s.email),
             )?;
         }
         let name = store::settings::ADMIN_TOKEN_SHA256;
-        if let Some(setting) = store::settings::get_with_mac(&tx, name)? {
+        if let Some(setting) = store::settings::get_with_mac(tx, name)? {
             let mac = auth.setting_mac(name, &setting.value);
-            store::settings::set_with_mac(&tx, name, &setting.value, &mac)?;
+            store::settings::set_with_mac(tx, name, &setting.value, &mac)?;
         }
-        store::settings::set(&tx, store::settings::ROW_MACS_SINCE, &now.to_string())?;
+        store::settings::set(tx, store::settings::ROW_MACS_SINCE, &now.to_string())?;
         store::audit::record(
-            &tx,
+            tx,
             now,
             actor,
             "integrity.accept-legacy-rows",
             "store",
             &json!({"rows": surveyed.without_mac.len()}),
         )?;
-        tx.commit().map_err(StoreError::from)?;
         Ok(surveyed.without_mac)
     })
 }

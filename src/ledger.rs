@@ -60,11 +60,10 @@ impl MintLedger {
             return Ok(0);
         }
         let now = clock.now();
-        let result = store.with(|c| {
-            let tx = c.transaction()?;
+        let result = store.blocking_write(|tx| {
             for (client, kid, alg, n) in &drained {
                 store::audit::record(
-                    &tx,
+                    tx,
                     now,
                     &format!("client:{client}"),
                     "token.mint",
@@ -72,7 +71,6 @@ impl MintLedger {
                     &json!({"count": n, "alg": alg}),
                 )?;
             }
-            tx.commit()?;
             Ok::<_, store::StoreError>(drained.len())
         });
         if result.is_err() {
@@ -132,16 +130,18 @@ mod tests {
         ledger.record("c1", "k1", "ES256");
         ledger.record("c1", "k2", "RS256");
         store
-            .with(|c| c.execute_batch("ALTER TABLE audit RENAME TO audit_away"))
+            .execute_batch("ALTER TABLE audit RENAME TO audit_away")
             .unwrap();
         assert!(ledger.flush(&store, clock.as_ref()).is_err());
         store
-            .with(|c| c.execute_batch("ALTER TABLE audit_away RENAME TO audit"))
+            .execute_batch("ALTER TABLE audit_away RENAME TO audit")
             .unwrap();
         ledger.record("c1", "k1", "ES256");
         assert_eq!(ledger.flush(&store, clock.as_ref()).unwrap(), 2);
         assert_eq!(ledger.flush(&store, clock.as_ref()).unwrap(), 0);
-        let rows = store.with(|c| store::audit::list(c, 10, None)).unwrap();
+        let rows = store
+            .blocking_read(|tx| store::audit::list(tx, 10, None))
+            .unwrap();
         let count = |kid: &str| {
             rows.iter()
                 .find(|r| r.subject == kid)

@@ -49,10 +49,11 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
     // The master key the store was sealed under, as keyhost recorded it. Key rows name one too,
     // but a row keyhost did not write could name anything: they decide only for a store older
     // than the setting.
-    let recorded = match store.with(|c| store::settings::get(c, store::settings::MASTER_KEY_ID))? {
-        Some(id) => vec![id],
-        None => store.with(|c| store::keys::master_key_ids(c))?,
-    };
+    let recorded =
+        match store.blocking_read(|tx| store::settings::get(tx, store::settings::MASTER_KEY_ID))? {
+            Some(id) => vec![id],
+            None => store.blocking_read(store::keys::master_key_ids)?,
+        };
     if recorded.len() > 1 {
         anyhow::bail!(
             "the store holds keys sealed under several master keys ({}); refusing to start",

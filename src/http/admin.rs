@@ -102,12 +102,11 @@ async fn resume_issuance(
         Ok(Some(row)) => {
             let (store, now) = (state.store.clone(), state.clock.now());
             let subject = row.id.clone();
-            blocking(move || {
-                store.with(|c| {
-                    store::audit::record(c, now, ACTOR, "issuance.resume", &subject, &json!({}))
+            store
+                .write(move |tx| {
+                    store::audit::record(tx, now, ACTOR, "issuance.resume", &subject, &json!({}))
                 })
-            })
-            .await?;
+                .await?;
             Ok(Json(IssuanceView::from(&row)))
         }
         Ok(None) => Err(ApiError::not_found(format!("no issuance {id:?}"))),
@@ -145,11 +144,9 @@ async fn put_kyc_subject(
     let (c2, e2) = (client_id.clone(), email.clone());
     let mac = state.row_auth.subject_mac(&client_id, &email);
     blocking(move || {
-        store.with(|c| {
-            let tx = c.transaction()?;
-            store::kyc::put_subject(&tx, &c2, &e2, now, &mac)?;
-            store::audit::record(&tx, now, ACTOR, "kyc-subject.put", &c2, &json!({}))?;
-            tx.commit()?;
+        store.blocking_write(|tx| {
+            store::kyc::put_subject(tx, &c2, &e2, now, &mac)?;
+            store::audit::record(tx, now, ACTOR, "kyc-subject.put", &c2, &json!({}))?;
             Ok::<_, crate::store::StoreError>(())
         })
     })
@@ -165,7 +162,7 @@ async fn list_kyc_subjects(
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let rows = blocking(move || store.with(|c| store::kyc::subjects(c))).await?;
+    let rows = blocking(move || store.blocking_read(store::kyc::subjects)).await?;
     let rows: Vec<Value> = rows
         .into_iter()
         .map(|s| {
@@ -191,7 +188,8 @@ async fn list_kyc_events(
     let store = state.store.clone();
     let outcome = q.outcome.clone();
     let rows =
-        blocking(move || store.with(|c| store::kyc::list(c, outcome.as_deref(), limit))).await?;
+        blocking(move || store.blocking_read(|tx| store::kyc::list(tx, outcome.as_deref(), limit)))
+            .await?;
     Ok(Json(json!({ "events": rows })))
 }
 
@@ -476,7 +474,8 @@ async fn audit(
         return Err(ApiError::bad_value("limit must be between 1 and 1000"));
     }
     let store = state.store.clone();
-    let entries = blocking(move || store.with(|c| store::audit::list(c, limit, q.before))).await?;
+    let entries =
+        blocking(move || store.blocking_read(|tx| store::audit::list(tx, limit, q.before))).await?;
     let entries: Vec<Value> = entries
         .into_iter()
         .map(|e| {

@@ -36,7 +36,7 @@ use super::tokens::validate_email;
 use super::{AppState, blocking};
 use crate::clock::rfc3339;
 use crate::issuance::{NewIssuance, WaitFor};
-use crate::store::{self, StoreError, kyc::NewKycEvent};
+use crate::store::{self, kyc::NewKycEvent};
 use crate::telemetry::LogLimiter;
 
 /// Webhook routes.
@@ -155,9 +155,9 @@ async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
         why.to_owned(),
     );
     let written = tokio::task::spawn_blocking(move || {
-        store.with(|c| {
+        store.blocking_write(|tx| {
             store::audit::record(
-                c,
+                tx,
                 now,
                 "webhook",
                 "webhook.rejected",
@@ -364,8 +364,10 @@ async fn idenfy(
     let delivery = hex::encode(crate::auth::sha256(&body));
     let first = {
         let (store, delivery) = (store.clone(), delivery.clone());
-        blocking(move || store.with(|c| store::kyc::count_repeat(c, "idenfy", &delivery, now)))
-            .await?
+        blocking(move || {
+            store.blocking_write(|tx| store::kyc::count_repeat(tx, "idenfy", &delivery, now))
+        })
+        .await?
     };
     let retry_of = match first {
         Some(first) if first.outcome != "unmatched" => {
@@ -389,7 +391,7 @@ async fn idenfy(
         );
         blocking(move || {
             store
-                .with(|c| match (retry_of, issuance_id.as_deref()) {
+                .blocking_write(|c| match (retry_of, issuance_id.as_deref()) {
                     (Some(id), Some(issuance)) => {
                         store::kyc::mark_queued(c, id, issuance).map(|queued| queued.then_some(id))
                     }
@@ -410,11 +412,15 @@ async fn idenfy(
                             },
                             now,
                         );
-                        // The same delivery, arriving twice at once: the other copy has the row.
-                        if recorded.as_ref().is_err_and(StoreError::is_constraint) {
-                            store::kyc::count_repeat(c, "idenfy", &delivery, now)?;
+                        // The same delivery, arriving twice at once: the other copy has the row
+                        // (SQLite undid the failed insert only, so the count commits).
+                        match recorded {
+                            Err(e) if e.is_constraint() => {
+                                store::kyc::count_repeat(c, "idenfy", &delivery, now)?;
+                                Ok(None)
+                            }
+                            other => other.map(Some),
                         }
-                        recorded.map(Some)
                     }
                 })
                 .map_err(|e| {
@@ -448,7 +454,10 @@ async fn idenfy(
     }
     let seen = {
         let (store, scan_ref) = (state.store.clone(), scan_ref.clone());
-        blocking(move || store.with(|c| store::kyc::seen_scan_ref(c, "idenfy", &scan_ref))).await?
+        blocking(move || {
+            store.blocking_read(|tx| store::kyc::seen_scan_ref(tx, "idenfy", &scan_ref))
+        })
+        .await?
     };
     if seen {
         return match record("duplicate", None, None).await {
@@ -462,7 +471,7 @@ async fn idenfy(
         Some(c) => {
             let (store, c) = (state.store.clone(), c.to_owned());
             let mapping =
-                blocking(move || store.with(|conn| store::kyc::subject(conn, &c))).await?;
+                blocking(move || store.blocking_read(|tx| store::kyc::subject(tx, &c))).await?;
             match mapping {
                 Some(m)
                     if state

@@ -406,16 +406,14 @@ impl IssuanceService {
         let to_insert = row.clone();
         let (row, created) = self
             .blocking(move |store| {
-                store.with(|c| {
-                    let tx = c.transaction()?;
+                store.blocking_write(|tx| {
                     if let Some(key) = &key
                         && let Some(existing) =
-                            store::issuances::by_idempotency_key(&tx, &to_insert.source, key)?
+                            store::issuances::by_idempotency_key(tx, &to_insert.source, key)?
                     {
                         return Ok((existing, false));
                     }
-                    store::issuances::insert(&tx, &to_insert)?;
-                    tx.commit()?;
+                    store::issuances::insert(tx, &to_insert)?;
                     Ok((to_insert, true))
                 })
             })
@@ -440,7 +438,7 @@ impl IssuanceService {
     /// One issuance.
     pub async fn get(&self, id: &str) -> Result<Option<IssuanceRow>, StoreError> {
         let id = id.to_owned();
-        self.blocking(move |s| s.with(|c| store::issuances::get(c, &id)))
+        self.blocking(move |s| s.blocking_read(|tx| store::issuances::get(tx, &id)))
             .await
     }
 
@@ -483,7 +481,7 @@ impl IssuanceService {
             return Ok(0);
         }
         let found = self
-            .blocking(|s| s.with(|c| store::issuances::unfinished(c)))
+            .blocking(|s| s.blocking_read(store::issuances::unfinished))
             .await?;
         for bad in &found.unreadable {
             self.row_auth.failures.table("issuances").inc();
@@ -585,7 +583,7 @@ impl IssuanceService {
 
     async fn save(&self, row: &IssuanceRow) -> Result<(), StoreError> {
         let to_save = row.clone();
-        self.blocking(move |s| s.with(|c| store::issuances::save(c, &to_save)))
+        self.blocking(move |s| s.blocking_write(|tx| store::issuances::save(tx, &to_save)))
             .await?;
         let _ = self.updates.send(row.id.clone());
         Ok(())
@@ -985,9 +983,11 @@ impl IssuanceService {
             .clone();
         let known = {
             let hash = hash.to_owned();
-            self.blocking(move |s| s.with(|c| store::issuances::by_core_claim_hash(c, &hash)))
-                .await
-                .map_err(StatusError::Store)?
+            self.blocking(move |s| {
+                s.blocking_read(|tx| store::issuances::by_core_claim_hash(tx, &hash))
+            })
+            .await
+            .map_err(StatusError::Store)?
         };
         let known = known.filter(|row| self.authentic(row));
         let email = match (known.as_ref().filter(|row| row.source == caller), email) {
@@ -1013,7 +1013,9 @@ impl IssuanceService {
         limit: u32,
     ) -> Result<Vec<IssuanceRow>, StoreError> {
         let found = self
-            .blocking(move |s| s.with(|c| store::issuances::list(c, state.as_deref(), limit)))
+            .blocking(move |s| {
+                s.blocking_read(|tx| store::issuances::list(tx, state.as_deref(), limit))
+            })
             .await?;
         for bad in &found.unreadable {
             tracing::error!(issuance = %bad.id, why = %bad.why, "an issuance cannot be read; it is left out");

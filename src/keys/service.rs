@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
 use serde_json::json;
 
 use super::master::{MasterKey, MasterKeyError};
@@ -24,7 +23,7 @@ use super::{Alg, KeyRecord, KeyState, Origin};
 use crate::clock::{Clock, UnixTime, rfc3339};
 use crate::integrity::RowAuth;
 use crate::store::keys::StoredKey;
-use crate::store::{self, Rows, Store, StoreError};
+use crate::store::{self, Rows, Store, StoreError, Tx};
 use crate::telemetry::LogLimiter;
 
 /// Why a key operation failed.
@@ -51,12 +50,6 @@ pub enum KeyError {
     /// A request value is unusable.
     #[error("{0}")]
     Invalid(String),
-}
-
-impl From<rusqlite::Error> for KeyError {
-    fn from(e: rusqlite::Error) -> Self {
-        KeyError::Store(StoreError::Sqlite(e))
-    }
 }
 
 /// What a planning round did.
@@ -108,9 +101,9 @@ fn envelope_context(alg: Alg, kid: &str, created_at: UnixTime) -> Vec<u8> {
 /// once (nobody can have cached the JWKS); afterwards never. The setting records it; since a
 /// database writer could delete the setting, the trusted key rows testify too: a key keyhost
 /// generated and activated, or one that has already left signing, means a server ran.
-fn ever_served(c: &Connection, keys: &[KeyRecord]) -> Result<bool, KeyError> {
+fn ever_served(tx: &Tx<'_>, keys: &[KeyRecord]) -> Result<bool, KeyError> {
     Ok(
-        store::settings::get(c, store::settings::FIRST_SERVED_AT)?.is_some()
+        store::settings::get(tx, store::settings::FIRST_SERVED_AT)?.is_some()
             || keys.iter().any(|k| {
                 matches!(
                     k.state,
@@ -196,7 +189,7 @@ impl KeyService {
 
     /// Recomputes the MAC of key row `id` after keyhost changed it (inside the transaction that
     /// first checked it).
-    fn seal_row(&self, tx: &Connection, id: i64) -> Result<KeyRecord, KeyError> {
+    fn seal_row(&self, tx: &Tx<'_>, id: i64) -> Result<KeyRecord, KeyError> {
         let row = store::keys::get(tx, id)?;
         let mac = self
             .row_auth()
@@ -207,7 +200,7 @@ impl KeyService {
 
     /// Every key row with whether it passed its integrity check (for listings).
     pub fn inventory(&self) -> Result<Vec<(KeyRecord, bool)>, KeyError> {
-        let rows = self.store.with(|c| store::keys::list(c))?;
+        let rows = self.store.blocking_read(store::keys::list)?;
         let auth = self.row_auth();
         Ok(rows
             .rows
@@ -224,7 +217,7 @@ impl KeyService {
     /// so downtime never counts). Runs inside the transaction of every round, and of every change
     /// that starts a lead or a grace, before the change (so a new key is never credited with time
     /// from before it existed), on verified rows.
-    fn count_served(&self, tx: &Connection, keys: &[KeyRecord]) -> Result<(), KeyError> {
+    fn count_served(&self, tx: &Tx<'_>, keys: &[KeyRecord]) -> Result<(), KeyError> {
         self.count_served_then(tx, keys, false)
     }
 
@@ -232,17 +225,13 @@ impl KeyService {
     /// of a second not yet counted is dropped (the keys already counting lose it, which only
     /// delays them), so that the new lead or grace starts from now and is never credited with
     /// time from before it existed.
-    fn count_served_before_a_start(
-        &self,
-        tx: &Connection,
-        keys: &[KeyRecord],
-    ) -> Result<(), KeyError> {
+    fn count_served_before_a_start(&self, tx: &Tx<'_>, keys: &[KeyRecord]) -> Result<(), KeyError> {
         self.count_served_then(tx, keys, true)
     }
 
     fn count_served_then(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         keys: &[KeyRecord],
         drop_fraction: bool,
     ) -> Result<(), KeyError> {
@@ -287,7 +276,7 @@ impl KeyService {
 
     /// Every key whose row passes its integrity check, oldest first.
     pub fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
-        let rows = self.store.with(|c| store::keys::list(c))?;
+        let rows = self.store.blocking_read(store::keys::list)?;
         Ok(self.trusted(rows))
     }
 
@@ -297,9 +286,9 @@ impl KeyService {
         let mut spare: HashMap<Alg, KeyMaterial> = HashMap::new();
         for _ in 0..16 {
             let now = self.clock.now();
-            let missing: Vec<Alg> = self.store.with(|c| {
-                let keys = self.trusted(store::keys::list(c)?);
-                let served = ever_served(c, &keys)?;
+            let missing: Vec<Alg> = self.store.blocking_read(|tx| {
+                let keys = self.trusted(store::keys::list(tx)?);
+                let served = ever_served(tx, &keys)?;
                 let plan = planner::plan(now, &keys, &self.policy, served);
                 Ok::<_, KeyError>(
                     plan.transitions
@@ -316,17 +305,15 @@ impl KeyService {
             for alg in missing {
                 spare.insert(alg, material::generate(alg, self.policy.rsa_bits)?);
             }
-            let done = self.store.with(|c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done = self.store.blocking_write(|tx| {
                 // Read the time again: key generation above may have taken a while.
                 let now = self.clock.now();
-                self.count_served(&tx, &self.trusted(store::keys::list(&tx)?))?;
-                let keys = self.trusted(store::keys::list(&tx)?);
-                let served = ever_served(&tx, &keys)?;
+                self.count_served(tx, &self.trusted(store::keys::list(tx)?))?;
+                let keys = self.trusted(store::keys::list(tx)?);
+                let served = ever_served(tx, &keys)?;
                 let plan = planner::plan(now, &keys, &self.policy, served);
                 if plan.transitions.is_empty() {
                     report.next_due = plan.next_due;
-                    tx.commit()?;
                     return Ok::<_, KeyError>(true);
                 }
                 for t in &plan.transitions {
@@ -349,13 +336,12 @@ impl KeyService {
                     )
                 });
                 if starts {
-                    self.count_served_before_a_start(&tx, &keys)?;
+                    self.count_served_before_a_start(tx, &keys)?;
                 }
                 for t in plan.transitions {
-                    let kid = self.apply(&tx, now, &keys, &t, &mut spare, actor)?;
+                    let kid = self.apply(tx, now, &keys, &t, &mut spare, actor)?;
                     report.applied.push((t, kid));
                 }
-                tx.commit()?;
                 Ok(false)
             })?;
             if done {
@@ -376,7 +362,7 @@ impl KeyService {
 
     fn apply(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         now: UnixTime,
         keys: &[KeyRecord],
         t: &Transition,
@@ -480,10 +466,7 @@ impl KeyService {
     /// not linger in old WAL frames (`secure_delete` already zeroes the freed pages). Best effort:
     /// readers can hold the checkpoint back, and a later one completes it.
     fn scrub(&self) {
-        let result = self
-            .store
-            .with(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
-        if let Err(e) = result {
+        if let Err(e) = self.store.checkpoint() {
             tracing::warn!(error = %e, "WAL checkpoint after key destruction failed");
         }
     }
@@ -494,21 +477,15 @@ impl KeyService {
         if exps.is_empty() {
             return Ok(());
         }
-        self.store.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let trusted = self.trusted(store::keys::list(&tx)?);
-            let mut changed = false;
+        self.store.blocking_write(|tx| {
+            let trusted = self.trusted(store::keys::list(tx)?);
             for (id, exp) in exps {
                 let later = trusted
                     .iter()
                     .any(|k| k.id == *id && k.last_exp.is_none_or(|known| known < *exp));
-                if later && store::keys::note_exp(&tx, *id, *exp)? {
-                    self.seal_row(&tx, *id)?;
-                    changed = true;
+                if later && store::keys::note_exp(tx, *id, *exp)? {
+                    self.seal_row(tx, *id)?;
                 }
-            }
-            if changed {
-                tx.commit()?;
             }
             Ok(())
         })
@@ -520,9 +497,9 @@ impl KeyService {
             return Ok(());
         }
         let now = self.clock.now();
-        self.store.with(|c| {
-            if store::settings::get(c, store::settings::FIRST_SERVED_AT)?.is_none() {
-                store::settings::set(c, store::settings::FIRST_SERVED_AT, &now.to_string())?;
+        self.store.blocking_write(|tx| {
+            if store::settings::get(tx, store::settings::FIRST_SERVED_AT)?.is_none() {
+                store::settings::set(tx, store::settings::FIRST_SERVED_AT, &now.to_string())?;
             }
             Ok::<_, StoreError>(())
         })?;
@@ -543,7 +520,7 @@ impl KeyService {
     #[allow(clippy::too_many_arguments)] // one row's worth of facts, each from a different caller
     fn insert(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         m: &KeyMaterial,
         kid: Option<&str>,
         origin: Origin,
@@ -611,21 +588,18 @@ impl KeyService {
     pub fn rotate(&self, alg: Alg, emergency: bool, actor: &str) -> Result<Rotated, KeyError> {
         self.require_enabled(alg)?;
         let m = material::generate(alg, self.policy.rsa_bits)?;
-        self.store.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                ?;
+        self.store.blocking_write(|tx| {
             let now = self.clock.now();
-            let keys = self.trusted(store::keys::list(&tx)?);
+            let keys = self.trusted(store::keys::list(tx)?);
             let of_alg = |s: KeyState| keys.iter().filter(move |k| k.alg == alg && k.state == s);
             let mut revoked = Vec::new();
             let warning;
             let state = if emergency {
                 for k in of_alg(KeyState::Active).chain(of_alg(KeyState::Pending)) {
-                    store::keys::revoke(&tx, k.id, now)?;
-                    self.seal_row(&tx, k.id)?;
+                    store::keys::revoke(tx, k.id, now)?;
+                    self.seal_row(tx, k.id)?;
                     store::audit::record(
-                        &tx,
+                        tx,
                         now,
                         actor,
                         "key.revoke",
@@ -664,19 +638,18 @@ impl KeyService {
             };
             if state == KeyState::Pending {
                 // What was served up to now is counted first: the new key's lead starts now.
-                self.count_served_before_a_start(&tx, &keys)?;
+                self.count_served_before_a_start(tx, &keys)?;
             }
             let signable_at = self.signable_at_of_new(state, now);
-            let key = self.insert(&tx, &m, None, Origin::Generated, state, signable_at, now)?;
+            let key = self.insert(tx, &m, None, Origin::Generated, state, signable_at, now)?;
             store::audit::record(
-                &tx,
+                tx,
                 now,
                 actor,
                 if emergency { "key.rotate.emergency" } else { "key.rotate" },
                 &key.kid,
                 &json!({"alg": alg, "state": state}),
             )?;
-            tx.commit()?;
             Ok(Rotated {
                 key,
                 revoked,
@@ -692,8 +665,8 @@ impl KeyService {
 
     /// The key named `kid` (the live one if any), with whether its row passes its integrity
     /// check.
-    fn find(&self, c: &Connection, kid: &str) -> Result<(KeyRecord, bool), KeyError> {
-        let rows = store::keys::find_by_kid(c, kid)?;
+    fn find(&self, tx: &Tx<'_>, kid: &str) -> Result<(KeyRecord, bool), KeyError> {
+        let rows = store::keys::find_by_kid(tx, kid)?;
         let auth = self.row_auth();
         let mut checked = rows.into_iter().map(|r| {
             let ok = auth.stored_key_ok(&r);
@@ -714,12 +687,9 @@ impl KeyService {
     /// Retires a pending key (it stays published for `retire_grace`). The active key is retired by
     /// rotation, never directly, so that an algorithm is never left without a signer by mistake.
     pub fn retire(&self, kid: &str, actor: &str) -> Result<KeyRecord, KeyError> {
-        self.store.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                ?;
+        self.store.blocking_write(|tx| {
             let now = self.clock.now();
-            let (key, trusted) = self.find(&tx, kid)?;
+            let (key, trusted) = self.find(tx, kid)?;
             if !trusted {
                 return Err(KeyError::Conflict(format!(
                     "the row of {kid} fails its integrity check (it was not written by keyhost); \
@@ -744,18 +714,17 @@ impl KeyService {
             }
             let expires_at = now + self.policy.retire_grace;
             // What was served up to now is counted first: the key's grace starts now.
-            self.count_served_before_a_start(&tx, &self.trusted(store::keys::list(&tx)?))?;
-            store::keys::retire(&tx, key.id, now, expires_at)?;
-            let key = self.seal_row(&tx, key.id)?;
+            self.count_served_before_a_start(tx, &self.trusted(store::keys::list(tx)?))?;
+            store::keys::retire(tx, key.id, now, expires_at)?;
+            let key = self.seal_row(tx, key.id)?;
             store::audit::record(
-                &tx,
+                tx,
                 now,
                 actor,
                 "key.retire",
                 kid,
                 &json!({"expiresAt": rfc3339(expires_at)}),
             )?;
-            tx.commit()?;
             Ok(key)
         })
     }
@@ -763,23 +732,20 @@ impl KeyService {
     /// Revokes a key in any live state: it leaves the JWKS now and its private key is destroyed.
     /// Returns a warning when that leaves its algorithm without a signing key.
     pub fn revoke(&self, kid: &str, actor: &str) -> Result<(KeyRecord, Option<String>), KeyError> {
-        self.store.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                ?;
+        self.store.blocking_write(|tx| {
             let now = self.clock.now();
             // A row failing its integrity check may be revoked (that is the remedy): revoking
             // destroys what it holds and keeps it out of the JWKS for good.
-            let (key, trusted) = self.find(&tx, kid)?;
+            let (key, trusted) = self.find(tx, kid)?;
             if !key.state.is_live() {
                 return Err(KeyError::Conflict(format!(
                     "{kid} is already {}",
                     key.state.as_str()
                 )));
             }
-            store::keys::revoke(&tx, key.id, now)?;
+            store::keys::revoke(tx, key.id, now)?;
             store::audit::record(
-                &tx,
+                tx,
                 now,
                 actor,
                 "key.revoke",
@@ -794,8 +760,7 @@ impl KeyService {
                     alg = key.alg
                 )
             });
-            let key = self.seal_row(&tx, key.id)?;
-            tx.commit()?;
+            let key = self.seal_row(tx, key.id)?;
             Ok((key, warning))
         })
         .inspect(|_| self.scrub())
@@ -811,10 +776,9 @@ impl KeyService {
         let m = material::import_pem(pem)?;
         let alg = m.pair.alg();
         self.require_enabled(alg)?;
-        self.store.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.store.blocking_write(|tx| {
             let now = self.clock.now();
-            let keys = self.trusted(store::keys::list(&tx)?);
+            let keys = self.trusted(store::keys::list(tx)?);
             let thumbprint = m.pair.public_jwk().thumbprint();
             if let Some(same) = keys
                 .iter()
@@ -844,7 +808,7 @@ impl KeyService {
                     p.kid
                 )));
             }
-            let served = ever_served(&tx, &keys)?;
+            let served = ever_served(tx, &keys)?;
             let has_active = keys
                 .iter()
                 .any(|k| k.alg == alg && k.state == KeyState::Active);
@@ -855,27 +819,29 @@ impl KeyService {
             };
             if state == KeyState::Pending {
                 // What was served up to now is counted first: the new key's lead starts now.
-                self.count_served_before_a_start(&tx, &keys)?;
+                self.count_served_before_a_start(tx, &keys)?;
             }
             let signable_at = self.signable_at_of_new(state, now);
-            let key = self.insert(&tx, &m, kid, Origin::Imported, state, signable_at, now)?;
+            let key = self.insert(tx, &m, kid, Origin::Imported, state, signable_at, now)?;
             store::audit::record(
-                &tx,
+                tx,
                 now,
                 actor,
                 "key.import",
                 &key.kid,
                 &json!({"alg": alg, "bits": key.bits, "state": state}),
             )?;
-            tx.commit()?;
             Ok(key)
         })
     }
 
     /// Opens the sealed private keys of `ids`, checking each against its published public key.
     pub fn open(&self, records: &[&KeyRecord]) -> Result<Vec<KeyPair>, KeyError> {
-        let sealed = self.store.with(|c| {
-            store::keys::sealed(c, &[KeyState::Pending, KeyState::Active, KeyState::Retired])
+        let sealed = self.store.blocking_read(|tx| {
+            store::keys::sealed(
+                tx,
+                &[KeyState::Pending, KeyState::Active, KeyState::Retired],
+            )
         })?;
         records
             .iter()
@@ -921,8 +887,11 @@ impl KeyService {
     /// the right one. Rows failing their integrity check are reported, not opened.
     pub fn verify_all(&self) -> Result<usize, KeyError> {
         let records = self.list()?;
-        let sealed = self.store.with(|c| {
-            store::keys::sealed(c, &[KeyState::Pending, KeyState::Active, KeyState::Retired])
+        let sealed = self.store.blocking_read(|tx| {
+            store::keys::sealed(
+                tx,
+                &[KeyState::Pending, KeyState::Active, KeyState::Retired],
+            )
         })?;
         let mut opened = 0;
         for s in &sealed {

@@ -1,9 +1,9 @@
 //! The audit trail: who changed which key or client, and when.
 
-use rusqlite::{Connection, params};
+use rusqlite::params;
 use serde::Serialize;
 
-use super::StoreError;
+use super::{StoreError, Tx};
 use crate::clock::UnixTime;
 
 /// One audit row.
@@ -26,13 +26,14 @@ pub struct AuditEntry {
 /// Appends a row.
 #[tracing::instrument(skip_all)]
 pub fn record(
-    conn: &Connection,
+    tx: &Tx<'_>,
     at: UnixTime,
     actor: &str,
     action: &str,
     subject: &str,
     detail: &serde_json::Value,
 ) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![at, actor, action, subject, detail.to_string()],
@@ -42,11 +43,8 @@ pub fn record(
 
 /// The newest rows first, at most `limit`, with ids below `before` when given.
 #[tracing::instrument(skip_all)]
-pub fn list(
-    conn: &Connection,
-    limit: u32,
-    before: Option<i64>,
-) -> Result<Vec<AuditEntry>, StoreError> {
+pub fn list(tx: &Tx<'_>, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(
         "SELECT id, at, actor, action, subject, detail FROM audit
          WHERE id < ?1 ORDER BY id DESC LIMIT ?2",

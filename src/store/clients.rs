@@ -1,8 +1,8 @@
 //! API client rows. Only a hash of each client's secret is stored.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Rows, StoreError, read_rows};
+use super::{Rows, StoreError, Tx, read_rows};
 use crate::clock::UnixTime;
 
 /// A client as stored.
@@ -41,7 +41,8 @@ fn row(r: &Row<'_>) -> Result<ClientRow, rusqlite::Error> {
 
 /// Inserts a client.
 #[tracing::instrument(skip_all)]
-pub fn insert(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
+pub fn insert(tx: &Tx<'_>, c: &ClientRow) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "INSERT INTO clients (id, name, scopes, secret_hash, created_at, disabled_at, mac)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -60,7 +61,8 @@ pub fn insert(conn: &Connection, c: &ClientRow) -> Result<(), StoreError> {
 
 /// Every client, oldest first (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
-pub fn list(conn: &Connection) -> Result<Rows<ClientRow>, StoreError> {
+pub fn list(tx: &Tx<'_>) -> Result<Rows<ClientRow>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(
         "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
          ORDER BY created_at, id",
@@ -70,7 +72,8 @@ pub fn list(conn: &Connection) -> Result<Rows<ClientRow>, StoreError> {
 
 /// One client.
 #[tracing::instrument(skip_all)]
-pub fn get(conn: &Connection, id: &str) -> Result<Option<ClientRow>, StoreError> {
+pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<ClientRow>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
@@ -83,7 +86,8 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<ClientRow>, StoreError>
 
 /// Disables a client; returns false if it was already disabled.
 #[tracing::instrument(skip_all)]
-pub fn disable(conn: &Connection, id: &str, now: UnixTime) -> Result<bool, StoreError> {
+pub fn disable(tx: &Tx<'_>, id: &str, now: UnixTime) -> Result<bool, StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE clients SET disabled_at = ?2 WHERE id = ?1 AND disabled_at IS NULL",
         params![id, now],
@@ -93,7 +97,8 @@ pub fn disable(conn: &Connection, id: &str, now: UnixTime) -> Result<bool, Store
 
 /// Stores a client row's MAC.
 #[tracing::instrument(skip_all)]
-pub fn set_mac(conn: &Connection, id: &str, mac: &[u8]) -> Result<(), StoreError> {
+pub fn set_mac(tx: &Tx<'_>, id: &str, mac: &[u8]) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "UPDATE clients SET mac = ?2 WHERE id = ?1",
         params![id, mac],

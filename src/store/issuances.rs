@@ -1,10 +1,10 @@
 //! Issuance rows: every request to AIR Kit is recorded before the first upstream call and
 //! updated after each, so a crash or an outage loses nothing.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 use serde_json::Value;
 
-use super::{Rows, StoreError, read_rows};
+use super::{Rows, StoreError, Tx, read_rows};
 use crate::clock::UnixTime;
 
 /// An issuance as stored.
@@ -103,7 +103,8 @@ fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
 
 /// Inserts a new issuance.
 #[tracing::instrument(skip_all)]
-pub fn insert(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
+pub fn insert(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         &format!("INSERT INTO issuances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"),
         params![
@@ -140,7 +141,8 @@ pub fn insert(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
 
 /// Writes the mutable part of an issuance.
 #[tracing::instrument(skip_all)]
-pub fn save(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
+pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "UPDATE issuances SET state = ?2, attempts = ?3, next_attempt_at = ?4, core_claim_hash = ?5,
              user_uuid = ?6, duplicate = ?7, vc_status = ?8, vc_id = ?9, issuance_date = ?10, polls = ?11,
@@ -170,7 +172,8 @@ pub fn save(conn: &Connection, i: &IssuanceRow) -> Result<(), StoreError> {
 
 /// One issuance.
 #[tracing::instrument(skip_all)]
-pub fn get(conn: &Connection, id: &str) -> Result<Option<IssuanceRow>, StoreError> {
+pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<IssuanceRow>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM issuances WHERE id = ?1"),
@@ -183,10 +186,11 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<IssuanceRow>, StoreErro
 /// The issuance a source recorded under an idempotency key.
 #[tracing::instrument(skip_all)]
 pub fn by_idempotency_key(
-    conn: &Connection,
+    tx: &Tx<'_>,
     source: &str,
     key: &str,
 ) -> Result<Option<IssuanceRow>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM issuances WHERE source = ?1 AND idempotency_key = ?2"),
@@ -198,10 +202,8 @@ pub fn by_idempotency_key(
 
 /// The latest issuance AIR identified by `hash`.
 #[tracing::instrument(skip_all)]
-pub fn by_core_claim_hash(
-    conn: &Connection,
-    hash: &str,
-) -> Result<Option<IssuanceRow>, StoreError> {
+pub fn by_core_claim_hash(tx: &Tx<'_>, hash: &str) -> Result<Option<IssuanceRow>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             &format!(
@@ -215,11 +217,8 @@ pub fn by_core_claim_hash(
 
 /// Issuances, newest first, optionally in one state (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
-pub fn list(
-    conn: &Connection,
-    state: Option<&str>,
-    limit: u32,
-) -> Result<Rows<IssuanceRow>, StoreError> {
+pub fn list(tx: &Tx<'_>, state: Option<&str>, limit: u32) -> Result<Rows<IssuanceRow>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM issuances WHERE (?1 IS NULL OR state = ?1)
          ORDER BY created_at DESC, id DESC LIMIT ?2"
@@ -230,7 +229,8 @@ pub fn list(
 /// Issuances a server must carry on with: queued, or submitted and not yet ONCHAIN (rows that
 /// cannot be read apart).
 #[tracing::instrument(skip_all)]
-pub fn unfinished(conn: &Connection) -> Result<Rows<IssuanceRow>, StoreError> {
+pub fn unfinished(tx: &Tx<'_>) -> Result<Rows<IssuanceRow>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY created_at"
     ))?;
@@ -239,7 +239,8 @@ pub fn unfinished(conn: &Connection) -> Result<Rows<IssuanceRow>, StoreError> {
 
 /// Readable issuances without a MAC.
 #[tracing::instrument(skip_all)]
-pub fn without_mac(conn: &Connection) -> Result<Vec<IssuanceRow>, StoreError> {
+pub fn without_mac(tx: &Tx<'_>) -> Result<Vec<IssuanceRow>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM issuances WHERE mac IS NULL ORDER BY created_at"
     ))?;
@@ -248,7 +249,8 @@ pub fn without_mac(conn: &Connection) -> Result<Vec<IssuanceRow>, StoreError> {
 
 /// Stores an issuance's MAC.
 #[tracing::instrument(skip_all)]
-pub fn set_mac(conn: &Connection, id: &str, mac: &[u8]) -> Result<(), StoreError> {
+pub fn set_mac(tx: &Tx<'_>, id: &str, mac: &[u8]) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "UPDATE issuances SET mac = ?2 WHERE id = ?1",
         params![id, mac],

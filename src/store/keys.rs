@@ -1,9 +1,9 @@
 //! Key rows. Private keys enter and leave only as sealed blobs; destroying one nulls the column
 //! (with `secure_delete` on, SQLite overwrites the freed bytes).
 
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Row, params};
 
-use super::{Rows, StoreError, read_rows};
+use super::{Rows, StoreError, Tx, read_rows};
 use crate::clock::UnixTime;
 use crate::keys::{Alg, KeyRecord, KeyState, Origin};
 
@@ -121,14 +121,16 @@ fn record(r: &Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
 
 /// Every key row, oldest first (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
-pub fn list(conn: &Connection) -> Result<Rows<StoredKey>, StoreError> {
+pub fn list(tx: &Tx<'_>) -> Result<Rows<StoredKey>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM keys ORDER BY id"))?;
     read_rows(&mut stmt, [], stored)
 }
 
 /// The readable rows named `kid`: live ones first, then the most recent.
 #[tracing::instrument(skip_all)]
-pub fn find_by_kid(conn: &Connection, kid: &str) -> Result<Vec<StoredKey>, StoreError> {
+pub fn find_by_kid(tx: &Tx<'_>, kid: &str) -> Result<Vec<StoredKey>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM keys WHERE kid = ?1
          ORDER BY state IN ('pending', 'active', 'retired') DESC, id DESC"
@@ -138,7 +140,8 @@ pub fn find_by_kid(conn: &Connection, kid: &str) -> Result<Vec<StoredKey>, Store
 
 /// One key row by id.
 #[tracing::instrument(skip_all)]
-pub fn get(conn: &Connection, id: i64) -> Result<StoredKey, StoreError> {
+pub fn get(tx: &Tx<'_>, id: i64) -> Result<StoredKey, StoreError> {
+    let conn = tx.sql();
     Ok(conn.query_row(
         &format!("SELECT {COLUMNS} FROM keys WHERE id = ?1"),
         [id],
@@ -148,14 +151,16 @@ pub fn get(conn: &Connection, id: i64) -> Result<StoredKey, StoreError> {
 
 /// Stores the MAC of key row `id`.
 #[tracing::instrument(skip_all)]
-pub fn set_mac(conn: &Connection, id: i64, mac: &[u8]) -> Result<(), StoreError> {
+pub fn set_mac(tx: &Tx<'_>, id: i64, mac: &[u8]) -> Result<(), StoreError> {
+    let conn = tx.sql();
     let n = conn.execute("UPDATE keys SET mac = ?2 WHERE id = ?1", params![id, mac])?;
     changed(n, id, "a MAC")
 }
 
 /// Sealed private keys of the given states.
 #[tracing::instrument(skip_all)]
-pub fn sealed(conn: &Connection, states: &[KeyState]) -> Result<Vec<SealedKey>, StoreError> {
+pub fn sealed(tx: &Tx<'_>, states: &[KeyState]) -> Result<Vec<SealedKey>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(
         "SELECT id, kid, alg, created_at, private_key_enc, master_key_id, state FROM keys
          WHERE private_key_enc IS NOT NULL ORDER BY id",
@@ -185,7 +190,8 @@ pub fn sealed(conn: &Connection, states: &[KeyState]) -> Result<Vec<SealedKey>, 
 
 /// Inserts a key and returns its row id.
 #[tracing::instrument(skip_all)]
-pub fn insert(conn: &Connection, k: &NewKey<'_>) -> Result<i64, StoreError> {
+pub fn insert(tx: &Tx<'_>, k: &NewKey<'_>) -> Result<i64, StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc, master_key_id,
                            created_at, published_at, signable_at, activated_at, lead_remaining)
@@ -223,11 +229,12 @@ fn changed(n: usize, id: i64, what: &str) -> Result<(), StoreError> {
 /// `signable_at - now`.
 #[tracing::instrument(skip_all)]
 pub fn publish(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: i64,
     now: UnixTime,
     signable_at: UnixTime,
 ) -> Result<(), StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET published_at = ?2, signable_at = ?3, lead_remaining = MAX(0, ?3 - ?2)
          WHERE id = ?1 AND state = 'pending' AND published_at IS NULL",
@@ -238,7 +245,8 @@ pub fn publish(
 
 /// pending → active, once its lead has been served.
 #[tracing::instrument(skip_all)]
-pub fn activate(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
+pub fn activate(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET state = 'active', activated_at = ?2
          WHERE id = ?1 AND state = 'pending' AND signable_at IS NOT NULL AND lead_remaining = 0",
@@ -250,12 +258,8 @@ pub fn activate(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreEr
 /// pending|active → retired, published until `expires_at` and for `expires_at - now` of served
 /// time.
 #[tracing::instrument(skip_all)]
-pub fn retire(
-    conn: &Connection,
-    id: i64,
-    now: UnixTime,
-    expires_at: UnixTime,
-) -> Result<(), StoreError> {
+pub fn retire(tx: &Tx<'_>, id: i64, now: UnixTime, expires_at: UnixTime) -> Result<(), StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET state = 'retired', retired_at = ?2, expires_at = ?3,
                          grace_remaining = MAX(0, ?3 - ?2), lead_remaining = 0
@@ -267,7 +271,8 @@ pub fn retire(
 
 /// retired → expired, once its grace has been served; the private key is destroyed.
 #[tracing::instrument(skip_all)]
-pub fn expire(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
+pub fn expire(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET state = 'expired', private_key_enc = NULL, destroyed_at = ?2
          WHERE id = ?1 AND state = 'retired' AND grace_remaining = 0",
@@ -278,7 +283,8 @@ pub fn expire(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreErro
 
 /// any live state → revoked; the private key is destroyed.
 #[tracing::instrument(skip_all)]
-pub fn revoke(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreError> {
+pub fn revoke(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET state = 'revoked', revoked_at = ?2, private_key_enc = NULL, destroyed_at = ?2
          WHERE id = ?1 AND state IN ('pending', 'active', 'retired')",
@@ -289,7 +295,8 @@ pub fn revoke(conn: &Connection, id: i64, now: UnixTime) -> Result<(), StoreErro
 
 /// Distinct master key ids that sealed the keys still held.
 #[tracing::instrument(skip_all)]
-pub fn master_key_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
+pub fn master_key_ids(tx: &Tx<'_>) -> Result<Vec<String>, StoreError> {
+    let conn = tx.sql();
     let mut stmt =
         conn.prepare("SELECT DISTINCT master_key_id FROM keys WHERE private_key_enc IS NOT NULL")?;
     let rows = stmt.query_map([], |r| r.get(0))?;
@@ -298,7 +305,8 @@ pub fn master_key_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
 
 /// Moves a pending or active key's earliest signing time (the wall clock moved).
 #[tracing::instrument(skip_all)]
-pub fn reschedule(conn: &Connection, id: i64, signable_at: UnixTime) -> Result<(), StoreError> {
+pub fn reschedule(tx: &Tx<'_>, id: i64, signable_at: UnixTime) -> Result<(), StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET signable_at = ?2
          WHERE id = ?1 AND state IN ('pending', 'active') AND signable_at IS NOT NULL",
@@ -309,7 +317,8 @@ pub fn reschedule(conn: &Connection, id: i64, signable_at: UnixTime) -> Result<(
 
 /// Records that key `id` signed a token expiring at `exp`; false if it already had a later one.
 #[tracing::instrument(skip_all)]
-pub fn note_exp(conn: &Connection, id: i64, exp: UnixTime) -> Result<bool, StoreError> {
+pub fn note_exp(tx: &Tx<'_>, id: i64, exp: UnixTime) -> Result<bool, StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET last_exp = ?2 WHERE id = ?1 AND (last_exp IS NULL OR last_exp < ?2)",
         params![id, exp],
@@ -320,7 +329,8 @@ pub fn note_exp(conn: &Connection, id: i64, exp: UnixTime) -> Result<bool, Store
 /// Counts `seconds` of served time against a published pending key's lead, or a retired key's
 /// grace; false for a key in another state.
 #[tracing::instrument(skip_all)]
-pub fn serve(conn: &Connection, id: i64, seconds: i64) -> Result<bool, StoreError> {
+pub fn serve(tx: &Tx<'_>, id: i64, seconds: i64) -> Result<bool, StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE keys SET
              lead_remaining = CASE WHEN state = 'pending' THEN MAX(0, lead_remaining - ?2)

@@ -1,9 +1,9 @@
 //! KYC webhook events and the clientId → email mapping.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::StoreError;
+use super::{StoreError, Tx};
 use crate::clock::UnixTime;
 
 /// A received KYC webhook.
@@ -82,7 +82,8 @@ fn event(r: &rusqlite::Row<'_>) -> Result<KycEvent, rusqlite::Error> {
 /// Records an event; fails with a constraint violation for a second queued event with the same
 /// scanRef, or a second row for the same delivery.
 #[tracing::instrument(skip_all)]
-pub fn record(conn: &Connection, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i64, StoreError> {
+pub fn record(tx: &Tx<'_>, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i64, StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "INSERT INTO kyc_events (provider, scan_ref, client_id, final, status, outcome, detail,
                                  issuance_id, received_at, delivery_hash)
@@ -107,11 +108,12 @@ pub fn record(conn: &Connection, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i
 /// `None` if it never arrived before.
 #[tracing::instrument(skip_all)]
 pub fn count_repeat(
-    conn: &Connection,
+    tx: &Tx<'_>,
     provider: &str,
     delivery_hash: &str,
     now: UnixTime,
 ) -> Result<Option<KycEvent>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             &format!(
@@ -127,7 +129,8 @@ pub fn count_repeat(
 /// Turns the unmatched event `id` into the one that queued `issuance_id` (its clientId has been
 /// mapped since it first arrived). False if another delivery got there first.
 #[tracing::instrument(skip_all)]
-pub fn mark_queued(conn: &Connection, id: i64, issuance_id: &str) -> Result<bool, StoreError> {
+pub fn mark_queued(tx: &Tx<'_>, id: i64, issuance_id: &str) -> Result<bool, StoreError> {
+    let conn = tx.sql();
     let n = conn.execute(
         "UPDATE kyc_events SET outcome = 'queued', detail = NULL, issuance_id = ?2
          WHERE id = ?1 AND outcome = 'unmatched'",
@@ -138,11 +141,8 @@ pub fn mark_queued(conn: &Connection, id: i64, issuance_id: &str) -> Result<bool
 
 /// Whether this scanRef already started an issuance.
 #[tracing::instrument(skip_all)]
-pub fn seen_scan_ref(
-    conn: &Connection,
-    provider: &str,
-    scan_ref: &str,
-) -> Result<bool, StoreError> {
+pub fn seen_scan_ref(tx: &Tx<'_>, provider: &str, scan_ref: &str) -> Result<bool, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             "SELECT 1 FROM kyc_events WHERE provider = ?1 AND scan_ref = ?2 AND outcome = 'queued'",
@@ -155,11 +155,8 @@ pub fn seen_scan_ref(
 
 /// Events, newest first, optionally with one outcome.
 #[tracing::instrument(skip_all)]
-pub fn list(
-    conn: &Connection,
-    outcome: Option<&str>,
-    limit: u32,
-) -> Result<Vec<KycEvent>, StoreError> {
+pub fn list(tx: &Tx<'_>, outcome: Option<&str>, limit: u32) -> Result<Vec<KycEvent>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn.prepare(&format!(
         "SELECT {EVENT_COLUMNS} FROM kyc_events WHERE (?1 IS NULL OR outcome = ?1)
          ORDER BY id DESC LIMIT ?2"
@@ -184,12 +181,13 @@ pub struct Subject {
 /// Sets the email of an iDenfy clientId.
 #[tracing::instrument(skip_all)]
 pub fn put_subject(
-    conn: &Connection,
+    tx: &Tx<'_>,
     client_id: &str,
     email: &str,
     now: UnixTime,
     mac: &[u8],
 ) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "INSERT INTO kyc_subjects (client_id, email, created_at, mac) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (client_id) DO UPDATE SET email = excluded.email, mac = excluded.mac",
@@ -200,7 +198,8 @@ pub fn put_subject(
 
 /// The mapping of an iDenfy clientId.
 #[tracing::instrument(skip_all)]
-pub fn subject(conn: &Connection, client_id: &str) -> Result<Option<Subject>, StoreError> {
+pub fn subject(tx: &Tx<'_>, client_id: &str) -> Result<Option<Subject>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             "SELECT client_id, email, created_at, mac FROM kyc_subjects WHERE client_id = ?1",
@@ -221,7 +220,8 @@ fn subject_row(r: &rusqlite::Row<'_>) -> Result<Subject, rusqlite::Error> {
 
 /// Every mapping.
 #[tracing::instrument(skip_all)]
-pub fn subjects(conn: &Connection) -> Result<Vec<Subject>, StoreError> {
+pub fn subjects(tx: &Tx<'_>) -> Result<Vec<Subject>, StoreError> {
+    let conn = tx.sql();
     let mut stmt = conn
         .prepare("SELECT client_id, email, created_at, mac FROM kyc_subjects ORDER BY client_id")?;
     let rows = stmt.query_map([], subject_row)?;
@@ -230,7 +230,8 @@ pub fn subjects(conn: &Connection) -> Result<Vec<Subject>, StoreError> {
 
 /// Stores a mapping's MAC.
 #[tracing::instrument(skip_all)]
-pub fn set_subject_mac(conn: &Connection, client_id: &str, mac: &[u8]) -> Result<(), StoreError> {
+pub fn set_subject_mac(tx: &Tx<'_>, client_id: &str, mac: &[u8]) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "UPDATE kyc_subjects SET mac = ?2 WHERE client_id = ?1",
         params![client_id, mac],

@@ -1,9 +1,16 @@
-//! The SQLite store: the only place SQL lives.
+//! The store: the only place SQL lives.
 //!
-//! One connection, guarded by a mutex and used from blocking threads; WAL journaling so readers
-//! (the CLI, backups) never block the server; `secure_delete` so destroyed private keys are
-//! overwritten on disk rather than left in free pages. Migrations in `migrations/` are embedded
-//! and applied at open; the store never downgrades.
+//! Everything outside this module reaches the database through a [`Tx`], a transaction the store
+//! opens, commits and rolls back itself: [`Store::read`] and [`Store::write`] from async code
+//! (on a blocking thread, in the caller's tracing span), [`Store::blocking_read`] and
+//! [`Store::blocking_write`] from code already on one. The operations in the submodules take a
+//! `&Tx` and are named for what they do; nothing outside `store` sees the engine's types, so a
+//! second engine is a second arm of [`Tx`] and of each operation, not a change to its callers.
+//!
+//! The embedded engine is SQLite: one connection, guarded by a mutex and used from blocking
+//! threads; WAL journaling so readers (the CLI, backups) never block the server; `secure_delete`
+//! so destroyed private keys are overwritten on disk rather than left in free pages. Migrations
+//! in `migrations/` are embedded and applied at open; the store never downgrades.
 
 pub mod audit;
 pub mod clients;
@@ -16,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
 use crate::keys::master::create_private_dir;
@@ -45,6 +52,9 @@ pub enum StoreError {
     /// A row holds a value this version cannot read.
     #[error("database holds an unreadable value: {0}")]
     Corrupt(String),
+    /// The operation panicked or its thread was cancelled; its transaction was rolled back.
+    #[error("a store operation was interrupted: {0}")]
+    Interrupted(String),
     /// The database was written by a newer keyhost.
     #[error(
         "the database at {path} has schema version {found}, newer than this keyhost knows ({known}); run a newer keyhost"
@@ -167,15 +177,86 @@ impl Store {
         }))
     }
 
-    /// Runs `f` with the connection; callers on async threads go through `spawn_blocking`.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn transact<R, E: From<StoreError>>(
+        &self,
+        behavior: TransactionBehavior,
+        f: impl FnOnce(&Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut conn = self.lock();
+        let tx = Tx {
+            sql: conn
+                .transaction_with_behavior(behavior)
+                .map_err(StoreError::from)?,
+        };
+        // An error (or a panic, which unwinds through the drop) rolls the transaction back.
+        let value = f(&tx)?;
+        tx.sql.commit().map_err(StoreError::from)?;
+        Ok(value)
+    }
+
+    /// Runs `f` in a read transaction (one consistent snapshot), on the calling thread: for
+    /// code already on a blocking thread. Whatever `f` writes is committed if it returns `Ok`.
+    pub fn blocking_read<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.transact(TransactionBehavior::Deferred, f)
+    }
+
+    /// Runs `f` in a write transaction, taken before the first read (`BEGIN IMMEDIATE`), so
+    /// that what `f` reads cannot change before it writes: committed if `f` returns `Ok`,
+    /// rolled back otherwise. On the calling thread, like [`Store::blocking_read`].
+    pub fn blocking_write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.transact(TransactionBehavior::Immediate, f)
+    }
+
+    /// [`Store::blocking_read`] on a blocking thread, in the caller's tracing span.
+    pub async fn read<R, E>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Tx<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        off_thread(move || store.blocking_read(f)).await
+    }
+
+    /// [`Store::blocking_write`] on a blocking thread, in the caller's tracing span.
+    pub async fn write<R, E>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Tx<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        off_thread(move || store.blocking_write(f)).await
     }
 
     /// Changes whenever another connection (another process) commits; cheap to poll.
     pub fn data_version(&self) -> Result<i64, StoreError> {
-        self.with(|c| Ok(c.pragma_query_value(None, "data_version", |r| r.get(0))?))
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
+    /// Moves the write-ahead log into the database file and truncates it, so that bytes
+    /// overwritten since (destroyed private keys) do not linger in old WAL frames. Best effort:
+    /// a reader can hold it back, and a later one completes it.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(self
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?)
     }
 
     /// The database file.
@@ -185,7 +266,53 @@ impl Store {
 
     /// Whether the database answers a trivial query (readiness).
     pub fn ping(&self) -> bool {
-        self.with(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok())
+        self.lock()
+            .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+            .is_ok()
+    }
+
+    /// Runs raw SQL outside any transaction (tests that break the schema on purpose).
+    #[cfg(test)]
+    pub(crate) fn execute_batch(&self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.lock().execute_batch(sql)?)
+    }
+}
+
+/// Runs `f` on a blocking thread in the current tracing span; a panic there is an
+/// [`StoreError::Interrupted`] (its transaction rolled back), never a value.
+async fn off_thread<R, E>(f: impl FnOnce() -> Result<R, E> + Send + 'static) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::Interrupted(if e.is_panic() {
+            "it panicked".to_owned()
+        } else {
+            "it was cancelled".to_owned()
+        })
+        .into()),
+    }
+}
+
+/// A transaction on the store, opened by [`Store::read`] or [`Store::write`] (and their
+/// blocking forms) and committed or rolled back by them. Every store operation takes one.
+pub struct Tx<'c> {
+    sql: rusqlite::Transaction<'c>,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").finish_non_exhaustive()
+    }
+}
+
+impl Tx<'_> {
+    /// The SQLite connection of this transaction (store operations only).
+    fn sql(&self) -> &Connection {
+        &self.sql
     }
 }
 

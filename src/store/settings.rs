@@ -1,8 +1,8 @@
 //! Named settings the server keeps between starts (master key id, admin token hash, ...).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
-use super::StoreError;
+use super::{StoreError, Tx};
 
 /// Setting: id of the master key that sealed the stored keys.
 pub const MASTER_KEY_ID: &str = "master_key_id";
@@ -16,7 +16,8 @@ pub const ROW_MACS_SINCE: &str = "row_macs_since";
 
 /// Reads a setting.
 #[tracing::instrument(skip_all)]
-pub fn get(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+pub fn get(tx: &Tx<'_>, name: &str) -> Result<Option<String>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
             r.get(0)
@@ -26,7 +27,8 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> 
 
 /// Writes a setting (without a MAC: only for settings nothing trusts blindly).
 #[tracing::instrument(skip_all)]
-pub fn set(conn: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
+pub fn set(tx: &Tx<'_>, name: &str, value: &str) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "INSERT INTO settings (name, value) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET value = excluded.value, mac = NULL",
@@ -46,7 +48,8 @@ pub struct Authenticated {
 
 /// Reads a setting with its MAC.
 #[tracing::instrument(skip_all)]
-pub fn get_with_mac(conn: &Connection, name: &str) -> Result<Option<Authenticated>, StoreError> {
+pub fn get_with_mac(tx: &Tx<'_>, name: &str) -> Result<Option<Authenticated>, StoreError> {
+    let conn = tx.sql();
     Ok(conn
         .query_row(
             "SELECT value, mac FROM settings WHERE name = ?1",
@@ -63,12 +66,8 @@ pub fn get_with_mac(conn: &Connection, name: &str) -> Result<Option<Authenticate
 
 /// Writes a setting with its MAC.
 #[tracing::instrument(skip_all)]
-pub fn set_with_mac(
-    conn: &Connection,
-    name: &str,
-    value: &str,
-    mac: &[u8],
-) -> Result<(), StoreError> {
+pub fn set_with_mac(tx: &Tx<'_>, name: &str, value: &str, mac: &[u8]) -> Result<(), StoreError> {
+    let conn = tx.sql();
     conn.execute(
         "INSERT INTO settings (name, value, mac) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET value = excluded.value, mac = excluded.mac",
