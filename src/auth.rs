@@ -25,7 +25,8 @@ use zeroize::Zeroizing;
 
 use crate::integrity::RowAuth;
 use crate::keys::master::write_secret_file;
-use crate::store::{self, Store, StoreError};
+use crate::store::clients::ClientRow;
+use crate::store::{self, Rows, Store, StoreError};
 use crate::telemetry::LogLimiter;
 
 /// Prefix of client API keys.
@@ -132,7 +133,13 @@ impl ClientRegistry {
     /// Reloads every client from the store; a row failing its integrity check is left out and
     /// reported.
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let found = store.blocking_read(store::clients::list)?;
+        self.load(store.blocking_read(store::clients::list)?);
+        Ok(())
+    }
+
+    /// Replaces the clients with those of `found` whose rows pass their integrity check; the
+    /// others are left out and reported.
+    pub fn load(&self, found: Rows<ClientRow>) {
         let (rows, forged): (Vec<_>, Vec<_>) =
             found.rows.into_iter().partition(|r| self.auth.client_ok(r));
         let failing = forged.len() + found.unreadable.len();
@@ -170,7 +177,6 @@ impl ClientRegistry {
             })
             .collect();
         self.clients.store(Arc::new(map));
-        Ok(())
     }
 
     /// Stops the client `id` from authenticating at once, without reading the store (a disabling

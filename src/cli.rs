@@ -13,14 +13,15 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
+use crate::clients::ClientService;
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::config::Config;
-use crate::http::admin::KeyView;
+use crate::http;
+use crate::keys::KeyView;
 use crate::keys::{Alg, KeyState};
 use crate::signer::{MAX_TOKEN_TTL, SigningKey, TokenClaims};
 use crate::startup::{self, Application};
 use crate::store::{self, Store};
-use crate::{clients, http};
 
 /// keyhost: partner keys, JWKS and Partner JWTs for AIR Kit.
 #[derive(Debug, Parser)]
@@ -272,22 +273,27 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 print(&json!({ "key": KeyView::from(&key) }));
             }
         },
-        Command::Clients { command } => match command {
-            ClientsCommand::Create { name, scopes } => {
-                let (view, api_key) =
-                    clients::create(&store, keys.row_auth(), clock.now(), &name, &scopes, &actor)?;
-                let mut out = serde_json::to_value(&view)?;
-                out["apiKey"] = json!(api_key.expose_secret());
-                print(&out);
+        Command::Clients { command } => {
+            let clients =
+                ClientService::new(store.clone(), keys.row_auth().clone(), clock.clone(), None);
+            // The CLI runs on a blocking thread of the runtime: it may wait on it.
+            let wait = tokio::runtime::Handle::current();
+            match command {
+                ClientsCommand::Create { name, scopes } => {
+                    let (view, api_key) = wait.block_on(clients.create(&name, &scopes, &actor))?;
+                    let mut out = serde_json::to_value(&view)?;
+                    out["apiKey"] = json!(api_key.expose_secret());
+                    print(&out);
+                }
+                ClientsCommand::List => {
+                    print(&json!({ "clients": wait.block_on(clients.list())? }))
+                }
+                ClientsCommand::Disable { id } => {
+                    let view = wait.block_on(clients.disable(&id, &actor))?;
+                    print(&json!({ "client": view }));
+                }
             }
-            ClientsCommand::List => {
-                print(&json!({ "clients": clients::list(&store, keys.row_auth())? }))
-            }
-            ClientsCommand::Disable { id } => {
-                let view = clients::disable(&store, keys.row_auth(), clock.now(), &id, &actor)?;
-                print(&json!({ "client": view }));
-            }
-        },
+        }
         Command::Token {
             command:
                 TokenCommand::Mint {
@@ -302,7 +308,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 .partner_id
                 .as_deref()
                 .context("KEYHOST_PARTNER_ID is not set")?;
-            http::tokens::validate_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            crate::email::Email::parse(&email)?;
             if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
                 bail!("--ttl must be between 1 and {MAX_TOKEN_TTL}");
             }

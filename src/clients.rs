@@ -1,12 +1,14 @@
 //! API clients: creation (the key is shown once), listing and disabling, with their rules.
-//! Shared by the admin API and the CLI.
+//! One service for the admin API and the CLI.
 
 use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::issue_client_key;
-use crate::clock::{UnixTime, rfc3339};
+use std::sync::Arc;
+
+use crate::auth::{ClientRegistry, issue_client_key};
+use crate::clock::{Clock, rfc3339};
 use crate::integrity::RowAuth;
 use crate::store::clients::ClientRow;
 use crate::store::{self, Store, StoreError};
@@ -76,91 +78,146 @@ pub fn validate_scope(scope: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates a client; returns it and its API key (the only time the key exists in the clear).
-pub fn create(
-    store: &Store,
-    auth: &RowAuth,
-    now: UnixTime,
-    name: &str,
-    scopes: &[String],
-    actor: &str,
-) -> Result<(ClientView, SecretString), ClientError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ClientError::Invalid(
-            "name must be 1 to 100 printable characters".into(),
-        ));
+/// API clients: creation, listing and disabling, each change one transaction with its audit
+/// row. In a server, the in-memory registry follows every change at once.
+pub struct ClientService {
+    store: Arc<Store>,
+    auth: Arc<RowAuth>,
+    clock: Arc<dyn Clock>,
+    registry: Option<Arc<ClientRegistry>>,
+}
+
+impl std::fmt::Debug for ClientService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientService").finish_non_exhaustive()
     }
-    if scopes.is_empty() || scopes.len() > 16 {
-        return Err(ClientError::Invalid(
-            "scopes must list 1 to 16 scopes, e.g. [\"issue\"]".into(),
-        ));
-    }
-    let mut unique: Vec<String> = Vec::new();
-    for s in scopes {
-        validate_scope(s).map_err(ClientError::Invalid)?;
-        if !unique.contains(s) {
-            unique.push(s.clone());
+}
+
+impl ClientService {
+    /// A service over `store`; `registry` is the server's in-memory view (none in the CLI).
+    pub fn new(
+        store: Arc<Store>,
+        auth: Arc<RowAuth>,
+        clock: Arc<dyn Clock>,
+        registry: Option<Arc<ClientRegistry>>,
+    ) -> Self {
+        Self {
+            store,
+            auth,
+            clock,
+            registry,
         }
     }
-    let issued = issue_client_key();
-    let mut row = ClientRow {
-        id: issued.id.clone(),
-        name: name.to_owned(),
-        scopes: unique,
-        secret_hash: issued.secret_hash.to_vec(),
-        created_at: now,
-        disabled_at: None,
-        mac: None,
-    };
-    row.mac = Some(auth.client_mac(&row));
-    store.blocking_write(|tx| {
-        store::clients::insert(tx, &row)?;
-        store::audit::record(
-            tx,
-            now,
-            actor,
-            "client.create",
-            &row.id,
-            &json!({"name": row.name, "scopes": row.scopes}),
-        )?;
-        Ok::<_, StoreError>(())
-    })?;
-    Ok((ClientView::from(&row), issued.api_key))
-}
 
-/// Every client, each flagged if its row fails its integrity check.
-pub fn list(store: &Store, auth: &RowAuth) -> Result<Vec<ClientView>, ClientError> {
-    let rows = store.blocking_read(store::clients::list)?.rows;
-    Ok(rows
-        .iter()
-        .map(|r| ClientView {
-            integrity: (!auth.client_ok(r)).then_some("failed"),
-            ..ClientView::from(r)
-        })
-        .collect())
-}
-
-/// Disables a client at once; its key stops working.
-pub fn disable(
-    store: &Store,
-    auth: &RowAuth,
-    now: UnixTime,
-    id: &str,
-    actor: &str,
-) -> Result<ClientView, ClientError> {
-    store.blocking_write(|tx| {
-        let Some(_) = store::clients::get(tx, id)? else {
-            return Err(ClientError::NotFound(id.to_owned()));
+    /// Creates a client; returns it and its API key (the only time the key exists in the
+    /// clear).
+    pub async fn create(
+        &self,
+        name: &str,
+        scopes: &[String],
+        actor: &str,
+    ) -> Result<(ClientView, SecretString), ClientError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(ClientError::Invalid(
+                "name must be 1 to 100 printable characters".into(),
+            ));
+        }
+        if scopes.is_empty() || scopes.len() > 16 {
+            return Err(ClientError::Invalid(
+                "scopes must list 1 to 16 scopes, e.g. [\"issue\"]".into(),
+            ));
+        }
+        let mut unique: Vec<String> = Vec::new();
+        for s in scopes {
+            validate_scope(s).map_err(ClientError::Invalid)?;
+            if !unique.contains(s) {
+                unique.push(s.clone());
+            }
+        }
+        let now = self.clock.now();
+        let issued = issue_client_key();
+        let mut row = ClientRow {
+            id: issued.id.clone(),
+            name: name.to_owned(),
+            scopes: unique,
+            secret_hash: issued.secret_hash.to_vec(),
+            created_at: now,
+            disabled_at: None,
+            mac: None,
         };
-        if !store::clients::disable(tx, id, now)? {
-            return Err(ClientError::AlreadyDisabled(id.to_owned()));
+        row.mac = Some(self.auth.client_mac(&row));
+        let view = ClientView::from(&row);
+        let actor = actor.to_owned();
+        self.store
+            .write(move |tx| {
+                store::clients::insert(tx, &row)?;
+                store::audit::record(
+                    tx,
+                    now,
+                    &actor,
+                    "client.create",
+                    &row.id,
+                    &json!({"name": row.name, "scopes": row.scopes}),
+                )
+            })
+            .await?;
+        self.reload().await?;
+        Ok((view, issued.api_key))
+    }
+
+    /// Every client, each flagged if its row fails its integrity check.
+    pub async fn list(&self) -> Result<Vec<ClientView>, ClientError> {
+        let rows = self.store.read(store::clients::list).await?.rows;
+        Ok(rows
+            .iter()
+            .map(|r| ClientView {
+                integrity: (!self.auth.client_ok(r)).then_some("failed"),
+                ..ClientView::from(r)
+            })
+            .collect())
+    }
+
+    /// Disables a client at once; its key stops working (in the server's registry even if the
+    /// reload that follows fails).
+    pub async fn disable(&self, id: &str, actor: &str) -> Result<ClientView, ClientError> {
+        let (now, auth, id_owned, actor) = (
+            self.clock.now(),
+            self.auth.clone(),
+            id.to_owned(),
+            actor.to_owned(),
+        );
+        let view = self
+            .store
+            .write(move |tx| {
+                let id = id_owned.as_str();
+                let Some(_) = store::clients::get(tx, id)? else {
+                    return Err(ClientError::NotFound(id.to_owned()));
+                };
+                if !store::clients::disable(tx, id, now)? {
+                    return Err(ClientError::AlreadyDisabled(id.to_owned()));
+                }
+                store::audit::record(tx, now, &actor, "client.disable", id, &json!({}))?;
+                // A disabled client authenticates nothing, so a forged row may be disabled too
+                // (that is the remedy); its MAC then covers the disabling.
+                let row = store::clients::get(tx, id)?
+                    .ok_or_else(|| ClientError::NotFound(id.to_owned()))?;
+                store::clients::set_mac(tx, id, &auth.client_mac(&row))?;
+                Ok(ClientView::from(&row))
+            })
+            .await?;
+        if let Some(registry) = &self.registry {
+            registry.withdraw(id);
         }
-        store::audit::record(tx, now, actor, "client.disable", id, &json!({}))?;
-        // A disabled client authenticates nothing, so a forged row may be disabled too (that is
-        // the remedy); its MAC then covers the disabling.
-        let row = store::clients::get(tx, id)?.expect("exists");
-        store::clients::set_mac(tx, id, &auth.client_mac(&row))?;
-        Ok(ClientView::from(&row))
-    })
+        self.reload().await?;
+        Ok(view)
+    }
+
+    /// Rebuilds the server's registry from the store (nothing in the CLI).
+    pub async fn reload(&self) -> Result<(), ClientError> {
+        if let Some(registry) = &self.registry {
+            registry.load(self.store.read(store::clients::list).await?);
+        }
+        Ok(())
+    }
 }

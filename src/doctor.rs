@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::http_client::{self, describe};
-use crate::jwks::PublicJwk;
+use crate::keys::PublicJwk;
 
 /// Longest token lifetime AIR Kit's own tools accept.
 const AIR_MAX_TTL: i64 = 15 * 60;

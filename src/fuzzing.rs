@@ -104,7 +104,7 @@ pub fn json_body(data: &[u8]) {
     if let Ok(Value::Object(members)) = &value {
         for name in ["email", "userEmail", "clientId"] {
             if let Some(Value::String(s)) = members.get(name) {
-                answer(tokens::validate_email(s));
+                answer(crate::email::Email::parse(s).map_err(ApiError::from));
             }
         }
     }

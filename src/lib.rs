@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod airkit;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod doctor;
+pub mod email;
 pub mod emulator;
 pub mod fuzzing;
 pub mod http;
@@ -20,8 +22,10 @@ pub mod integrity;
 pub mod issuance;
 pub mod jwks;
 pub mod keys;
+pub mod kyc;
 pub mod ledger;
 pub mod lifecycle;
+pub mod live;
 pub mod metrics;
 pub mod signer;
 pub mod startup;

@@ -11,14 +11,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::auth::ClientRegistry;
-use crate::keys::live::LiveKeys;
 use crate::keys::planner::RESCHEDULE_TOLERANCE;
+use crate::keys::service::Rotated;
 use crate::keys::service::TickReport;
-use crate::keys::{KeyError, KeyService};
-use crate::store::Store;
+use crate::keys::{Alg, KeyError, KeyRecord, KeyService};
+use crate::live::LiveKeys;
+use crate::store::{Store, StoreError};
 
 /// Longest sleep between looks at the store for changes made by other processes.
 const EXTERNAL_POLL: Duration = Duration::from_secs(1);
@@ -28,7 +30,23 @@ const EXTERNAL_POLL: Duration = Duration::from_secs(1);
 /// only delays a switch.
 const SERVED_TIME_ROUND: i64 = 60;
 
-/// Drives the key lifecycle and the in-memory views.
+/// Runs `f` on a blocking thread in the current tracing span.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, KeyError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(interrupted)?
+}
+
+/// A key task that panicked or was cancelled: an internal failure, never a conflict.
+fn interrupted(e: tokio::task::JoinError) -> KeyError {
+    KeyError::Store(StoreError::Interrupted(format!("key task: {e}")))
+}
+
+/// Drives the key lifecycle and the in-memory views; the admin API's and the server's way to
+/// change keys (each change is followed by a round, so the JWKS and signers reflect it at once).
 #[derive(Debug)]
 pub struct Lifecycle {
     keys: Arc<KeyService>,
@@ -86,7 +104,76 @@ impl Lifecycle {
             Ok(report)
         })
         .await
-        .map_err(|e| KeyError::Conflict(format!("lifecycle task failed: {e}")))?
+        .map_err(interrupted)?
+    }
+
+    /// Applies what a change made due, rebuilds the views, and has the background task plan
+    /// again.
+    async fn after_change(&self, actor: &'static str) -> Result<(), KeyError> {
+        self.settle(actor).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Every key with whether its row passed its integrity check.
+    pub async fn inventory(&self) -> Result<Vec<(KeyRecord, bool)>, KeyError> {
+        let keys = self.keys.clone();
+        off_thread(move || keys.inventory()).await
+    }
+
+    /// Rotates `alg` now; an emergency rotation revokes the keys it replaces, which stop signing
+    /// at once.
+    pub async fn rotate(
+        &self,
+        alg: Alg,
+        emergency: bool,
+        actor: &'static str,
+    ) -> Result<Rotated, KeyError> {
+        let keys = self.keys.clone();
+        let rotated = off_thread(move || keys.rotate(alg, emergency, actor)).await?;
+        for kid in &rotated.revoked {
+            self.live.withdraw(kid);
+        }
+        self.after_change(actor).await?;
+        if let Some(w) = &rotated.warning {
+            tracing::warn!(kid = %rotated.key.kid, warning = %w, "emergency rotation");
+        }
+        Ok(rotated)
+    }
+
+    /// Retires the key `kid`: it stops signing and stays published through its grace.
+    pub async fn retire(&self, kid: String, actor: &'static str) -> Result<KeyRecord, KeyError> {
+        let keys = self.keys.clone();
+        let key = off_thread(move || keys.retire(&kid, actor)).await?;
+        self.after_change(actor).await?;
+        Ok(key)
+    }
+
+    /// Revokes the key `kid`: it stops signing and leaves the JWKS at once.
+    pub async fn revoke(
+        &self,
+        kid: String,
+        actor: &'static str,
+    ) -> Result<(KeyRecord, Option<String>), KeyError> {
+        let keys = self.keys.clone();
+        let (key, warning) = off_thread(move || keys.revoke(&kid, actor)).await?;
+        self.live.withdraw(&key.kid);
+        self.after_change(actor).await?;
+        Ok((key, warning))
+    }
+
+    /// Imports a private key from PEM.
+    pub async fn import(
+        &self,
+        pem: SecretString,
+        kid: Option<String>,
+        actor: &'static str,
+    ) -> Result<KeyRecord, KeyError> {
+        let keys = self.keys.clone();
+        let key =
+            off_thread(move || keys.import(pem.expose_secret(), kid.as_deref(), actor)).await?;
+        self.after_change(actor).await?;
+        Ok(key)
     }
 
     async fn data_version(&self) -> Option<i64> {

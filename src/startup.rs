@@ -22,10 +22,10 @@ use crate::config::Config;
 use crate::http::{self, AppState, AppStateInner};
 use crate::issuance::{IssuanceService, IssuanceSettings};
 use crate::keys::KeyService;
-use crate::keys::live::LiveKeys;
 use crate::keys::master::{self, MasterKeySource, create_private_dir};
 use crate::ledger::MintLedger;
 use crate::lifecycle::Lifecycle;
+use crate::live::LiveKeys;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
@@ -305,10 +305,27 @@ impl Application {
                 poll_deadline: config.airkit_poll_deadline,
             },
         );
+        let kyc = Arc::new(crate::kyc::KycService::new(
+            opened.store.clone(),
+            row_auth.clone(),
+            clock.clone(),
+            issuance.clone(),
+            metrics.clone(),
+        ));
+        let client_admin = Arc::new(crate::clients::ClientService::new(
+            opened.store.clone(),
+            row_auth.clone(),
+            clock.clone(),
+            Some(clients.clone()),
+        ));
+        let audit = crate::audit::AuditLog::new(opened.store.clone());
         let state = AppState::new(AppStateInner {
+            client_admin,
+            audit,
             ledger: Arc::new(MintLedger::default()),
             rate_limit,
             issuance,
+            kyc,
             metrics,
             config,
             clock,

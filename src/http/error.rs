@@ -203,6 +203,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::kyc::KycError> for ApiError {
+    fn from(e: crate::kyc::KycError) -> Self {
+        match e {
+            crate::kyc::KycError::Store(e) => e.into(),
+            crate::kyc::KycError::Issuance(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::email::EmailError> for ApiError {
+    fn from(e: crate::email::EmailError) -> Self {
+        ApiError::bad_value(e.to_string())
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         ApiError::internal(&e)

@@ -18,9 +18,9 @@ use serde_json::Value;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientAuth, JsonBody, QueryParams};
-use super::tokens::validate_email;
 use crate::airkit::TransportError;
 use crate::auth::Client;
+use crate::email::Email;
 use crate::issuance::{IssuanceError, IssuanceView, NewIssuance, StatusError, WaitFor, state};
 use crate::store::issuances::IssuanceRow;
 
@@ -134,7 +134,7 @@ async fn issue(
     let email = req
         .email
         .ok_or_else(|| ApiError::missing_value("email is required"))?;
-    validate_email(&email)?;
+    Email::parse(&email)?;
     let subject = req
         .credential_subject
         .ok_or_else(|| ApiError::missing_value("credentialSubject is required"))?;
@@ -190,7 +190,7 @@ async fn status(
         return Err(ApiError::bad_value("coreClaimHash is too long"));
     }
     if let Some(e) = &q.email {
-        validate_email(e)?;
+        Email::parse(e)?;
     }
     super::check_client_rate(&state, &client)?;
     let reply = state

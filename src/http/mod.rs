@@ -35,9 +35,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::issuance::IssuanceService;
 use crate::keys::KeyService;
-use crate::keys::live::LiveKeys;
 use crate::ledger::MintLedger;
 use crate::lifecycle::Lifecycle;
+use crate::live::LiveKeys;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use error::ApiError;
@@ -87,6 +87,12 @@ pub struct AppStateInner {
     pub rate_limit: Option<Arc<ClientRateLimiter>>,
     /// The issuance proxy.
     pub issuance: Arc<IssuanceService>,
+    /// Creates, lists and disables API clients.
+    pub client_admin: Arc<crate::clients::ClientService>,
+    /// The audit trail, for reading.
+    pub audit: crate::audit::AuditLog,
+    /// KYC subjects and webhook deliveries.
+    pub kyc: Arc<crate::kyc::KycService>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
     /// Per-client mint counts, flushed to the audit trail.

@@ -29,15 +29,14 @@ use serde_json::{Value, json};
 
 use subtle::ConstantTimeEq;
 
+use super::AppState;
 use super::error::ApiError;
 use super::extract::{RawBody, parse_json_object};
 use super::issuance::issuance_response;
-use super::tokens::validate_email;
-use super::{AppState, blocking};
 use crate::clock::rfc3339;
+use crate::email::Email;
 use crate::issuance::{NewIssuance, WaitFor};
-use crate::store::{self, kyc::NewKycEvent};
-use crate::telemetry::LogLimiter;
+use crate::kyc::{IdenfyAnswer, IdenfyDelivery};
 
 /// Webhook routes.
 pub fn routes() -> Router<AppState> {
@@ -140,41 +139,6 @@ impl axum::extract::FromRequestParts<AppState> for Enabled {
     }
 }
 
-async fn audit_rejection(state: &AppState, provider: &str, why: &str) {
-    static REJECTIONS: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
-    if let Some(suppressed) = REJECTIONS.allow() {
-        tracing::warn!(provider, why, suppressed, "webhook rejected");
-    }
-    if !state.metrics.webhook_rejected(provider, state.clock.now()) {
-        return;
-    }
-    let (store, now, provider, why) = (
-        state.store.clone(),
-        state.clock.now(),
-        provider.to_owned(),
-        why.to_owned(),
-    );
-    let written = tokio::task::spawn_blocking(move || {
-        store.blocking_write(|tx| {
-            store::audit::record(
-                tx,
-                now,
-                "webhook",
-                "webhook.rejected",
-                &provider,
-                &json!({
-                    "reason": why,
-                    "note": "one row per provider and minute; keyhost_webhook_rejected_total counts them all",
-                }),
-            )
-        })
-    })
-    .await;
-    if !matches!(written, Ok(Ok(()))) {
-        tracing::error!("could not write the audit line of a rejected webhook delivery");
-    }
-}
-
 /// Runs a delivery's signature `check` under `secret` (it answers why it refuses); a refusal is
 /// audited (at most once a minute per provider) and answered 401. An unset secret means the
 /// webhook is off (503).
@@ -194,7 +158,7 @@ async fn authenticate<T>(
     match check(secret) {
         Ok(proof) => Ok(proof),
         Err(refusal) => {
-            audit_rejection(state, provider, refusal).await;
+            state.kyc.rejected(provider, refusal).await;
             Err(ApiError::unauthorized(refusal))
         }
     }
@@ -256,7 +220,7 @@ async fn kyc_complete(
     let email = req
         .user_email
         .ok_or_else(|| ApiError::missing_value("userEmail is required"))?;
-    validate_email(&email)?;
+    Email::parse(&email)?;
     let level = req
         .kyc_level
         .ok_or_else(|| ApiError::missing_value("kycLevel is required"))?;
@@ -346,188 +310,34 @@ async fn idenfy(
         .scan_ref
         .filter(|s| !s.is_empty() && s.len() <= 200)
         .ok_or_else(|| ApiError::missing_value("scanRef is required"))?;
-    let client_id = hook.client_id.filter(|c| !c.is_empty() && c.len() <= 200);
-    let overall = hook.status.and_then(|s| s.overall);
-    let now = state.clock.now();
-    let store = state.store.clone();
-    let is_final = hook.is_final;
-    let answer = |action: &str, extra: Value| {
-        let mut body = json!({"received": true, "scanRef": scan_ref, "action": action});
-        if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
-            obj.extend(more);
-        }
-        (StatusCode::OK, Json(body)).into_response()
-    };
-    // iDenfy signatures carry no timestamp, so a captured delivery can be replayed at will: an
-    // identical body is counted on its first row and answered from it, never stored again. An
-    // unmatched one gets another try (its clientId may have been mapped since).
-    let delivery = hex::encode(crate::auth::sha256(&body));
-    let first = {
-        let (store, delivery) = (store.clone(), delivery.clone());
-        blocking(move || {
-            store.blocking_write(|tx| store::kyc::count_repeat(tx, "idenfy", &delivery, now))
+    let answer = state
+        .kyc
+        .idenfy(IdenfyDelivery {
+            body_sha256: crate::auth::sha256(&body),
+            scan_ref: scan_ref.clone(),
+            client_id: hook.client_id.filter(|c| !c.is_empty() && c.len() <= 200),
+            is_final: hook.is_final,
+            overall: hook.status.and_then(|s| s.overall),
         })
-        .await?
+        .await?;
+    let (action, extra) = match answer {
+        IdenfyAnswer::Replay {
+            repeats,
+            first_received_at,
+        } => (
+            "duplicate",
+            json!({"repeats": repeats, "firstReceivedAt": rfc3339(first_received_at)}),
+        ),
+        IdenfyAnswer::Duplicate => ("duplicate", json!({})),
+        IdenfyAnswer::Ignored(reason) => ("ignored", json!({ "reason": reason })),
+        IdenfyAnswer::Unmatched => ("unmatched", json!({})),
+        IdenfyAnswer::Queued { issuance_id } => ("queued", json!({ "issuanceId": issuance_id })),
     };
-    let retry_of = match first {
-        Some(first) if first.outcome != "unmatched" => {
-            return Ok(answer(
-                "duplicate",
-                json!({"repeats": first.repeats, "firstReceivedAt": rfc3339(first.received_at)}),
-            ));
-        }
-        Some(first) => Some(first.id),
-        None => None,
-    };
-    // Records this delivery with its outcome (a retried one already has its row: only a new
-    // issuance changes it).
-    let record = |outcome: &'static str, detail: Option<String>, issuance_id: Option<String>| {
-        let (store, scan_ref, client_id, overall, delivery) = (
-            store.clone(),
-            scan_ref.clone(),
-            client_id.clone(),
-            overall.clone(),
-            delivery.clone(),
-        );
-        blocking(move || {
-            store
-                .blocking_write(|c| match (retry_of, issuance_id.as_deref()) {
-                    (Some(id), Some(issuance)) => {
-                        store::kyc::mark_queued(c, id, issuance).map(|queued| queued.then_some(id))
-                    }
-                    (Some(id), None) => Ok(Some(id)),
-                    (None, issuance_id) => {
-                        let recorded = store::kyc::record(
-                            c,
-                            &NewKycEvent {
-                                provider: "idenfy",
-                                scan_ref: Some(&scan_ref),
-                                client_id: client_id.as_deref(),
-                                is_final,
-                                status: overall.as_deref(),
-                                outcome,
-                                detail: detail.as_deref(),
-                                issuance_id,
-                                delivery_hash: Some(&delivery),
-                            },
-                            now,
-                        );
-                        // The same delivery, arriving twice at once: the other copy has the row
-                        // (SQLite undid the failed insert only, so the count commits).
-                        match recorded {
-                            Err(e) if e.is_constraint() => {
-                                store::kyc::count_repeat(c, "idenfy", &delivery, now)?;
-                                Ok(None)
-                            }
-                            other => other.map(Some),
-                        }
-                    }
-                })
-                .map_err(|e| {
-                    if e.is_constraint() {
-                        ApiError::conflict("duplicate")
-                    } else {
-                        ApiError::internal(&e)
-                    }
-                })
-                .and_then(|recorded| recorded.ok_or_else(|| ApiError::conflict("duplicate")))
-        })
-    };
-
-    let duplicate = || answer("duplicate", json!({}));
-    let ignored = |why: String| async move {
-        match record("ignored", Some(why.clone()), None).await {
-            Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
-            Err(e) => Err(e),
-            Ok(_) => Ok(answer("ignored", json!({"reason": why}))),
-        }
-    };
-    if is_final != Some(true) {
-        return ignored("not final".into()).await;
+    let mut body = json!({"received": true, "scanRef": scan_ref, "action": action});
+    if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
+        obj.extend(more);
     }
-    if overall.as_deref() != Some("APPROVED") {
-        return ignored(format!(
-            "status {}",
-            overall.as_deref().unwrap_or("missing")
-        ))
-        .await;
-    }
-    let seen = {
-        let (store, scan_ref) = (state.store.clone(), scan_ref.clone());
-        blocking(move || {
-            store.blocking_read(|tx| store::kyc::seen_scan_ref(tx, "idenfy", &scan_ref))
-        })
-        .await?
-    };
-    if seen {
-        return match record("duplicate", None, None).await {
-            Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
-            Err(e) => Err(e),
-            Ok(_) => Ok(duplicate()),
-        };
-    }
-    let email = match client_id.as_deref() {
-        Some(c) if validate_email(c).is_ok() => Some(c.to_owned()),
-        Some(c) => {
-            let (store, c) = (state.store.clone(), c.to_owned());
-            let mapping =
-                blocking(move || store.blocking_read(|tx| store::kyc::subject(tx, &c))).await?;
-            match mapping {
-                Some(m)
-                    if state
-                        .row_auth
-                        .subject_ok(&m.client_id, &m.email, m.mac.as_deref()) =>
-                {
-                    Some(m.email)
-                }
-                Some(m) => {
-                    tracing::error!(
-                        client_id = %m.client_id,
-                        "the KYC subject mapping fails its integrity check (not written by \
-                         keyhost); treating the verification as unmatched"
-                    );
-                    None
-                }
-                None => None,
-            }
-        }
-        None => None,
-    };
-    let Some(email) = email else {
-        static UNMATCHED: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
-        if let Some(suppressed) = UNMATCHED.allow() {
-            tracing::warn!(scan_ref = %scan_ref, suppressed, "iDenfy verification approved for an unmapped clientId");
-        }
-        let outcome = record(
-            "unmatched",
-            Some("no email for this clientId; add one with POST /admin/kyc-subjects".into()),
-            None,
-        )
-        .await;
-        return match outcome {
-            Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
-            Err(e) => Err(e),
-            Ok(_) => Ok(answer("unmatched", json!({}))),
-        };
-    };
-    let (row, _) = state
-        .issuance
-        .submit(NewIssuance {
-            source: "webhook:idenfy".into(),
-            idempotency_key: Some(scan_ref.clone()),
-            email,
-            issuer_did: None,
-            credential_id: None,
-            credential_subject: json!({"kycVerified": true, "kycLevel": "idenfy", "verifiedAt": rfc3339(now)}),
-            on_duplicate: None,
-        })
-        .await
-        .map_err(ApiError::from)?;
-    match record("queued", None, Some(row.id.clone())).await {
-        Err(e) if e.status() == StatusCode::CONFLICT => Ok(duplicate()),
-        Err(e) => Err(e),
-        Ok(_) => Ok(answer("queued", json!({"issuanceId": row.id}))),
-    }
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use crate::airkit::{AirKit, Reply, TransportError, hint};
 use crate::clock::{Clock, ClockSkew, UnixTime, rfc3339};
 use crate::integrity::RowAuth;
 use crate::keys::Alg;
-use crate::keys::live::LiveKeys;
+use crate::live::LiveKeys;
 use crate::metrics::{KidLabel, Metrics, StateLabel, UpstreamLabels};
 use crate::signer::{MAX_TOKEN_TTL, TokenClaims};
 use crate::store::issuances::IssuanceRow;

@@ -18,8 +18,8 @@ use aws_lc_rs::signature::{
 };
 use zeroize::Zeroizing;
 
-use crate::jwks::PublicJwk;
 use crate::keys::Alg;
+use crate::keys::PublicJwk;
 
 /// A parsed private key, ready to sign.
 pub enum KeyPair {

@@ -5,11 +5,12 @@
 //! - [`master`] seals private keys at rest under the master key.
 //! - [`service`] applies transitions and admin actions to the store, one transaction each.
 
-pub mod live;
+pub mod jwk;
 pub mod master;
 pub mod material;
 pub mod planner;
 pub mod service;
+pub mod view;
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,10 +18,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixTime;
-use crate::jwks::PublicJwk;
 
+pub use jwk::PublicJwk;
 pub use planner::{Plan, Policy, Transition};
 pub use service::{KeyError, KeyService};
+pub use view::KeyView;
 
 /// A JWS algorithm AIR Kit accepts.
 #[allow(clippy::upper_case_acronyms)]

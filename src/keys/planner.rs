@@ -273,8 +273,8 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwks::PublicJwk;
     use crate::keys::Origin;
+    use crate::keys::PublicJwk;
 
     const H: i64 = 3600;
     const D: i64 = 24 * H;

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::{Alg, KeyError, KeyRecord, KeyService, KeyState};
 use crate::clock::UnixTime;
 use crate::jwks::JwksDocument;
+use crate::keys::{Alg, KeyError, KeyRecord, KeyService, KeyState};
 use crate::signer::SigningKey;
 
 /// Signing keys by algorithm.
