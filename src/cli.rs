@@ -4,6 +4,7 @@
 //! Commands print JSON on stdout, for people and scripts alike; errors go to stderr with a
 //! non-zero exit status.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -166,11 +167,23 @@ fn actor() -> String {
     )
 }
 
-fn print(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON serialises")
-    );
+/// Writes `value` as JSON on stdout. A reader that went away (`keyhost keys list | head`) is an
+/// error that [`is_closed_pipe`] recognises, never a panic.
+fn print(value: &serde_json::Value) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON serialises");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()
+}
+
+/// Whether `error` is a write to a pipe whose reader has gone: the command did its work, and
+/// like any Unix tool keyhost then stops quietly.
+pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Runs a parsed command line with a loaded configuration.
@@ -185,7 +198,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Doctor(args) => {
             let findings = crate::doctor::run(&args).await?;
-            if crate::doctor::print(&findings, args.json) {
+            if crate::doctor::print(&findings, args.json, &mut std::io::stdout().lock())? {
                 Ok(())
             } else {
                 bail!("AIR Kit would reject this setup; see the fixes above")
@@ -200,7 +213,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     if let Command::Migrate = command {
         let db = config.database_path();
         Store::open(&db).with_context(|| format!("migrating {}", db.display()))?;
-        print(&json!({"database": db, "migrated": true}));
+        print(&json!({"database": db, "migrated": true}))?;
         return Ok(());
     }
     let opened = startup::open(&config, clock.clone(), false)?;
@@ -216,12 +229,12 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
             print(&json!({
                 "rowsWithoutMac": legacy.without_mac,
                 "next": "check that these rows are your keys, clients, issuances and mappings, then run again with --yes",
-            }));
+            }))?;
             return Ok(());
         }
         let accepted =
             crate::integrity::accept_legacy_rows(&store, keys.row_auth(), clock.now(), &actor())?;
-        print(&json!({ "authenticated": accepted }));
+        print(&json!({ "authenticated": accepted }))?;
         return Ok(());
     }
     if let Some(legacy) = &legacy {
@@ -246,7 +259,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     .iter()
                     .map(|(k, ok)| KeyView::checked(k, *ok))
                     .collect();
-                print(&json!({ "keys": views }));
+                print(&json!({ "keys": views }))?;
             }
             KeysCommand::Rotate { alg, emergency } => {
                 let r = keys.rotate(alg.unwrap_or(config.default_alg), emergency, &actor)?;
@@ -254,14 +267,14 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 if let Some(w) = r.warning {
                     out["warning"] = json!(w);
                 }
-                print(&out);
+                print(&out)?;
             }
             KeysCommand::Retire { kid } => {
-                print(&json!({ "key": KeyView::from(&keys.retire(&kid, &actor)?) }));
+                print(&json!({ "key": KeyView::from(&keys.retire(&kid, &actor)?) }))?;
             }
             KeysCommand::Revoke { kid } => {
                 let (key, warning) = keys.revoke(&kid, &actor)?;
-                print(&json!({ "key": KeyView::from(&key), "warning": warning }));
+                print(&json!({ "key": KeyView::from(&key), "warning": warning }))?;
             }
             KeysCommand::Import { pem, kid } => {
                 let text = zeroize::Zeroizing::new(
@@ -269,7 +282,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", pem.display()))?,
                 );
                 let key = keys.import(&text, kid.as_deref(), &actor)?;
-                print(&json!({ "key": KeyView::from(&key) }));
+                print(&json!({ "key": KeyView::from(&key) }))?;
             }
         },
         Command::Clients { command } => match command {
@@ -278,14 +291,14 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     clients::create(&store, keys.row_auth(), clock.now(), &name, &scopes, &actor)?;
                 let mut out = serde_json::to_value(&view)?;
                 out["apiKey"] = json!(api_key.expose_secret());
-                print(&out);
+                print(&out)?;
             }
             ClientsCommand::List => {
-                print(&json!({ "clients": clients::list(&store, keys.row_auth())? }))
+                print(&json!({ "clients": clients::list(&store, keys.row_auth())? }))?
             }
             ClientsCommand::Disable { id } => {
                 let view = clients::disable(&store, keys.row_auth(), clock.now(), &id, &actor)?;
-                print(&json!({ "client": view }));
+                print(&json!({ "client": view }))?;
             }
         },
         Command::Token {
@@ -365,7 +378,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 "kid": rec.kid,
                 "expiresAt": rfc3339(minted.exp),
                 "expiresIn": minted.exp - minted.iat,
-            }));
+            }))?;
         }
     }
     Ok(())

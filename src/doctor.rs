@@ -556,14 +556,16 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
     }
 }
 
-/// Prints the findings; returns whether nothing failed.
-pub fn print(findings: &[Finding], json: bool) -> bool {
+/// Writes the findings to `out`; returns whether nothing failed.
+pub fn print(
+    findings: &[Finding],
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<bool> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
-                .expect("serialises")
-        );
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
+            .expect("serialises");
+        writeln!(out, "{text}")?;
     } else {
         for f in findings {
             let mark = match f.verdict {
@@ -571,13 +573,14 @@ pub fn print(findings: &[Finding], json: bool) -> bool {
                 Verdict::Warn => "warn",
                 Verdict::Fail => "FAIL",
             };
-            println!("{mark}  {:<22} {}", f.check, f.detail);
+            writeln!(out, "{mark}  {:<22} {}", f.check, f.detail)?;
             if let Some(fix) = f.fix {
-                println!("      {:<22} fix: {fix}", "");
+                writeln!(out, "      {:<22} fix: {fix}", "")?;
             }
         }
     }
-    findings.iter().all(|f| f.verdict != Verdict::Fail)
+    out.flush()?;
+    Ok(findings.iter().all(|f| f.verdict != Verdict::Fail))
 }
 
 #[cfg(test)]
