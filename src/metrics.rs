@@ -68,6 +68,25 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
+/// Label: outcome of a check.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What the check found.
+    pub outcome: String,
+}
+
+/// The TLS certificate reloader's counters, one per outcome of a look at the certificate files:
+/// they show that it looks, and what it found.
+#[derive(Clone, Debug, Default)]
+pub struct TlsReloadCounters {
+    /// The files had not changed.
+    pub unchanged: Counter,
+    /// The files had changed and the new certificate is served.
+    pub reloaded: Counter,
+    /// The files had changed but could not be used; the current certificate stays.
+    pub failed: Counter,
+}
+
 /// The connection counters of one listener.
 #[derive(Clone, Debug)]
 pub struct ConnectionCounters {
@@ -104,6 +123,8 @@ pub struct Metrics {
     pub connections_shed: Family<ListenerLabel, Counter>,
     /// Connections refused per listener.
     pub connections_refused: Family<ListenerLabel, Counter>,
+    /// Looks at the TLS certificate files, by outcome.
+    pub tls_certificate_checks: Family<OutcomeLabel, Counter>,
     /// Minute of the last rejection written to the audit trail, per provider.
     rejection_audited: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -177,6 +198,13 @@ impl Default for Metrics {
             "Connections refused because every open one was in the middle of a request",
             connections_refused.clone(),
         );
+        let tls_certificate_checks = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "tls_certificate_checks",
+            "Looks at the TLS certificate files for a renewal, by outcome (unchanged, reloaded, \
+             failed: the current certificate stays)",
+            tls_certificate_checks.clone(),
+        );
         let label = |alg: &str| AlgLabel {
             alg: alg.to_owned(),
         };
@@ -188,6 +216,7 @@ impl Default for Metrics {
             connections_open,
             connections_shed,
             connections_refused,
+            tls_certificate_checks,
             minted_es256,
             minted_rs256,
             webhook_rejected,
@@ -263,6 +292,23 @@ impl Metrics {
             open: self.connections_open.get_or_create(&label).clone(),
             shed: self.connections_shed.get_or_create(&label).clone(),
             refused: self.connections_refused.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The counters of the TLS certificate reloader (created at once, so that `/metrics` shows
+    /// them from the start).
+    pub fn tls_reload(&self) -> TlsReloadCounters {
+        let counter = |outcome: &str| {
+            self.tls_certificate_checks
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        TlsReloadCounters {
+            unchanged: counter("unchanged"),
+            reloaded: counter("reloaded"),
+            failed: counter("failed"),
         }
     }
 

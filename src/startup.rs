@@ -198,8 +198,11 @@ impl Application {
         })
         .await??;
 
+        let mut metrics = Metrics::default();
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+            (Some(cert), Some(key)) => {
+                Some(http::tls::server_config(cert, key, metrics.tls_reload())?)
+            }
             _ => None,
         };
         let https = tls.is_some();
@@ -260,7 +263,6 @@ impl Application {
         let clock_skew = Arc::new(crate::clock::ClockSkew::new(
             config.max_clock_skew.as_secs() as i64,
         ));
-        let mut metrics = Metrics::default();
         metrics.register_integrity(&row_auth.failures);
         metrics.register_clock_skew(clock_skew.gauge());
         let metrics = Arc::new(metrics);
