@@ -126,6 +126,30 @@ const FIX_SIZE: &str = "serve only the public keys at the JWKS URL (a JWKS of a 
 const FIX_PRIVATE: &str = "your JWKS publishes private key material: anyone can sign as you. Build the JWKS \
     from the public key only, then rotate: revoke these keys and publish new ones";
 
+const FIX_CERTIFICATE: &str = "AIR Kit trusts certificates from public CAs only: serve the JWKS \
+    with one valid for this host name (e.g. Let's Encrypt, as the Caddy setup in deploy/ does). \
+    If this is a test setup with your own CA, pass its certificate with --ca-file ca.pem to check \
+    the rest";
+
+/// Whether a request failed because the server's certificate was refused (unknown issuer,
+/// expired, another name). rustls's error sits inside `io::Error`s, whose `source` skips the
+/// error they wrap, so an I/O error is opened rather than asked for its source.
+fn untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(rustls::Error::InvalidCertificate(_)) = e.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        cause = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
+}
+
 /// Runs every check; returns the findings.
 pub async fn run(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     let mut report = Report::default();
@@ -177,10 +201,18 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
     let client = builder.build()?;
     let res = match client.get(url.clone()).send().await {
         Ok(res) => res,
+        Err(e) if untrusted_certificate(&e) => {
+            report.fail(
+                "jwks.certificate",
+                format!("the server's certificate is not trusted: {}", describe(&e)),
+                FIX_CERTIFICATE,
+            );
+            return Ok(None);
+        }
         Err(e) => {
             report.fail(
                 "jwks.reachable",
-                format!("request failed: {e}"),
+                format!("request failed: {}", describe(&e)),
                 FIX_UNREACHABLE,
             );
             return Ok(None);

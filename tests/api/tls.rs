@@ -232,3 +232,43 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_i
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_doctor_names_an_untrusted_certificate_and_points_to_ca_file() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = crate::helpers::test_config(dir.path());
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    let app = start(dir, ManualClock::starting_now(), config)
+        .await
+        .unwrap();
+    let port = app.public.rsplit(':').next().unwrap();
+    let mut args = keyhost::doctor::DoctorArgs {
+        jwks_url: format!("https://localhost:{port}/.well-known/jwks.json"),
+        token: None,
+        partner_id: None,
+        scope: "issue".into(),
+        ca_file: None,
+        json: false,
+    };
+    let findings = keyhost::doctor::run(&args).await.unwrap();
+    let finding = findings
+        .iter()
+        .find(|f| f.check == "jwks.certificate")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(finding.verdict, keyhost::doctor::Verdict::Fail);
+    assert!(finding.detail.contains("not trusted"), "{finding:?}");
+    assert!(finding.fix.unwrap().contains("--ca-file"), "{finding:?}");
+    assert!(findings.iter().all(|f| f.check != "jwks.reachable"));
+
+    args.ca_file = Some(ca);
+    let findings = keyhost::doctor::run(&args).await.unwrap();
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.verdict != keyhost::doctor::Verdict::Fail),
+        "{findings:?}"
+    );
+}
