@@ -188,11 +188,61 @@ async fn list_kyc_events(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit_of(&q)?;
+    if let Some(o) = &q.outcome
+        && !KYC_OUTCOMES.contains(&o.as_str())
+    {
+        return Err(ApiError::bad_value(format!(
+            "outcome must be one of {}",
+            KYC_OUTCOMES.join(", ")
+        )));
+    }
     let store = state.store.clone();
     let outcome = q.outcome.clone();
     let rows =
         blocking(move || store.with(|c| store::kyc::list(c, outcome.as_deref(), limit))).await?;
-    Ok(Json(json!({ "events": rows })))
+    let views: Vec<KycEventView> = rows.into_iter().map(KycEventView::from).collect();
+    Ok(Json(json!({ "events": views })))
+}
+
+/// The outcomes keyhost records a KYC event with. (The schema also allows `rejected`, which is
+/// never written: a delivery refused for its signature goes to the audit trail instead.)
+const KYC_OUTCOMES: &[&str] = &["queued", "unmatched", "ignored", "duplicate"];
+
+/// A received KYC webhook as the admin API shows it: times in RFC 3339, like every other time.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KycEventView {
+    id: i64,
+    provider: String,
+    scan_ref: Option<String>,
+    client_id: Option<String>,
+    is_final: Option<bool>,
+    status: Option<String>,
+    outcome: String,
+    detail: Option<String>,
+    issuance_id: Option<String>,
+    received_at: String,
+    repeats: u32,
+    last_received_at: Option<String>,
+}
+
+impl From<store::kyc::KycEvent> for KycEventView {
+    fn from(e: store::kyc::KycEvent) -> Self {
+        Self {
+            id: e.id,
+            provider: e.provider,
+            scan_ref: e.scan_ref,
+            client_id: e.client_id,
+            is_final: e.is_final,
+            status: e.status,
+            outcome: e.outcome,
+            detail: e.detail,
+            issuance_id: e.issuance_id,
+            received_at: rfc3339(e.received_at),
+            repeats: e.repeats,
+            last_received_at: e.last_received_at.map(rfc3339),
+        }
+    }
 }
 
 /// A key as the admin API shows it: state and timestamps, the public JWK, never private parts.
