@@ -228,7 +228,8 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         if !yes {
             print(&json!({
                 "rowsWithoutMac": legacy.without_mac,
-                "next": "check that these rows are your keys, clients, issuances and mappings, then run again with --yes",
+                "next": "check that these rows are your keys, clients, issuances and mappings, \
+                         then run again with --yes",
             }))?;
             return Ok(());
         }
@@ -239,7 +240,8 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     }
     if let Some(legacy) = &legacy {
         eprintln!(
-            "keyhost: warning: {} rows predate row authentication and are not trusted; see `keyhost integrity accept-legacy-rows`",
+            "keyhost: warning: {} rows predate row authentication and are not trusted; see \
+             `keyhost integrity accept-legacy-rows`",
             legacy.without_mac.len()
         );
     }

@@ -105,26 +105,26 @@ impl Report {
     }
 }
 
-const FIX_UNREACHABLE: &str = "your JWKS URL must be publicly accessible over HTTPS; test it with curl \
-    https://your-domain/.well-known/jwks.json (it should return a valid JSON document) and make sure no \
-    firewall or IP allowlist blocks AIR Kit's servers";
-const FIX_KID: &str = "the kid in your JWT header must match a key in the JWKS; if you recently rotated keys, \
-    publish the new key to your JWKS endpoint before using it in JWTs";
-const FIX_ALG: &str = "the algorithm (RS256 or ES256) must match the key type in your JWKS (RSA keys sign \
-    RS256, EC P-256 keys sign ES256)";
+const FIX_UNREACHABLE: &str = "your JWKS URL must be publicly accessible over HTTPS; test it with \
+    curl https://your-domain/.well-known/jwks.json (it should return a valid JSON document) and \
+    make sure no firewall or IP allowlist blocks AIR Kit's servers";
+const FIX_KID: &str = "the kid in your JWT header must match a key in the JWKS; if you recently \
+    rotated keys, publish the new key to your JWKS endpoint before using it in JWTs";
+const FIX_ALG: &str = "the algorithm (RS256 or ES256) must match the key type in your JWKS (RSA \
+    keys sign RS256, EC P-256 keys sign ES256)";
 const FIX_SIGNATURE: &str =
     "sign with the private key whose public key the JWKS lists under this kid";
-const FIX_EXPIRED: &str = "generate a new JWT with a fresh exp (recommended: 5 minutes from now) and keep the \
-    server clock synchronised (NTP)";
+const FIX_EXPIRED: &str = "generate a new JWT with a fresh exp (recommended: 5 minutes from now) \
+    and keep the server clock synchronised (NTP)";
 const FIX_TYP: &str = "for Issue on Behalf the JWT header must include typ: \"JWT\"";
 const FIX_CLAIMS: &str = "the JWT must contain partnerId, scope (\"issue\") and email";
-const FIX_REDIRECT: &str = "register the URL that serves the JWKS itself (answering 200 with the JSON) in \
-    the AIR Kit dashboard, or serve the JWKS at the registered URL without a redirect: AIR Kit may not \
-    follow redirects";
+const FIX_REDIRECT: &str = "register the URL that serves the JWKS itself (answering 200 with the \
+    JSON) in the AIR Kit dashboard, or serve the JWKS at the registered URL without a redirect: \
+    AIR Kit may not follow redirects";
 const FIX_SIZE: &str = "serve only the public keys at the JWKS URL (a JWKS of a few keys is a few \
     kilobytes); check that the URL points at the JWKS and not at a large file or a stream";
-const FIX_PRIVATE: &str = "your JWKS publishes private key material: anyone can sign as you. Build the JWKS \
-    from the public key only, then rotate: revoke these keys and publish new ones";
+const FIX_PRIVATE: &str = "your JWKS publishes private key material: anyone can sign as you. \
+    Build the JWKS from the public key only, then rotate: revoke these keys and publish new ones";
 
 const FIX_CERTIFICATE: &str = "AIR Kit trusts certificates from public CAs only: serve the JWKS \
     with one valid for this host name (e.g. Let's Encrypt, as the Caddy setup in deploy/ does). \
@@ -244,7 +244,8 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
         other => report.warn(
             "jwks.cache",
             format!("Cache-Control: {}", other.unwrap_or("absent")),
-            "send Cache-Control: public, max-age=<seconds> and publish new keys longer than that before they sign",
+            "send Cache-Control: public, max-age=<seconds> and publish new keys longer than that \
+             before they sign",
         ),
     }
     let bytes = match http_client::read_capped(res, MAX_JWKS_BYTES).await {

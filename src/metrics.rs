@@ -153,7 +153,8 @@ impl Default for Metrics {
         let airkit_unauthorized = Family::<KidLabel, Counter>::default();
         registry.register(
             "airkit_unauthorized",
-            "AIR Kit 401 answers by the kid of the rejected token (a JWKS the verifier has not fetched?)",
+            "AIR Kit 401 answers by the kid of the rejected token (a JWKS the verifier has not \
+             fetched?)",
             airkit_unauthorized.clone(),
         );
         let issuances = Family::<StateLabel, Counter>::default();
@@ -189,7 +190,8 @@ impl Default for Metrics {
         let connections_shed = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "connections_shed",
-            "Connections closed to make room for a new one on a full listener (silent or idle ones)",
+            "Connections closed to make room for a new one on a full listener (silent or idle \
+             ones)",
             connections_shed.clone(),
         );
         let connections_refused = Family::<ListenerLabel, Counter>::default();
@@ -269,7 +271,8 @@ impl Metrics {
     pub fn register_integrity(&mut self, gauges: &crate::integrity::IntegrityGauges) {
         self.registry.register(
             "integrity_failures",
-            "Rows failing their integrity check (written by something without the master key), per table",
+            "Rows failing their integrity check (written by something without the master key), \
+             per table",
             gauges.family().clone(),
         );
     }
@@ -278,7 +281,8 @@ impl Metrics {
     pub fn register_clock_skew(&mut self, gauge: &Gauge) {
         self.registry.register(
             "clock_skew_seconds",
-            "keyhost's clock minus AIR Kit's (from the Date of its answers); positive: keyhost is ahead",
+            "keyhost's clock minus AIR Kit's (from the Date of its answers); positive: keyhost is \
+             ahead",
             gauge.clone(),
         );
     }
