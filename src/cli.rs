@@ -167,23 +167,28 @@ fn actor() -> String {
     )
 }
 
-/// Writes `value` as JSON on stdout. A reader that went away (`keyhost keys list | head`) is an
-/// error that [`is_closed_pipe`] recognises, never a panic.
-fn print(value: &serde_json::Value) -> std::io::Result<()> {
+/// Writes `value` as JSON on stdout. A reader that went away (`keyhost keys list | head`) is a
+/// [`StdoutClosed`] error, never a panic.
+fn print(value: &serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON serialises");
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")?;
-    out.flush()
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
 }
 
-/// Whether `error` is a write to a pipe whose reader has gone: the command did its work, and
-/// like any Unix tool keyhost then stops quietly.
-pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+/// The reader of stdout has gone: the command did its work, and like any Unix tool keyhost then
+/// stops quietly (the binary exits with success and prints nothing).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
 }
 
 /// Runs a parsed command line with a loaded configuration.
@@ -198,11 +203,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Doctor(args) => {
             let findings = crate::doctor::run(&args).await?;
-            if crate::doctor::print(&findings, args.json, &mut std::io::stdout().lock())? {
-                Ok(())
-            } else {
+            let printed = crate::doctor::print(&findings, args.json, &mut std::io::stdout().lock());
+            // The verdict is the exit status, whether or not the reader saw every finding.
+            if !crate::doctor::passed(&findings) {
                 bail!("AIR Kit would reject this setup; see the fixes above")
             }
+            printed.map_err(stdout_error)
         }
         other => tokio::task::spawn_blocking(move || run_offline(other, config)).await?,
     }

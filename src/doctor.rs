@@ -589,12 +589,12 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
     }
 }
 
-/// Writes the findings to `out`; returns whether nothing failed.
+/// Writes the findings to `out`.
 pub fn print(
     findings: &[Finding],
     json: bool,
     out: &mut impl std::io::Write,
-) -> std::io::Result<bool> {
+) -> std::io::Result<()> {
     if json {
         let text = serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
             .expect("serialises");
@@ -612,8 +612,12 @@ pub fn print(
             }
         }
     }
-    out.flush()?;
-    Ok(findings.iter().all(|f| f.verdict != Verdict::Fail))
+    out.flush()
+}
+
+/// Whether AIR Kit would accept the setup: nothing failed.
+pub fn passed(findings: &[Finding]) -> bool {
+    findings.iter().all(|f| f.verdict != Verdict::Fail)
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if cli::is_closed_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.is::<cli::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyhost: {e:#}");
             ExitCode::FAILURE

@@ -140,6 +140,23 @@ fn output_into_a_pipe_whose_reader_has_gone_ends_quietly() {
         assert!(out.status.success(), "{args:?}: {:?}: {stderr}", out.status);
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
+    // The doctor's verdict is its exit status, read or not.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .args([
+            "doctor",
+            "--jwks-url",
+            "http://127.0.0.1:1/.well-known/jwks.json",
+        ])
+        .env_clear()
+        .stdout(writer)
+        .output()
+        .expect("runs the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("AIR Kit would reject"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
