@@ -4,6 +4,7 @@
 //! Commands print JSON on stdout, for people and scripts alike; errors go to stderr with a
 //! non-zero exit status.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -167,11 +168,28 @@ fn actor() -> String {
     )
 }
 
-fn print(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON serialises")
-    );
+/// Writes `value` as JSON on stdout. A reader that went away (`keyhost keys list | head`) is a
+/// [`StdoutClosed`] error, never a panic.
+fn print(value: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON serialises");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(stdout_error)
+}
+
+/// The reader of stdout has gone: the command did its work, and like any Unix tool keyhost then
+/// stops quietly (the binary exits with success and prints nothing).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
 }
 
 /// Runs a parsed command line with a loaded configuration.
@@ -186,11 +204,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Doctor(args) => {
             let findings = crate::doctor::run(&args).await?;
-            if crate::doctor::print(&findings, args.json) {
-                Ok(())
-            } else {
+            let printed = crate::doctor::print(&findings, args.json, &mut std::io::stdout().lock());
+            // The verdict is the exit status, whether or not the reader saw every finding.
+            if !crate::doctor::passed(&findings) {
                 bail!("AIR Kit would reject this setup; see the fixes above")
             }
+            printed.map_err(stdout_error)
         }
         other => tokio::task::spawn_blocking(move || run_offline(other, config)).await?,
     }
@@ -201,7 +220,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     if let Command::Migrate = command {
         let db = config.database_path();
         Store::open(&db).with_context(|| format!("migrating {}", db.display()))?;
-        print(&json!({"database": db, "migrated": true}));
+        print(&json!({"database": db, "migrated": true}))?;
         return Ok(());
     }
     let opened = startup::open(&config, clock.clone(), false)?;
@@ -216,18 +235,20 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         if !yes {
             print(&json!({
                 "rowsWithoutMac": legacy.without_mac,
-                "next": "check that these rows are your keys, clients, issuances and mappings, then run again with --yes",
-            }));
+                "next": "check that these rows are your keys, clients, issuances and mappings, \
+                         then run again with --yes",
+            }))?;
             return Ok(());
         }
         let accepted =
             crate::integrity::accept_legacy_rows(&store, keys.row_auth(), clock.now(), &actor())?;
-        print(&json!({ "authenticated": accepted }));
+        print(&json!({ "authenticated": accepted }))?;
         return Ok(());
     }
     if let Some(legacy) = &legacy {
         eprintln!(
-            "keyhost: warning: {} rows predate row authentication and are not trusted; see `keyhost integrity accept-legacy-rows`",
+            "keyhost: warning: {} rows predate row authentication and are not trusted; see \
+             `keyhost integrity accept-legacy-rows`",
             legacy.without_mac.len()
         );
     }
@@ -247,7 +268,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     .iter()
                     .map(|(k, ok)| KeyView::checked(k, *ok))
                     .collect();
-                print(&json!({ "keys": views }));
+                print(&json!({ "keys": views }))?;
             }
             KeysCommand::Rotate { alg, emergency } => {
                 let r = keys.rotate(alg.unwrap_or(config.default_alg), emergency, &actor)?;
@@ -255,14 +276,14 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 if let Some(w) = r.warning {
                     out["warning"] = json!(w);
                 }
-                print(&out);
+                print(&out)?;
             }
             KeysCommand::Retire { kid } => {
-                print(&json!({ "key": KeyView::from(&keys.retire(&kid, &actor)?) }));
+                print(&json!({ "key": KeyView::from(&keys.retire(&kid, &actor)?) }))?;
             }
             KeysCommand::Revoke { kid } => {
                 let (key, warning) = keys.revoke(&kid, &actor)?;
-                print(&json!({ "key": KeyView::from(&key), "warning": warning }));
+                print(&json!({ "key": KeyView::from(&key), "warning": warning }))?;
             }
             KeysCommand::Import { pem, kid } => {
                 let text = zeroize::Zeroizing::new(
@@ -270,7 +291,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", pem.display()))?,
                 );
                 let key = keys.import(&text, kid.as_deref(), &actor)?;
-                print(&json!({ "key": KeyView::from(&key) }));
+                print(&json!({ "key": KeyView::from(&key) }))?;
             }
         },
         Command::Clients { command } => {
@@ -283,14 +304,14 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     let (view, api_key) = wait.block_on(clients.create(&name, &scopes, &actor))?;
                     let mut out = serde_json::to_value(&view)?;
                     out["apiKey"] = json!(api_key.expose_secret());
-                    print(&out);
+                    print(&out)?;
                 }
                 ClientsCommand::List => {
-                    print(&json!({ "clients": wait.block_on(clients.list())? }))
+                    print(&json!({ "clients": wait.block_on(clients.list())? }))?
                 }
                 ClientsCommand::Disable { id } => {
                     let view = wait.block_on(clients.disable(&id, &actor))?;
-                    print(&json!({ "client": view }));
+                    print(&json!({ "client": view }))?;
                 }
             }
         }
@@ -371,7 +392,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 "kid": rec.kid,
                 "expiresAt": rfc3339(minted.exp),
                 "expiresIn": minted.exp - minted.iat,
-            }));
+            }))?;
         }
     }
     Ok(())

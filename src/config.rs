@@ -20,23 +20,33 @@ use crate::signer::MAX_TOKEN_TTL;
 /// Environment variable naming an optional TOML configuration file.
 pub const CONFIG_FILE_VAR: &str = "KEYHOST_CONFIG";
 
-/// Read from the environment verbatim, never through the typed parser: its errors would quote a
-/// secret, and it turns an all-digit partner id into a number (losing leading zeros).
-const VERBATIM_VARS: &[&str] = &[
-    "KEYHOST_ADMIN_TOKEN",
-    "KEYHOST_MASTER_KEY",
-    "KEYHOST_PARTNER_ID",
-    "KEYHOST_KYC_WEBHOOK_SECRET",
-    "KEYHOST_IDENFY_SIGNING_KEY",
+/// Where a secret goes in the configuration.
+type SecretSlot = for<'a> fn(&'a mut Config) -> &'a mut Option<SecretString>;
+
+/// The secrets, by name without the `KEYHOST_` prefix: the one list of them. Each is read
+/// verbatim from `KEYHOST_<NAME>` or from the file named by `KEYHOST_<NAME>_FILE` (the Docker and
+/// Kubernetes secrets convention), never through the typed parser (its errors would quote the
+/// value), and never from the TOML file, which is meant to be shared and is refused if it holds
+/// one.
+const SECRETS: &[(&str, SecretSlot)] = &[
+    ("admin_token", |c| &mut c.admin_token),
+    ("master_key", |c| &mut c.master_key),
+    ("kyc_webhook_secret", |c| &mut c.kyc_webhook_secret),
+    ("idenfy_signing_key", |c| &mut c.idenfy_signing_key),
 ];
+
+/// Read from the environment verbatim, like the secrets: the typed parser would turn an
+/// all-digit partner id into a number (losing leading zeros). The TOML file may set it.
+const PARTNER_ID: &str = "partner_id";
 
 /// Shortest webhook secret accepted: anyone can forge an HMAC under an empty or guessable key,
 /// and the webhook paths face the internet.
 pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
 
-/// Every non-secret setting, by its name without the `KEYHOST_` prefix. Environment variables outside this
-/// list are ignored with a warning (orchestrators inject `KEYHOST_SERVICE_HOST` and the like);
-/// unknown keys in the TOML file are errors, since there they can only be typos.
+/// Every non-secret setting, by its name without the `KEYHOST_` prefix. Environment variables
+/// outside this list, [`SECRETS`] and `partner_id` are ignored with a warning (orchestrators inject
+/// `KEYHOST_SERVICE_HOST` and the like); unknown keys in the TOML file are errors, since there
+/// they can only be typos.
 pub const SETTINGS: &[&str] = &[
     "data_dir",
     "keys_dir",
@@ -97,8 +107,10 @@ pub struct Config {
     /// Directory of the master key file and the first-start admin token file.
     pub keys_dir: PathBuf,
     /// Listener for the JWKS (the only one meant to face the internet).
+    #[serde(deserialize_with = "listen_addr")]
     pub public_addr: SocketAddr,
     /// Listener for token minting and administration.
+    #[serde(deserialize_with = "listen_addr")]
     pub internal_addr: SocketAddr,
     /// PEM certificate chain: when set (with `tls_key`), the public listener speaks HTTPS.
     pub tls_cert: Option<PathBuf>,
@@ -136,8 +148,10 @@ pub struct Config {
     #[serde(deserialize_with = "text")]
     pub partner_id: Option<String>,
     /// Admin bearer token; when absent one is generated on first start.
+    #[serde(skip)]
     pub admin_token: Option<SecretString>,
     /// Base64 of the 32-byte master key; when absent `keys_dir/master.key` is used.
+    #[serde(skip)]
     pub master_key: Option<SecretString>,
     /// Algorithms that each keep an active key.
     #[serde(deserialize_with = "algorithms")]
@@ -195,8 +209,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub airkit_poll_deadline: Duration,
     /// Secret of the `X-Keyhost-Signature` HMAC on `/webhooks/kyc-complete`.
+    #[serde(skip)]
     pub kyc_webhook_secret: Option<SecretString>,
     /// iDenfy's webhook signing key (`Idenfy-Signature` HMAC).
+    #[serde(skip)]
     pub idenfy_signing_key: Option<SecretString>,
 }
 
@@ -262,9 +278,11 @@ impl Default for Config {
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file or an environment variable could not be read or has the wrong type.
+    /// The file or an environment variable could not be read or has the wrong type; the message
+    /// names the variable (`KEYHOST_PUBLISH_LEAD=10`) or the key and file (`publish_lead in file
+    /// keyhost.toml`).
     #[error("cannot read the configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(String),
     /// The values are readable but unsafe or inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -283,22 +301,18 @@ impl Config {
                     path.display()
                 )));
             }
-            figment = figment.merge(Toml::file(path));
+            let file = Figment::from(Toml::file(&path));
+            refuse_secrets_in(&file, &format!("file {}", path.display()))?;
+            figment = figment.merge(file);
         }
         figment = figment.merge(Env::prefixed("KEYHOST_").only(SETTINGS));
-        let mut config: Config = figment.extract().map_err(Box::new)?;
-        for var in VERBATIM_VARS {
-            if let Some(value) = std::env::var_os(var) {
-                let value = value
-                    .into_string()
-                    .map_err(|_| ConfigError::Invalid(format!("{var} is not valid UTF-8")))?;
-                match *var {
-                    "KEYHOST_ADMIN_TOKEN" => config.admin_token = Some(value.into()),
-                    "KEYHOST_MASTER_KEY" => config.master_key = Some(value.into()),
-                    "KEYHOST_KYC_WEBHOOK_SECRET" => config.kyc_webhook_secret = Some(value.into()),
-                    "KEYHOST_IDENFY_SIGNING_KEY" => config.idenfy_signing_key = Some(value.into()),
-                    _ => config.partner_id = Some(value),
-                }
+        let mut config: Config = figment.extract().map_err(|e| explain(&figment, e))?;
+        if let Some(id) = env_verbatim(&env_name(PARTNER_ID))? {
+            config.partner_id = Some(id);
+        }
+        for (name, slot) in SECRETS {
+            if let Some(secret) = secret_from_env(name)? {
+                *slot(&mut config) = Some(secret.into());
             }
         }
         config.validate()?;
@@ -309,9 +323,9 @@ impl Config {
     /// extraction and validation as [`Config::load`] but no environment variables (for tools and
     /// the fuzz targets: any text gives a configuration or an error, never a panic).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = Figment::from(Toml::string(text))
-            .extract()
-            .map_err(Box::new)?;
+        let figment = Figment::from(Toml::string(text));
+        refuse_secrets_in(&figment, "the TOML text")?;
+        let config: Config = figment.extract().map_err(|e| explain(&figment, e))?;
         config.validate()?;
         Ok(config)
     }
@@ -335,23 +349,40 @@ impl Config {
             .filter(|k| {
                 k.strip_prefix("KEYHOST_").is_some_and(|name| {
                     let name = name.to_ascii_lowercase();
-                    ![
-                        "config",
-                        "admin_token",
-                        "master_key",
-                        "partner_id",
-                        "kyc_webhook_secret",
-                        "idenfy_signing_key",
-                    ]
-                    .contains(&name.as_str())
-                        && !SETTINGS.contains(&name.as_str())
+                    let secret = |n: &str| SECRETS.iter().any(|(s, _)| *s == n);
+                    !(name == "config"
+                        || name == PARTNER_ID
+                        || SETTINGS.contains(&name.as_str())
+                        || secret(&name)
+                        || name.strip_suffix("_file").is_some_and(secret))
                 })
             })
             .collect()
     }
 
-    /// Checks the rules that keep every minted token verifiable.
+    /// Checks every rule an operator's configuration must meet: [`Config::check_invariants`],
+    /// and a margin between the publish lead and the JWKS max-age.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_invariants()?;
+        // A verifier's cache runs from when the JWKS reached it, a little after keyhost served
+        // it; with a lead of exactly max-age that little is all that separates a fresh cache
+        // from a token signed by a key it has not seen.
+        if self.publish_lead == self.jwks_max_age {
+            return Err(ConfigError::Invalid(format!(
+                "KEYHOST_PUBLISH_LEAD ({}) equals KEYHOST_JWKS_MAX_AGE: the lead must exceed \
+                 max-age, since a verifier's cached JWKS expires only max-age after it arrived; \
+                 raise the lead (hours are usual) or lower max-age",
+                humantime::format_duration(self.publish_lead)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the rules without which a minted token could meet a verifier that cannot check it
+    /// (and the bounds of every setting). [`crate::startup::Application`] checks these for a
+    /// configuration built in code, where the tightest safe policy (a lead of exactly max-age,
+    /// against verifiers that cache by keyhost's clock) is allowed.
+    pub fn check_invariants(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.algorithms.is_empty() {
             return invalid(
@@ -360,7 +391,8 @@ impl Config {
         }
         if !self.algorithms.contains(&self.default_alg) {
             return invalid(format!(
-                "KEYHOST_DEFAULT_ALG is {} but KEYHOST_ALGORITHMS is {}; add it there or pick one of those",
+                "KEYHOST_DEFAULT_ALG is {} but KEYHOST_ALGORITHMS is {}; add it there or pick one \
+                 of those",
                 self.default_alg,
                 self.algorithms
                     .iter()
@@ -390,7 +422,8 @@ impl Config {
         if lead < max_age {
             return invalid(format!(
                 "KEYHOST_PUBLISH_LEAD ({}) is shorter than KEYHOST_JWKS_MAX_AGE ({}): a verifier \
-                 holding a cached JWKS would meet keys it has never seen; raise the lead or lower max-age",
+                 holding a cached JWKS would meet keys it has never seen; raise the lead or lower \
+                 max-age",
                 humantime::format_duration(lead),
                 humantime::format_duration(max_age)
             ));
@@ -445,13 +478,15 @@ impl Config {
         }
         if self.auth_failure_limit == 0 || self.auth_failure_limit > 10_000 {
             return invalid(
-                "KEYHOST_AUTH_FAILURE_LIMIT must be between 1 and 10000 failed attempts per address and minute"
+                "KEYHOST_AUTH_FAILURE_LIMIT must be between 1 and 10000 failed attempts per \
+                 address and minute"
                     .into(),
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid(
-                "set both KEYHOST_TLS_CERT and KEYHOST_TLS_KEY (PEM files) to serve the JWKS over HTTPS, or neither"
+                "set both KEYHOST_TLS_CERT and KEYHOST_TLS_KEY (PEM files) to serve the JWKS over \
+                 HTTPS, or neither"
                     .into(),
             );
         }
@@ -472,7 +507,9 @@ impl Config {
             || self.airkit_backoff > self.airkit_backoff_max
         {
             return invalid(
-                "KEYHOST_AIRKIT_BACKOFF must be at least 10ms and at most KEYHOST_AIRKIT_BACKOFF_MAX".into(),
+                "KEYHOST_AIRKIT_BACKOFF must be at least 10ms and at most \
+                 KEYHOST_AIRKIT_BACKOFF_MAX"
+                    .into(),
             );
         }
         crate::clients::validate_scope(&self.issue_scope)
@@ -486,8 +523,8 @@ impl Config {
                 && secret.expose_secret().trim().len() < MIN_WEBHOOK_SECRET_LEN
             {
                 return invalid(format!(
-                    "{name} is set but shorter than {MIN_WEBHOOK_SECRET_LEN} characters: anyone could \
-                     forge deliveries under it; use a long random secret (e.g. `head -c 32 \
+                    "{name} is set but shorter than {MIN_WEBHOOK_SECRET_LEN} characters: anyone \
+                     could forge deliveries under it; use a long random secret (e.g. `head -c 32 \
                      /dev/urandom | base64`) or unset it to turn the webhook off"
                 ));
             }
@@ -536,6 +573,175 @@ impl Config {
 
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+/// The environment variable of the setting `name` (`publish_lead` → `KEYHOST_PUBLISH_LEAD`).
+fn env_name(name: &str) -> String {
+    format!("KEYHOST_{}", name.to_ascii_uppercase())
+}
+
+/// The value of `var` as it is, if set.
+fn env_verbatim(var: &str) -> Result<Option<String>, ConfigError> {
+    std::env::var_os(var)
+        .map(|value| {
+            value
+                .into_string()
+                .map_err(|_| ConfigError::Invalid(format!("{var} is not valid UTF-8")))
+        })
+        .transpose()
+}
+
+/// The secret `name` from `KEYHOST_<NAME>`, or from the file `KEYHOST_<NAME>_FILE` names (its
+/// trailing line break removed: `echo secret > file` writes one); never both.
+fn secret_from_env(name: &str) -> Result<Option<String>, ConfigError> {
+    let var = env_name(name);
+    let file_var = format!("{var}_FILE");
+    let direct = env_verbatim(&var)?;
+    let Some(path) = std::env::var_os(&file_var) else {
+        return Ok(direct);
+    };
+    if direct.is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "both {var} and {file_var} are set; keep one (the file, for a secret mounted by \
+             Docker or Kubernetes)"
+        )));
+    }
+    let path = PathBuf::from(path);
+    let text = std::fs::read(&path).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "{file_var} names {}, which cannot be read: {e}",
+            path.display()
+        ))
+    })?;
+    let text = String::from_utf8(text).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{file_var} names {}, which is not UTF-8 text",
+            path.display()
+        ))
+    })?;
+    Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
+/// Refuses a TOML source (`where`) that sets a secret: the file is meant to be shared (checked
+/// into a repository, mounted from a ConfigMap), and a secret read from it would keep working,
+/// so a warning would only be ignored.
+fn refuse_secrets_in(toml: &Figment, source: &str) -> Result<(), ConfigError> {
+    for (name, _) in SECRETS {
+        if toml.contains(name) {
+            let var = env_name(name);
+            return Err(ConfigError::Invalid(format!(
+                "{name} in {source}: secrets do not belong in the configuration file; remove it \
+                 there and give it as {var}, or as {var}_FILE naming a file only keyhost can read"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites figment's errors to name what the operator wrote: the environment variable and its
+/// value (`KEYHOST_PUBLISH_LEAD=10`), or the key and the file (`publish_lead in file
+/// keyhost.toml`), rather than figment's internal path (`default.publish_lead`).
+fn explain(figment: &Figment, error: figment::Error) -> ConfigError {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|e| explain_one(figment, &e))
+        .collect();
+    ConfigError::Load(lines.join("; "))
+}
+
+fn explain_one(figment: &Figment, e: &figment::Error) -> String {
+    use figment::Source;
+    use figment::error::{Actual, Kind};
+    let key = e.path.join(".");
+    let (source, from_env) = match &e.metadata {
+        Some(m) => match &m.source {
+            Some(Source::File(path)) => (format!("file {}", path.display()), false),
+            _ if m.name.contains("environment") => (String::new(), true),
+            _ => (m.name.to_string(), false),
+        },
+        None => (String::new(), false),
+    };
+    let number = match &e.kind {
+        Kind::InvalidType(Actual::Unsigned(n), _) => Some(n.to_string()),
+        Kind::InvalidType(Actual::Signed(n), _) => Some(n.to_string()),
+        Kind::InvalidType(Actual::Float(n), _) => Some(n.to_string()),
+        _ => None,
+    };
+    let expects_duration = matches!(
+        &e.kind,
+        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected)
+            if expected == "a duration"
+    );
+    let message = match (expects_duration, number) {
+        (true, Some(n)) if from_env => format!("a duration needs a unit, e.g. {n}s"),
+        (true, Some(n)) => format!("a duration needs a unit and quotes, e.g. \"{n}s\""),
+        (true, None) => {
+            "not a duration; write a number and a unit, e.g. 90s, 10m, 24h or 30d".into()
+        }
+        (false, _) => e.kind.to_string(),
+    };
+    if from_env && !key.is_empty() {
+        let var = env_name(&e.path.join("_"));
+        let value = std::env::var(&var).unwrap_or_default();
+        format!("{var}={value}: {message}")
+    } else {
+        // Secrets never reach figment (refused in the file, read verbatim from the environment),
+        // so quoting the value cannot leak one.
+        let written = figment
+            .find_value(&key)
+            .ok()
+            .and_then(|v| serde_json::to_string(&v).ok())
+            .map(|v| format!("{key} = {v}"));
+        let at = [written.as_deref().unwrap_or(&key), &source]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" in ");
+        if at.is_empty() {
+            message
+        } else {
+            format!("{at}: {message}")
+        }
+    }
+}
+
+/// Accepts an IP address and a port. A host name is refused with what to write instead: it
+/// could resolve to several addresses (which one to bind?) or to another one later.
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Port(u64),
+        Other(serde::de::IgnoredAny),
+    }
+    let text = match Form::deserialize(d)? {
+        Form::Text(text) => text,
+        Form::Other(_) => String::new(),
+        Form::Port(port) => {
+            return Err(serde::de::Error::custom(format!(
+                "a port alone is not an address; write the IP address too, e.g. 127.0.0.1:{port}"
+            )));
+        }
+    };
+    if let Ok(addr) = text.trim().parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port = text
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let message = match (text.rsplit_once(':').map(|(h, _)| h), port) {
+        (Some("localhost"), Some(port)) => format!(
+            "host names are not accepted, only an IP address and a port; use 127.0.0.1:{port} \
+             (or [::1]:{port})"
+        ),
+        (Some(_), Some(port)) => format!(
+            "host names are not accepted, only an IP address and a port, e.g. 127.0.0.1:{port}, \
+             or 0.0.0.0:{port} for every interface"
+        ),
+        _ => "not an IP address and a port, e.g. 127.0.0.1:8080".to_owned(),
+    };
+    Err(serde::de::Error::custom(message))
 }
 
 /// Accepts a string, or a number as its decimal text (the environment parser turns `12345` into a
@@ -790,6 +996,166 @@ mod tests {
             jail.set_env("KEYHOST_HTTP_HEADER_TIMEOUT", "1h");
             let err = Config::load().unwrap_err().to_string();
             assert!(err.contains("KEYHOST_HTTP_HEADER_TIMEOUT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_lead_equal_to_max_age_is_refused_but_satisfies_the_invariants() {
+        let err = with(|c| {
+            c.publish_lead = Duration::from_secs(300);
+            c.jwks_max_age = Duration::from_secs(300);
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("KEYHOST_PUBLISH_LEAD (5m) equals"), "{err}");
+        let mut c = Config::default();
+        c.publish_lead = c.jwks_max_age;
+        c.check_invariants().unwrap();
+        with(|c| c.publish_lead = c.jwks_max_age + Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_bare_number_for_a_duration_names_the_variable_and_suggests_a_unit() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_PUBLISH_LEAD", "10");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(
+                err.ends_with("KEYHOST_PUBLISH_LEAD=10: a duration needs a unit, e.g. 10s"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("\"PUBLISH_LEAD\"") && !err.contains("default."),
+                "{err}"
+            );
+            jail.set_env("KEYHOST_PUBLISH_LEAD", "soon");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(
+                err.contains("KEYHOST_PUBLISH_LEAD=soon: not a duration"),
+                "{err}"
+            );
+            jail.set_env("KEYHOST_PUBLISH_LEAD", "2h");
+            jail.set_env("KEYHOST_RSA_BITS", "many");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(err.contains("KEYHOST_RSA_BITS=many: "), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_in_the_file_name_the_key_its_value_and_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("keyhost.toml", "jwks_max_age = 10\n")?;
+            jail.set_env("KEYHOST_CONFIG", "keyhost.toml");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(err.contains("jwks_max_age = 10 in file /"), "{err}");
+            assert!(
+                err.contains("keyhost.toml: a duration needs a unit and quotes, e.g. \"10s\""),
+                "{err}"
+            );
+            assert!(!err.contains("default."), "{err}");
+            let err = Config::from_toml_str("rsa_bits = \"many\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("rsa_bits = \"many\" in TOML"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_host_name_for_a_listener_is_refused_with_the_address_to_use() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_PUBLIC_ADDR", "localhost:8080");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(
+                err.contains("KEYHOST_PUBLIC_ADDR=localhost:8080: host names are not accepted"),
+                "{err}"
+            );
+            assert!(err.contains("use 127.0.0.1:8080"), "{err}");
+            jail.set_env("KEYHOST_PUBLIC_ADDR", "[::1]:8080");
+            assert_eq!(
+                Config::load().map_err(|e| e.to_string())?.public_addr,
+                "[::1]:8080".parse().unwrap()
+            );
+            jail.set_env("KEYHOST_PUBLIC_ADDR", "8080");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(
+                err.contains("KEYHOST_PUBLIC_ADDR=8080: a port alone is not an address"),
+                "{err}"
+            );
+            assert!(err.contains("e.g. 127.0.0.1:8080"), "{err}");
+            jail.set_env("KEYHOST_PUBLIC_ADDR", "[::1]");
+            let err = Config::load().unwrap_err().to_string();
+            assert!(
+                err.contains("KEYHOST_PUBLIC_ADDR=[::1]: not an IP address and a port"),
+                "{err}"
+            );
+            let err = Config::from_toml_str("internal_addr = \"keyhost.internal:9000\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("internal_addr = \"keyhost.internal:9000\" in TOML"),
+                "{err}"
+            );
+            assert!(err.contains("0.0.0.0:9000"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_secret_comes_from_its_variable_or_from_the_file_its_file_variable_names() {
+        figment::Jail::expect_with(|jail| {
+            use secrecy::ExposeSecret;
+            for (i, (name, slot)) in SECRETS.iter().enumerate() {
+                let var = env_name(name);
+                let file_var = format!("{var}_FILE");
+                jail.clear_env();
+                let value = format!("secret-number-{i}-from-the-environment");
+                jail.set_env(&var, &value);
+                let mut c = Config::load().map_err(|e| e.to_string())?;
+                assert_eq!(slot(&mut c).as_ref().unwrap().expose_secret(), value);
+
+                jail.clear_env();
+                let file = format!("{name}.secret");
+                let value = format!("secret-number-{i}-from-a-file");
+                jail.create_file(&file, &format!("{value}\n"))?;
+                jail.set_env(&file_var, &file);
+                let mut c = Config::load().map_err(|e| e.to_string())?;
+                assert_eq!(slot(&mut c).as_ref().unwrap().expose_secret(), value);
+                assert!(Config::unknown_env_vars().is_empty());
+
+                jail.set_env(&var, "also-set-directly-0123456789");
+                let err = Config::load().unwrap_err().to_string();
+                assert!(err.contains(&format!("both {var} and {file_var}")), "{err}");
+                assert!(
+                    !err.contains("0123456789") && !err.contains(&value),
+                    "{err}"
+                );
+
+                jail.clear_env();
+                jail.set_env(&file_var, "missing.secret");
+                let err = Config::load().unwrap_err().to_string();
+                let expected = format!("{file_var} names missing.secret, which cannot be read");
+                assert!(err.contains(&expected), "{err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_secret_in_the_configuration_file_is_refused_without_quoting_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEYHOST_CONFIG", "keyhost.toml");
+            for (name, _) in SECRETS {
+                let text = format!("{name} = \"do-not-quote-me-0123456789\"\n");
+                jail.create_file("keyhost.toml", &text)?;
+                for err in [Config::load(), Config::from_toml_str(&text)] {
+                    let err = err.unwrap_err().to_string();
+                    assert!(err.contains(&format!("{name} in ")), "{err}");
+                    assert!(err.contains(&env_name(name)), "{err}");
+                    assert!(!err.contains("do-not-quote-me"), "{err}");
+                }
+            }
             Ok(())
         });
     }

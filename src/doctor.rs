@@ -105,26 +105,50 @@ impl Report {
     }
 }
 
-const FIX_UNREACHABLE: &str = "your JWKS URL must be publicly accessible over HTTPS; test it with curl \
-    https://your-domain/.well-known/jwks.json (it should return a valid JSON document) and make sure no \
-    firewall or IP allowlist blocks AIR Kit's servers";
-const FIX_KID: &str = "the kid in your JWT header must match a key in the JWKS; if you recently rotated keys, \
-    publish the new key to your JWKS endpoint before using it in JWTs";
-const FIX_ALG: &str = "the algorithm (RS256 or ES256) must match the key type in your JWKS (RSA keys sign \
-    RS256, EC P-256 keys sign ES256)";
+const FIX_UNREACHABLE: &str = "your JWKS URL must be publicly accessible over HTTPS; test it with \
+    curl https://your-domain/.well-known/jwks.json (it should return a valid JSON document) and \
+    make sure no firewall or IP allowlist blocks AIR Kit's servers";
+const FIX_KID: &str = "the kid in your JWT header must match a key in the JWKS; if you recently \
+    rotated keys, publish the new key to your JWKS endpoint before using it in JWTs";
+const FIX_ALG: &str = "the algorithm (RS256 or ES256) must match the key type in your JWKS (RSA \
+    keys sign RS256, EC P-256 keys sign ES256)";
 const FIX_SIGNATURE: &str =
     "sign with the private key whose public key the JWKS lists under this kid";
-const FIX_EXPIRED: &str = "generate a new JWT with a fresh exp (recommended: 5 minutes from now) and keep the \
-    server clock synchronised (NTP)";
+const FIX_EXPIRED: &str = "generate a new JWT with a fresh exp (recommended: 5 minutes from now) \
+    and keep the server clock synchronised (NTP)";
 const FIX_TYP: &str = "for Issue on Behalf the JWT header must include typ: \"JWT\"";
 const FIX_CLAIMS: &str = "the JWT must contain partnerId, scope (\"issue\") and email";
-const FIX_REDIRECT: &str = "register the URL that serves the JWKS itself (answering 200 with the JSON) in \
-    the AIR Kit dashboard, or serve the JWKS at the registered URL without a redirect: AIR Kit may not \
-    follow redirects";
+const FIX_REDIRECT: &str = "register the URL that serves the JWKS itself (answering 200 with the \
+    JSON) in the AIR Kit dashboard, or serve the JWKS at the registered URL without a redirect: \
+    AIR Kit may not follow redirects";
 const FIX_SIZE: &str = "serve only the public keys at the JWKS URL (a JWKS of a few keys is a few \
     kilobytes); check that the URL points at the JWKS and not at a large file or a stream";
-const FIX_PRIVATE: &str = "your JWKS publishes private key material: anyone can sign as you. Build the JWKS \
-    from the public key only, then rotate: revoke these keys and publish new ones";
+const FIX_PRIVATE: &str = "your JWKS publishes private key material: anyone can sign as you. \
+    Build the JWKS from the public key only, then rotate: revoke these keys and publish new ones";
+
+const FIX_CERTIFICATE: &str = "AIR Kit trusts certificates from public CAs only: serve the JWKS \
+    with one valid for this host name (e.g. Let's Encrypt, as the Caddy setup in deploy/ does). \
+    If this is a test setup with your own CA, pass its certificate with --ca-file ca.pem to check \
+    the rest";
+
+/// Whether a request failed because the server's certificate was refused (unknown issuer,
+/// expired, another name). rustls's error sits inside `io::Error`s, whose `source` skips the
+/// error they wrap, so an I/O error is opened rather than asked for its source.
+fn untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(rustls::Error::InvalidCertificate(_)) = e.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        cause = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
+}
 
 /// Runs every check; returns the findings.
 pub async fn run(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
@@ -177,10 +201,18 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
     let client = builder.build()?;
     let res = match client.get(url.clone()).send().await {
         Ok(res) => res,
+        Err(e) if untrusted_certificate(&e) => {
+            report.fail(
+                "jwks.certificate",
+                format!("the server's certificate is not trusted: {}", describe(&e)),
+                FIX_CERTIFICATE,
+            );
+            return Ok(None);
+        }
         Err(e) => {
             report.fail(
                 "jwks.reachable",
-                format!("request failed: {e}"),
+                format!("request failed: {}", describe(&e)),
                 FIX_UNREACHABLE,
             );
             return Ok(None);
@@ -212,7 +244,8 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
         other => report.warn(
             "jwks.cache",
             format!("Cache-Control: {}", other.unwrap_or("absent")),
-            "send Cache-Control: public, max-age=<seconds> and publish new keys longer than that before they sign",
+            "send Cache-Control: public, max-age=<seconds> and publish new keys longer than that \
+             before they sign",
         ),
     }
     let bytes = match http_client::read_capped(res, MAX_JWKS_BYTES).await {
@@ -556,14 +589,16 @@ fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report
     }
 }
 
-/// Prints the findings; returns whether nothing failed.
-pub fn print(findings: &[Finding], json: bool) -> bool {
+/// Writes the findings to `out`.
+pub fn print(
+    findings: &[Finding],
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
-                .expect("serialises")
-        );
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))
+            .expect("serialises");
+        writeln!(out, "{text}")?;
     } else {
         for f in findings {
             let mark = match f.verdict {
@@ -571,12 +606,17 @@ pub fn print(findings: &[Finding], json: bool) -> bool {
                 Verdict::Warn => "warn",
                 Verdict::Fail => "FAIL",
             };
-            println!("{mark}  {:<22} {}", f.check, f.detail);
+            writeln!(out, "{mark}  {:<22} {}", f.check, f.detail)?;
             if let Some(fix) = f.fix {
-                println!("      {:<22} fix: {fix}", "");
+                writeln!(out, "      {:<22} fix: {fix}", "")?;
             }
         }
     }
+    out.flush()
+}
+
+/// Whether AIR Kit would accept the setup: nothing failed.
+pub fn passed(findings: &[Finding]) -> bool {
     findings.iter().all(|f| f.verdict != Verdict::Fail)
 }
 

@@ -34,18 +34,17 @@ pub enum Outcome {
     Ignored,
     /// Its scanRef already started an issuance.
     Duplicate,
-    /// Refused.
-    Rejected,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 5] = [
+    /// (The schema also allows `rejected`, which is never written: a delivery refused for its
+    /// signature goes to the audit trail instead.)
+    pub const ALL: [Outcome; 4] = [
         Outcome::Queued,
         Outcome::Unmatched,
         Outcome::Ignored,
         Outcome::Duplicate,
-        Outcome::Rejected,
     ];
 
     /// The stored and shown name.
@@ -55,7 +54,6 @@ impl Outcome {
             Outcome::Unmatched => "unmatched",
             Outcome::Ignored => "ignored",
             Outcome::Duplicate => "duplicate",
-            Outcome::Rejected => "rejected",
         }
     }
 }
@@ -98,6 +96,55 @@ pub struct SubjectView {
     /// not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity: Option<&'static str>,
+}
+
+/// A received KYC webhook as the admin API shows it: times in RFC 3339, like every other time.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KycEventView {
+    /// Sequence number.
+    pub id: i64,
+    /// `idenfy`.
+    pub provider: String,
+    /// iDenfy's verification id.
+    pub scan_ref: Option<String>,
+    /// iDenfy's clientId.
+    pub client_id: Option<String>,
+    /// Whether iDenfy marked the result final.
+    pub is_final: Option<bool>,
+    /// `status.overall` as sent.
+    pub status: Option<String>,
+    /// What became of it.
+    pub outcome: String,
+    /// Why.
+    pub detail: Option<String>,
+    /// The issuance it started.
+    pub issuance_id: Option<String>,
+    /// When it arrived.
+    pub received_at: String,
+    /// How many more times the same delivery (byte for byte) arrived.
+    pub repeats: u32,
+    /// When it last arrived, if more than once.
+    pub last_received_at: Option<String>,
+}
+
+impl From<KycEvent> for KycEventView {
+    fn from(e: KycEvent) -> Self {
+        Self {
+            id: e.id,
+            provider: e.provider,
+            scan_ref: e.scan_ref,
+            client_id: e.client_id,
+            is_final: e.is_final,
+            status: e.status,
+            outcome: e.outcome,
+            detail: e.detail,
+            issuance_id: e.issuance_id,
+            received_at: rfc3339(e.received_at),
+            repeats: e.repeats,
+            last_received_at: e.last_received_at.map(rfc3339),
+        }
+    }
 }
 
 /// An authenticated, parsed iDenfy delivery.
@@ -212,11 +259,12 @@ impl KycService {
         &self,
         outcome: Option<Outcome>,
         limit: u32,
-    ) -> Result<Vec<KycEvent>, KycError> {
-        Ok(self
+    ) -> Result<Vec<KycEventView>, KycError> {
+        let rows = self
             .store
             .read(move |tx| store::kyc::list(tx, outcome.map(Outcome::as_str), limit))
-            .await?)
+            .await?;
+        Ok(rows.into_iter().map(KycEventView::from).collect())
     }
 
     /// Notes a delivery refused for its signature: counted always, audited at most once a minute

@@ -22,7 +22,10 @@ fn main() -> ExitCode {
     );
     telemetry::init(config.log_format, if serving { "info" } else { "warn" });
     for name in Config::unknown_env_vars() {
-        tracing::warn!(variable = %name, "ignoring an environment variable that names no keyhost setting");
+        tracing::warn!(
+            variable = %name,
+            "ignoring an environment variable that names no keyhost setting"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<cli::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyhost: {e:#}");
             ExitCode::FAILURE

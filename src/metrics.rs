@@ -68,6 +68,25 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
+/// Label: outcome of a check.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What the check found.
+    pub outcome: String,
+}
+
+/// The TLS certificate reloader's counters, one per outcome of a look at the certificate files:
+/// they show that it looks, and what it found.
+#[derive(Clone, Debug, Default)]
+pub struct TlsReloadCounters {
+    /// The files had not changed.
+    pub unchanged: Counter,
+    /// The files had changed and the new certificate is served.
+    pub reloaded: Counter,
+    /// The files had changed but could not be used; the current certificate stays.
+    pub failed: Counter,
+}
+
 /// The connection counters of one listener.
 #[derive(Clone, Debug)]
 pub struct ConnectionCounters {
@@ -104,6 +123,8 @@ pub struct Metrics {
     pub connections_shed: Family<ListenerLabel, Counter>,
     /// Connections refused per listener.
     pub connections_refused: Family<ListenerLabel, Counter>,
+    /// Looks at the TLS certificate files, by outcome.
+    pub tls_certificate_checks: Family<OutcomeLabel, Counter>,
     /// Minute of the last rejection written to the audit trail, per provider.
     rejection_audited: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -132,7 +153,8 @@ impl Default for Metrics {
         let airkit_unauthorized = Family::<KidLabel, Counter>::default();
         registry.register(
             "airkit_unauthorized",
-            "AIR Kit 401 answers by the kid of the rejected token (a JWKS the verifier has not fetched?)",
+            "AIR Kit 401 answers by the kid of the rejected token (a JWKS the verifier has not \
+             fetched?)",
             airkit_unauthorized.clone(),
         );
         let issuances = Family::<StateLabel, Counter>::default();
@@ -168,7 +190,8 @@ impl Default for Metrics {
         let connections_shed = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "connections_shed",
-            "Connections closed to make room for a new one on a full listener (silent or idle ones)",
+            "Connections closed to make room for a new one on a full listener (silent or idle \
+             ones)",
             connections_shed.clone(),
         );
         let connections_refused = Family::<ListenerLabel, Counter>::default();
@@ -176,6 +199,13 @@ impl Default for Metrics {
             "connections_refused",
             "Connections refused because every open one was in the middle of a request",
             connections_refused.clone(),
+        );
+        let tls_certificate_checks = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "tls_certificate_checks",
+            "Looks at the TLS certificate files for a renewal, by outcome (unchanged, reloaded, \
+             failed: the current certificate stays)",
+            tls_certificate_checks.clone(),
         );
         let label = |alg: &str| AlgLabel {
             alg: alg.to_owned(),
@@ -188,6 +218,7 @@ impl Default for Metrics {
             connections_open,
             connections_shed,
             connections_refused,
+            tls_certificate_checks,
             minted_es256,
             minted_rs256,
             webhook_rejected,
@@ -240,7 +271,8 @@ impl Metrics {
     pub fn register_integrity(&mut self, gauges: &crate::integrity::IntegrityGauges) {
         self.registry.register(
             "integrity_failures",
-            "Rows failing their integrity check (written by something without the master key), per table",
+            "Rows failing their integrity check (written by something without the master key), \
+             per table",
             gauges.family().clone(),
         );
     }
@@ -249,7 +281,8 @@ impl Metrics {
     pub fn register_clock_skew(&mut self, gauge: &Gauge) {
         self.registry.register(
             "clock_skew_seconds",
-            "keyhost's clock minus AIR Kit's (from the Date of its answers); positive: keyhost is ahead",
+            "keyhost's clock minus AIR Kit's (from the Date of its answers); positive: keyhost is \
+             ahead",
             gauge.clone(),
         );
     }
@@ -263,6 +296,23 @@ impl Metrics {
             open: self.connections_open.get_or_create(&label).clone(),
             shed: self.connections_shed.get_or_create(&label).clone(),
             refused: self.connections_refused.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The counters of the TLS certificate reloader (created at once, so that `/metrics` shows
+    /// them from the start).
+    pub fn tls_reload(&self) -> TlsReloadCounters {
+        let counter = |outcome: &str| {
+            self.tls_certificate_checks
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        TlsReloadCounters {
+            unchanged: counter("unchanged"),
+            reloaded: counter("reloaded"),
+            failed: counter("failed"),
         }
     }
 

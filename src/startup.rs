@@ -69,7 +69,8 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
         MasterKeySource::Created(path) => tracing::warn!(
             path = %path.display(),
             id = master.id(),
-            "created a new master key; back it up apart from the database: without it the stored keys cannot be opened"
+            "created a new master key; back it up apart from the database: without it the stored \
+             keys cannot be opened"
         ),
         MasterKeySource::File(path) => {
             warn_if_readable_by_others(path);
@@ -137,7 +138,10 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
         if let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            tracing::warn!(path = %path.display(), "the master key file is readable by other users; chmod 600 it");
+            tracing::warn!(
+                path = %path.display(),
+                "the master key file is readable by other users; chmod 600 it"
+            );
         }
     }
 }
@@ -161,7 +165,7 @@ impl Application {
 
     /// Builds the server on `clock` (tests use a manual clock).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        config.validate()?;
+        config.check_invariants()?;
         let instance_lock = lock_data_dir(&config)?;
         let config = Arc::new(config);
         let (cfg, clk) = (config.clone(), clock.clone());
@@ -176,20 +180,21 @@ impl Application {
                     legacy.without_mac.len()
                 );
             }
-            let (admin, source) =
-                AdminToken::resolve(
-                    cfg.admin_token.as_ref(),
-                    &opened.store,
-                    opened.keys.row_auth(),
-                    &cfg.keys_dir,
-                )?;
+            let (admin, source) = AdminToken::resolve(
+                cfg.admin_token.as_ref(),
+                &opened.store,
+                opened.keys.row_auth(),
+                &cfg.keys_dir,
+            )?;
             match source {
                 AdminTokenSource::Generated(path) => tracing::warn!(
                     path = %path.display(),
-                    "generated the admin token and wrote it to this file (0600); read it, store it safely, then delete the file"
+                    "generated the admin token and wrote it to this file (0600); read it, store it \
+                     safely, then delete the file"
                 ),
                 AdminTokenSource::Stored => tracing::info!(
-                    "admin token: the one generated on first start (set KEYHOST_ADMIN_TOKEN to replace it)"
+                    "admin token: the one generated on first start (set KEYHOST_ADMIN_TOKEN to \
+                     replace it)"
                 ),
                 AdminTokenSource::Environment => {
                     tracing::info!("admin token taken from KEYHOST_ADMIN_TOKEN")
@@ -199,8 +204,11 @@ impl Application {
         })
         .await??;
 
+        let mut metrics = Metrics::default();
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+            (Some(cert), Some(key)) => {
+                Some(http::tls::server_config(cert, key, metrics.tls_reload())?)
+            }
             _ => None,
         };
         let https = tls.is_some();
@@ -221,8 +229,9 @@ impl Application {
                 open_files = open_files.unwrap_or(0),
                 public = public_limit,
                 internal = internal_limit,
-                "the open-files limit is too low for the configured connection limits; lowered them \
-                 so that neither listener can take the other's descriptors (raise LimitNOFILE to keep them)"
+                "the open-files limit is too low for the configured connection limits; lowered \
+                 them so that neither listener can take the other's descriptors (raise \
+                 LimitNOFILE to keep them)"
             );
         }
         let bounds = |max_connections| http::serve::Bounds {
@@ -255,13 +264,13 @@ impl Application {
             .context("preparing the signing keys")?;
         if config.partner_id.is_none() {
             tracing::warn!(
-                "KEYHOST_PARTNER_ID is not set: the JWKS is served, but tokens cannot be minted until it is"
+                "KEYHOST_PARTNER_ID is not set: the JWKS is served, but tokens cannot be minted \
+                 until it is"
             );
         }
         let clock_skew = Arc::new(crate::clock::ClockSkew::new(
             config.max_clock_skew.as_secs() as i64,
         ));
-        let mut metrics = Metrics::default();
         metrics.register_integrity(&row_auth.failures);
         metrics.register_clock_skew(clock_skew.gauge());
         let metrics = Arc::new(metrics);

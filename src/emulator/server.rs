@@ -241,7 +241,8 @@ async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
                 ..AirError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     format!(
-                        "Too many requests: the limit is {per_second} requests per second per partner. Back off and retry with exponential delays."
+                        "Too many requests: the limit is {per_second} requests per second per \
+                         partner. Back off and retry with exponential delays."
                     ),
                 )
             }

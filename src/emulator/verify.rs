@@ -35,7 +35,8 @@ pub(super) enum AuthError {
     JwksUnreachable(#[from] JwksError),
     /// `kid` is not in the (cached) JWKS.
     #[error(
-        "kid not found: {0}. If you recently rotated keys, publish the new key to your JWKS endpoint before using it in JWTs."
+        "kid not found: {0}. If you recently rotated keys, publish the new key to your JWKS \
+         endpoint before using it in JWTs."
     )]
     KidNotFound(String),
     /// `alg` is not RS256/ES256 or does not fit the JWK.

@@ -291,6 +291,27 @@ pub async fn json_errors(res: Response) -> Response {
     Response::from_parts(parts, body.into_body())
 }
 
+/// Logs an answer the trace layer classifies as a failure (a 5xx). A 502 or 503 is an answer
+/// keyhost means to give (AIR Kit refused or is down, no key may sign yet, a webhook is not
+/// configured): the caller is told what to do, and the log gets a warning. Anything else is
+/// unexpected and an error.
+pub fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass as Class;
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        Class::StatusCode(s)
+            if s == StatusCode::BAD_GATEWAY || s == StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            tracing::warn!(status = s.as_u16(), latency_ms, "response failed")
+        }
+        other => tracing::error!(classification = %other, latency_ms, "response failed"),
+    }
+}
+
 /// Turns a panic in a handler into a 500 with the standard body.
 pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     let what = panic

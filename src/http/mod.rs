@@ -164,7 +164,7 @@ fn common_layers(router: Router<AppState>, state: AppState) -> Router {
             HeaderValue::from_static("nosniff"),
         ))
         .layer(CatchPanicLayer::custom(error::panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(error::log_failure))
         .with_state(state)
 }
 
@@ -176,17 +176,18 @@ pub fn public_router(state: AppState) -> Router {
     common_layers(routes, state)
 }
 
-/// Routes of the internal listener.
+/// Routes of the internal listener. Every answer is `Cache-Control: no-store`, including those
+/// made outside the routes (unknown paths, wrong methods, panics), so the layer wraps the whole
+/// router rather than the routes alone.
 pub fn internal_router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(tokens::routes())
         .merge(issuance::routes())
         .merge(webhooks::routes())
         .merge(admin::routes())
-        .merge(health::internal_routes())
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ));
-    common_layers(routes, state)
+        .merge(health::internal_routes());
+    common_layers(routes, state).layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    ))
 }

@@ -6,7 +6,8 @@
 //!
 //! The certificate is reloaded when its files change (checked every [`RELOAD_CHECK`]), so a
 //! renewed certificate (certbot, cert-manager) takes effect without a restart; a renewal that
-//! does not parse is logged and the current certificate stays in use.
+//! does not parse is logged and the current certificate stays in use. Every look at the files
+//! is counted by outcome (`keyhost_tls_certificate_checks_total`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::metrics::TlsReloadCounters;
 
 /// How often the certificate files are checked for a renewal.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(30);
@@ -61,9 +64,13 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// Loads a certificate chain and its private key (PEM files) into a server configuration that
-/// picks up renewals of those files.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
-    reloading_server_config(cert, key, RELOAD_CHECK)
+/// picks up renewals of those files, counting its looks at them in `counters`.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    counters: TlsReloadCounters,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    reloading_server_config(cert, key, RELOAD_CHECK, counters)
 }
 
 /// [`server_config`], checking the files every `every`.
@@ -71,6 +78,7 @@ pub fn reloading_server_config(
     cert: &Path,
     key: &Path,
     every: Duration,
+    counters: TlsReloadCounters,
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let resolver = Arc::new(ReloadingCert {
         current: ArcSwap::from_pointee(load_certified_key(cert, key)?),
@@ -94,16 +102,22 @@ pub fn reloading_server_config(
             };
             let now = modified(&[&cert, &key]);
             if now == seen {
+                counters.unchanged.inc();
                 continue;
             }
             seen = now;
             match load_certified_key(&cert, &key) {
                 Ok(k) => {
                     resolver.current.store(Arc::new(k));
+                    counters.reloaded.inc();
                     tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "TLS certificate not reloaded; keeping the current one")
+                    counters.failed.inc();
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        "TLS certificate not reloaded; keeping the current one"
+                    )
                 }
             }
         }

@@ -116,7 +116,7 @@ async fn mint(
         )
         .map_err(|e| ApiError::internal(&e))?;
     state.metrics.minted(alg);
-    state.ledger.record(&client.id, &key.kid, alg.as_str());
+    state.ledger.record(&client.id, &key.kid, alg.as_str(), now);
     tracing::debug!(client = %client.id, kid = %key.kid, jti = %minted.jti, "token minted");
     Ok((
         StatusCode::OK,

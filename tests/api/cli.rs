@@ -119,6 +119,47 @@ fn cli_errors_are_clear_and_exit_non_zero() {
 }
 
 #[test]
+fn output_into_a_pipe_whose_reader_has_gone_ends_quietly() {
+    // `keyhost keys list | head -c 10`, with head gone before keyhost writes: the read end is
+    // closed before the process starts, so every write meets a closed pipe.
+    let dir = tempfile::tempdir().unwrap();
+    json_of(&keyhost(dir.path(), &["keys", "rotate", "--alg", "ES256"]));
+    for args in [&["keys", "list"][..], &["clients", "list"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_keyhost"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KEYHOST_DATA_DIR", dir.path().join("data"))
+            .env("KEYHOST_KEYS_DIR", dir.path().join("keys"))
+            .stdout(writer)
+            .output()
+            .expect("runs the binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}: {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    // The doctor's verdict is its exit status, read or not.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .args([
+            "doctor",
+            "--jwks-url",
+            "http://127.0.0.1:1/.well-known/jwks.json",
+        ])
+        .env_clear()
+        .stdout(writer)
+        .output()
+        .expect("runs the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("AIR Kit would reject"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn migrate_creates_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let body = json_of(&keyhost(dir.path(), &["migrate"]));

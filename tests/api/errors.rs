@@ -1,6 +1,9 @@
+use std::time::Duration;
+
 use serde_json::Value;
 
-use crate::helpers::{ADMIN_TOKEN, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, eventually, spawn_app};
+use crate::process::{Process, base_env};
 
 async fn expect_error(res: reqwest::Response, status: u16, identifier: &str) -> Value {
     assert_eq!(res.status().as_u16(), status);
@@ -48,6 +51,69 @@ async fn wrong_methods_get_405_with_allow() {
         .await
         .unwrap();
     expect_error(res, 405, "METHOD_NOT_ALLOWED").await;
+}
+
+#[tokio::test]
+async fn answers_the_internal_listener_makes_outside_its_routes_are_not_stored_either() {
+    let app = spawn_app().await;
+    let nope = app
+        .http
+        .get(format!("{}/nope", app.internal))
+        .send()
+        .await
+        .unwrap();
+    let wrong_method = app
+        .http
+        .get(format!("{}/v1/tokens", app.internal))
+        .send()
+        .await
+        .unwrap();
+    for (res, status) in [(nope, 404), (wrong_method, 405)] {
+        assert_eq!(res.status(), status);
+        assert_eq!(res.headers()["cache-control"], "no-store", "{status}");
+    }
+}
+
+#[tokio::test]
+async fn an_expected_503_is_logged_as_a_warning_and_a_500_as_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = Process::start(&base_env(dir.path()), &[]);
+    let http = reqwest::Client::new();
+    // No KEYHOST_KYC_WEBHOOK_SECRET: the webhook answers 503, as it means to.
+    let res = http
+        .post(format!("{}/webhooks/kyc-complete", process.internal))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    rusqlite::Connection::open(dir.path().join("data/keyhost.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE audit;")
+        .unwrap();
+    let res = http
+        .get(format!("{}/admin/audit", process.internal))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 500);
+    let failures = || {
+        process
+            .log()
+            .into_iter()
+            .filter(|l| l["message"] == "response failed")
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(10), "both answers logged", || async {
+        failures().len() == 2
+    })
+    .await;
+    let failures = failures();
+    assert_eq!(failures[0]["level"], "WARN", "{failures:?}");
+    assert_eq!(failures[0]["status"], 503, "{failures:?}");
+    assert_eq!(failures[1]["level"], "ERROR", "{failures:?}");
 }
 
 #[tokio::test]

@@ -32,7 +32,8 @@ impl CachingVerifier {
 
 async fn short_policy_app() -> TestApp {
     spawn_app_with(|c| {
-        // The tightest policy the configuration accepts: the lead equals max-age.
+        // The tightest safe policy, for verifiers caching by keyhost's clock: the lead equals
+        // max-age (an operator's configuration must leave a margin above it).
         c.publish_lead = Duration::from_secs(MAX_AGE as u64);
         c.jwks_max_age = Duration::from_secs(MAX_AGE as u64);
         c.rotation_period = Duration::from_secs(3600);

@@ -7,7 +7,7 @@ use keyhost::clock::ManualClock;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
 
-use crate::helpers::start;
+use crate::helpers::{eventually, start};
 use crate::issuance::{free_port, issue, issuing_config, start_emulator};
 
 fn ca_params() -> CertificateParams {
@@ -89,6 +89,14 @@ async fn the_jwks_is_served_over_https_and_the_emulator_verifies_through_it() {
     assert_eq!(res.headers()["cache-control"], "public, max-age=300");
     let jwks: Value = res.json().await.unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    let metrics = app.metrics().await;
+    for line in [
+        "keyhost_tls_certificate_checks_total{outcome=\"unchanged\"} ",
+        "keyhost_tls_certificate_checks_total{outcome=\"reloaded\"} 0",
+        "keyhost_tls_certificate_checks_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{metrics}");
+    }
     assert!(
         app.http
             .get(format!("http://127.0.0.1:{port}/.well-known/jwks.json"))
@@ -165,10 +173,13 @@ fn pem_der(path: &std::path::Path) -> Vec<u8> {
 async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_ignored() {
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(pki.path());
+    let metrics = keyhost::metrics::Metrics::default();
+    let checks = metrics.tls_reload();
     let config = keyhost::http::tls::reloading_server_config(
         &cert,
         &key,
         std::time::Duration::from_millis(50),
+        checks.clone(),
     )
     .unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -184,25 +195,80 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_i
     tokio::spawn(server.run(axum::Router::new(), stopped));
     let first = pem_der(&cert);
     assert_eq!(served_leaf(port, &ca).await, first);
+    let limit = std::time::Duration::from_secs(10);
+    eventually(limit, "the reloader never looked at the files", || async {
+        checks.unchanged.get() > 0
+    })
+    .await;
+    assert_eq!((checks.reloaded.get(), checks.failed.get()), (0, 0));
 
-    // A renewal from the same CA: new files in place.
+    // A renewal from the same CA: new files in place (a look between the two copies may see a
+    // certificate without its key, and fail; the next one reloads).
     let renewal = tempfile::tempdir().unwrap();
     let (_, cert2, key2) = test_pki_signed_by(renewal.path(), pki.path());
     std::fs::copy(&cert2, &cert).unwrap();
     std::fs::copy(&key2, &key).unwrap();
     let renewed = pem_der(&cert);
     assert_ne!(renewed, first);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while served_leaf(port, &ca).await != renewed {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the renewal was not picked up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-
-    // A broken renewal is ignored: the last good certificate stays.
-    std::fs::write(&cert, "not a certificate").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    eventually(limit, "the renewal was not picked up", || async {
+        checks.reloaded.get() == 1
+    })
+    .await;
     assert_eq!(served_leaf(port, &ca).await, renewed);
+
+    // A broken renewal is ignored: once the reloader has tried it, the last good certificate
+    // is still served.
+    let failed = checks.failed.get();
+    std::fs::write(&cert, "not a certificate").unwrap();
+    eventually(limit, "the broken renewal was never tried", || async {
+        checks.failed.get() > failed
+    })
+    .await;
+    assert_eq!(served_leaf(port, &ca).await, renewed);
+    assert_eq!(checks.reloaded.get(), 1);
+    let text = metrics.render();
+    assert!(
+        text.contains("keyhost_tls_certificate_checks_total{outcome=\"reloaded\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_doctor_names_an_untrusted_certificate_and_points_to_ca_file() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = crate::helpers::test_config(dir.path());
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    let app = start(dir, ManualClock::starting_now(), config)
+        .await
+        .unwrap();
+    let port = app.public.rsplit(':').next().unwrap();
+    let mut args = keyhost::doctor::DoctorArgs {
+        jwks_url: format!("https://localhost:{port}/.well-known/jwks.json"),
+        token: None,
+        partner_id: None,
+        scope: "issue".into(),
+        ca_file: None,
+        json: false,
+    };
+    let findings = keyhost::doctor::run(&args).await.unwrap();
+    let finding = findings
+        .iter()
+        .find(|f| f.check == "jwks.certificate")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(finding.verdict, keyhost::doctor::Verdict::Fail);
+    assert!(finding.detail.contains("not trusted"), "{finding:?}");
+    assert!(finding.fix.unwrap().contains("--ca-file"), "{finding:?}");
+    assert!(findings.iter().all(|f| f.check != "jwks.reachable"));
+
+    args.ca_file = Some(ca);
+    let findings = keyhost::doctor::run(&args).await.unwrap();
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.verdict != keyhost::doctor::Verdict::Fail),
+        "{findings:?}"
+    );
 }

@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::{PARTNER_ID, T0, spawn_app, spawn_app_with, verify};
+use crate::helpers::{PARTNER_ID, T0, spawn_app, spawn_app_with, start, test_config, verify};
 
 #[tokio::test]
 async fn minted_tokens_verify_against_the_served_jwks_with_an_independent_verifier() {
@@ -271,4 +271,39 @@ async fn a_client_over_its_hourly_quota_gets_429_with_retry_after_and_others_are
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["identifier"], "TOO_MANY_REQUESTS");
     app.mint_ok(&other, json!({"email": "a@example.com"})).await;
+}
+
+#[tokio::test]
+async fn minted_tokens_are_audited_in_the_minute_they_were_minted_not_when_written() {
+    let app = spawn_app().await;
+    let (id, key) = app.create_client(&["issue"]).await;
+    app.clock.advance(10);
+    for _ in 0..2 {
+        app.mint_ok(&key, json!({"email": "user@example.com"}))
+            .await;
+    }
+    app.clock.advance(600);
+    app.mint_ok(&key, json!({"email": "user@example.com"}))
+        .await;
+    // The counts are written when the server stops, ten minutes after the first mints.
+    let (dir, clock) = app.stop().await;
+    let config = test_config(dir.path());
+    let app = start(dir, clock, config).await.unwrap();
+    let audit = app.admin_json("/admin/audit?limit=1000").await;
+    let mut mints: Vec<(String, u64)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.mint")
+        .map(|e| {
+            assert_eq!(e["actor"], format!("client:{id}"));
+            (
+                e["at"].as_str().unwrap().to_owned(),
+                e["detail"]["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    mints.sort();
+    let minute = |t: i64| keyhost::clock::rfc3339(t / 60 * 60);
+    assert_eq!(mints, [(minute(T0 + 10), 2), (minute(T0 + 610), 1)]);
 }

@@ -576,3 +576,35 @@ async fn replayed_idenfy_deliveries_are_counted_on_their_first_row_not_stored_ag
     assert_eq!(events.len(), 3);
     assert_eq!(issuances(&app).await.len(), 2);
 }
+
+#[tokio::test]
+async fn kyc_events_give_their_times_in_rfc_3339_and_refuse_an_unknown_outcome() {
+    let (app, _upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = idenfy_body("scan-t01", "jane@example.com", false, "APPROVED");
+    signed_idenfy(&app, &body).await;
+    signed_idenfy(&app, &body).await;
+    let recorded = events(&app).await;
+    let now = keyhost::clock::rfc3339(app.now());
+    assert_eq!(recorded[0]["receivedAt"], now.as_str(), "{recorded:?}");
+    assert_eq!(recorded[0]["lastReceivedAt"], now.as_str(), "{recorded:?}");
+    assert_eq!(recorded[0]["repeats"], 1, "{recorded:?}");
+
+    let res = app.admin_get("/admin/kyc-events?outcome=bogus").await;
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.unwrap();
+    assert_eq!(error["identifier"], "BAD_VALUE", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("queued, unmatched, ignored, duplicate"),
+        "{error}"
+    );
+    for outcome in ["queued", "unmatched", "ignored", "duplicate"] {
+        let listed = app
+            .admin_json(&format!("/admin/kyc-events?outcome={outcome}"))
+            .await;
+        let expected = usize::from(outcome == "ignored");
+        assert_eq!(listed["events"].as_array().unwrap().len(), expected);
+    }
+}

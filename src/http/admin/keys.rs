@@ -95,7 +95,8 @@ pub(super) async fn import(
     let mut body = json!({ "key": KeyView::from(&key) });
     if key.kid != key.public_jwk.thumbprint() {
         body["note"] = json!(
-            "an explicit kid can name only one published key at a time: a successor needs another kid"
+            "an explicit kid can name only one published key at a time: a successor needs \
+             another kid"
         );
     }
     Ok((StatusCode::CREATED, Json(body)))
