@@ -115,7 +115,7 @@ impl<'de> Visitor<'de> for UniqueMembers {
 }
 
 /// A decimal number as sign, significant digits (no leading or trailing zeros) and the power
-/// of ten of the last one: `-12.30e2` is `(true, "123", 0)`; zero is `(false, "", 0)`.
+/// of ten of the last one: `-12.30e2` (-1230) is `(true, "123", 1)`; zero is `(false, "", 0)`.
 fn canonical_decimal(text: &str) -> Option<(bool, String, i64)> {
     let (negative, text) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -126,17 +126,16 @@ fn canonical_decimal(text: &str) -> Option<(bool, String, i64)> {
         None => (text, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let mut digits: String = int.chars().chain(frac.chars()).collect();
-    let mut exp = exp.checked_sub(frac.len() as i64)?;
-    while digits.ends_with('0') {
-        digits.pop();
-        exp += 1;
-    }
-    let digits = digits.trim_start_matches('0').to_owned();
+    let all: String = int.chars().chain(frac.chars()).collect();
+    let digits = all.trim_start_matches('0');
     if digits.is_empty() {
-        return Some((false, digits, 0));
+        // Zero, whatever its exponent (`0e9223372036854775807` included).
+        return Some((false, String::new(), 0));
     }
-    Some((negative, digits, exp))
+    let significant = digits.trim_end_matches('0');
+    let trailing = (digits.len() - significant.len()) as i64;
+    let exp = exp.checked_sub(frac.len() as i64)?.checked_add(trailing)?;
+    Some((negative, significant.to_owned(), exp))
 }
 
 /// The first number literal (outside strings) that would not reach its destination as written:
@@ -573,6 +572,26 @@ mod tests {
         let lone_surrogate = r#"{"\ud800": 1, "email": "a@b.c"}"#;
         let err = parse_json_object::<T>(lone_surrogate.as_bytes()).unwrap_err();
         assert_eq!(err.identifier(), "JSON_ERROR", "{}", err.message());
+    }
+
+    #[test]
+    fn zero_with_any_exponent_is_zero_and_extreme_exponents_do_not_overflow() {
+        assert_eq!(
+            canonical_decimal("0e9223372036854775807"),
+            Some((false, String::new(), 0))
+        );
+        assert_eq!(
+            canonical_decimal("-0.000e-5"),
+            Some((false, String::new(), 0))
+        );
+        assert_eq!(canonical_decimal("10e9223372036854775807"), None);
+        assert_eq!(canonical_decimal("-12.30e2"), Some((true, "123".into(), 1)));
+        assert_eq!(inexact_number(b"{\"n\": 0e9223372036854775807}"), None);
+        assert_eq!(
+            inexact_number(b"{\"n\": 10e9223372036854775807}"),
+            Some("10e9223372036854775807")
+        );
+        parse_json_object::<serde_json::Value>(b"{\"n\": 0e9223372036854775807}").unwrap();
     }
 
     #[test]
