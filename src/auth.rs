@@ -23,11 +23,11 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::files::write_secret_file;
 use crate::integrity::RowAuth;
-use crate::keys::master::write_secret_file;
+use crate::log_limit::LogLimiter;
 use crate::store::clients::ClientRow;
 use crate::store::{self, Rows, Store, StoreError};
-use crate::telemetry::LogLimiter;
 
 /// Prefix of client API keys.
 pub const CLIENT_KEY_PREFIX: &str = "khc_";

@@ -17,7 +17,6 @@ use serde_json::json;
 use crate::clients::ClientService;
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::config::Config;
-use crate::http;
 use crate::keys::KeyView;
 use crate::keys::{Alg, KeyState};
 use crate::signer::{MAX_TOKEN_TTL, SigningKey, TokenClaims};
@@ -150,7 +149,7 @@ pub enum TokenCommand {
         #[arg(long)]
         email: String,
         /// Scope (must be one of the client's).
-        #[arg(long, default_value = http::tokens::DEFAULT_SCOPE)]
+        #[arg(long, default_value = crate::scope::DEFAULT_SCOPE)]
         scope: String,
         /// Algorithm (default: KEYHOST_DEFAULT_ALG).
         #[arg(long)]
@@ -230,7 +229,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     } = command
     {
         let Some(legacy) = legacy else {
-            bail!("{}", crate::integrity::AcceptError::NotLegacy);
+            bail!("{}", crate::integrity::legacy::AcceptError::NotLegacy);
         };
         if !yes {
             print(&json!({
@@ -240,8 +239,12 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
             }))?;
             return Ok(());
         }
-        let accepted =
-            crate::integrity::accept_legacy_rows(&store, keys.row_auth(), clock.now(), &actor())?;
+        let accepted = crate::integrity::legacy::accept_legacy_rows(
+            &store,
+            keys.row_auth(),
+            clock.now(),
+            &actor(),
+        )?;
         print(&json!({ "authenticated": accepted }))?;
         return Ok(());
     }

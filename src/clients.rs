@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::auth::{ClientRegistry, issue_client_key};
 use crate::clock::{Clock, rfc3339};
 use crate::integrity::RowAuth;
+use crate::scope::validate_scope;
 use crate::store::clients::ClientRow;
 use crate::store::{self, Store, StoreError};
 
@@ -62,20 +63,6 @@ pub enum ClientError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Checks a scope string: 1 to 100 characters, no control characters, no leading or trailing
-/// space (AIR Kit scopes may contain inner spaces, e.g. `issue on-behalf`).
-pub fn validate_scope(scope: &str) -> Result<(), String> {
-    if scope.is_empty() || scope.chars().count() > 100 {
-        return Err("a scope must be 1 to 100 characters".into());
-    }
-    if scope.chars().any(char::is_control) || scope.trim() != scope {
-        return Err(format!(
-            "scope {scope:?} has control characters or surrounding spaces"
-        ));
-    }
-    Ok(())
 }
 
 /// API clients: creation, listing and disabling, each change one transaction with its audit

@@ -157,8 +157,8 @@ impl ClockSkew {
         self.gauge.set(skew);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((skew, Instant::now()));
         if skew.abs() > self.limit {
-            static WARNINGS: crate::telemetry::LogLimiter =
-                crate::telemetry::LogLimiter::new(Duration::from_secs(300));
+            static WARNINGS: crate::log_limit::LogLimiter =
+                crate::log_limit::LogLimiter::new(Duration::from_secs(300));
             if let Some(suppressed) = WARNINGS.allow() {
                 tracing::warn!(
                     skew_seconds = skew,

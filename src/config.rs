@@ -14,7 +14,8 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
-use crate::keys::{Alg, Policy};
+use crate::keys::planner::Policy;
+use crate::keys::types::Alg;
 use crate::signer::MAX_TOKEN_TTL;
 
 /// Environment variable naming an optional TOML configuration file.
@@ -512,7 +513,7 @@ impl Config {
                     .into(),
             );
         }
-        crate::clients::validate_scope(&self.issue_scope)
+        crate::scope::validate_scope(&self.issue_scope)
             .map_err(|e| ConfigError::Invalid(format!("KEYHOST_ISSUE_SCOPE: {e}")))?;
         for (name, secret) in [
             ("KEYHOST_KYC_WEBHOOK_SECRET", &self.kyc_webhook_secret),

@@ -13,7 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::keys::{Alg, KeyRecord, KeyState, PublicJwk};
+use crate::keys::jwk::PublicJwk;
+use crate::keys::types::{Alg, KeyRecord, KeyState};
 
 /// One entry of the JWKS.
 #[derive(Clone, Debug, Serialize)]

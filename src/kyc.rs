@@ -14,10 +14,10 @@ use crate::clock::{Clock, UnixTime, rfc3339};
 use crate::email::Email;
 use crate::integrity::RowAuth;
 use crate::issuance::{IssuanceError, IssuanceService, NewIssuance};
+use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
 use crate::store::kyc::{KycEvent, NewKycEvent};
 use crate::store::{self, Store, StoreError};
-use crate::telemetry::LogLimiter;
 
 /// The provider name of iDenfy deliveries.
 const IDENFY: &str = "idenfy";

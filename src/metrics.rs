@@ -47,13 +47,6 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
-/// Label: database table.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TableLabel {
-    /// `keys`, `clients` or `issuances`.
-    pub table: String,
-}
-
 /// Label: credential kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -318,10 +311,10 @@ impl Metrics {
 
     /// Counts a minted token: an atomic increment of a counter resolved at start (no lock, no
     /// allocation on the signing path).
-    pub fn minted(&self, alg: crate::keys::Alg) {
+    pub fn minted(&self, alg: crate::keys::types::Alg) {
         match alg {
-            crate::keys::Alg::ES256 => self.minted_es256.inc(),
-            crate::keys::Alg::RS256 => self.minted_rs256.inc(),
+            crate::keys::types::Alg::ES256 => self.minted_es256.inc(),
+            crate::keys::types::Alg::RS256 => self.minted_rs256.inc(),
         };
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::clock::UnixTime;
 use crate::keys::material::{KeyMaterialError, KeyPair};
-use crate::keys::{Alg, KeyRecord};
+use crate::keys::types::{Alg, KeyRecord};
 
 /// Longest token lifetime, in seconds (AIR Kit recommends 5 minutes).
 pub const MAX_TOKEN_TTL: i64 = 300;

@@ -19,10 +19,11 @@ use crate::airkit::{AirKit, HttpAirKit};
 use crate::auth::{AdminToken, AdminTokenSource, ClientRegistry};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::files::create_private_dir;
 use crate::http::{self, AppState, AppStateInner};
 use crate::issuance::{IssuanceService, IssuanceSettings};
 use crate::keys::KeyService;
-use crate::keys::master::{self, MasterKeySource, create_private_dir};
+use crate::keys::master::{self, MasterKeySource};
 use crate::ledger::MintLedger;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveKeys;
@@ -36,8 +37,8 @@ pub struct Opened {
     /// Key operations.
     pub keys: Arc<KeyService>,
     /// Rows from before row authentication, waiting for an operator's word (see
-    /// [`crate::integrity::settle`]).
-    pub legacy: Option<crate::integrity::Survey>,
+    /// [`crate::integrity::legacy::settle`]).
+    pub legacy: Option<crate::integrity::legacy::Survey>,
 }
 
 /// Opens the store, finds the master key and checks that it opens every stored private key.
@@ -80,7 +81,7 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
             tracing::info!(id = master.id(), "master key taken from KEYHOST_MASTER_KEY")
         }
     }
-    let legacy = crate::integrity::settle(&store, clock.now())?;
+    let legacy = crate::integrity::legacy::settle(&store, clock.now())?;
     let keys = Arc::new(KeyService::new(
         store.clone(),
         Arc::new(master),

@@ -22,7 +22,7 @@ use serde::de::{
 use super::error::ApiError;
 use super::{AppState, throttle};
 use crate::auth::{AuthError, Client};
-use crate::telemetry::LogLimiter;
+use crate::log_limit::LogLimiter;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;

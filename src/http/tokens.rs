@@ -16,10 +16,8 @@ use super::extract::{ClientAuth, JsonBody};
 use crate::clock::rfc3339;
 use crate::email::Email;
 use crate::keys::Alg;
+use crate::scope::DEFAULT_SCOPE;
 use crate::signer::{MAX_TOKEN_TTL, TokenClaims};
-
-/// Scope of a token whose request names none.
-pub const DEFAULT_SCOPE: &str = "issue";
 
 /// The token route.
 pub fn routes() -> Router<AppState> {
@@ -57,7 +55,7 @@ async fn mint(
         .ok_or_else(|| ApiError::missing_value("email is required"))?;
     let email = Email::parse(&email)?;
     let scope = req.scope.as_deref().unwrap_or(DEFAULT_SCOPE);
-    crate::clients::validate_scope(scope).map_err(ApiError::bad_value)?;
+    crate::scope::validate_scope(scope).map_err(ApiError::bad_value)?;
     let ttl = req.ttl_seconds.unwrap_or(MAX_TOKEN_TTL);
     if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
         return Err(ApiError::bad_value(format!(

@@ -36,11 +36,11 @@ use crate::clock::{Clock, ClockSkew, UnixTime, rfc3339};
 use crate::integrity::RowAuth;
 use crate::keys::Alg;
 use crate::live::LiveKeys;
+use crate::log_limit::LogLimiter;
 use crate::metrics::{KidLabel, Metrics, StateLabel, UpstreamLabels};
 use crate::signer::{MAX_TOKEN_TTL, TokenClaims};
 use crate::store::issuances::IssuanceRow;
 use crate::store::{self, Store, StoreError};
-use crate::telemetry::LogLimiter;
 
 /// Issuance states.
 pub mod state {

@@ -1,13 +1,57 @@
-//! The public part of a key as a JWK (RFC 7517): a type with no field for private parameters,
-//! so no code path can publish `d`, `p`, `q` and the like; deserialisation rejects unknown
-//! members, so a tampered store cannot smuggle them in either.
+//! JOSE: the algorithms AIR Kit accepts, and the public part of a key as a JWK (RFC 7517), a
+//! type with no field for private parameters, so no code path can publish `d`, `p`, `q` and the
+//! like; deserialisation rejects unknown members, so a tampered store cannot smuggle them in
+//! either.
+
+use std::fmt;
+use std::str::FromStr;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use super::Alg;
+/// A JWS algorithm AIR Kit accepts.
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Alg {
+    /// ECDSA with P-256 and SHA-256.
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+}
+
+impl Alg {
+    /// Every supported algorithm.
+    pub const ALL: [Alg; 2] = [Alg::ES256, Alg::RS256];
+
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::ES256 => "ES256",
+            Alg::RS256 => "RS256",
+        }
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Alg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ES256" => Ok(Alg::ES256),
+            "RS256" => Ok(Alg::RS256),
+            other => Err(format!(
+                "unsupported algorithm {other:?}: AIR Kit accepts ES256 and RS256"
+            )),
+        }
+    }
+}
 
 /// The public parameters of a key, as JWK members (RFC 7518 §6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

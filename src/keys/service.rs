@@ -22,9 +22,9 @@ use super::planner::{self, Policy, Transition};
 use super::{Alg, KeyRecord, KeyState, Origin};
 use crate::clock::{Clock, UnixTime, rfc3339};
 use crate::integrity::RowAuth;
+use crate::log_limit::LogLimiter;
 use crate::store::keys::StoredKey;
 use crate::store::{self, Rows, Store, StoreError, Tx};
-use crate::telemetry::LogLimiter;
 
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use rusqlite::{Row, params};
 
 use super::{Rows, StoreError, Tx, read_rows};
 use crate::clock::UnixTime;
-use crate::keys::{Alg, KeyRecord, KeyState, Origin};
+use crate::keys::types::{Alg, KeyRecord, KeyState, Origin};
 
 const COLUMNS: &str = "id, kid, alg, state, origin, bits, public_jwk, created_at, published_at, \
                        signable_at, activated_at, retired_at, expires_at, revoked_at, \

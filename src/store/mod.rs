@@ -26,7 +26,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
-use crate::keys::master::create_private_dir;
+use crate::files::create_private_dir;
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),

@@ -43,8 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
-use crate::telemetry::LogLimiter;
 use limiter::{Admission, ConnState, Limiter, Slot};
 pub use limiter::{RESERVED_FILES, RequestWatch, fit_connection_limits, open_files_limit};
 
