@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use aws_lc_rs::rand::SystemRandom;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -17,9 +16,11 @@ use serde_json::json;
 use crate::clients::ClientService;
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::config::Config;
+use crate::keys::Alg;
 use crate::keys::KeyView;
-use crate::keys::{Alg, KeyState};
-use crate::signer::{MAX_TOKEN_TTL, SigningKey, TokenClaims};
+use crate::live::LiveKeys;
+use crate::mint::{MintRequest, Minter};
+use crate::signer::MAX_TOKEN_TTL;
 use crate::startup::{self, Application};
 use crate::store::{self, Store};
 
@@ -223,7 +224,8 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let opened = startup::open(&config, clock.clone(), false)?;
-    let (store, keys, legacy) = (opened.store, opened.keys, opened.legacy);
+    let (store, keys, legacy, partner_id) =
+        (opened.store, opened.keys, opened.legacy, opened.partner_id);
     if let Command::Integrity {
         command: IntegrityCommand::AcceptLegacyRows { yes },
     } = command
@@ -328,11 +330,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     ttl,
                 },
         } => {
-            let partner_id = config
-                .partner_id
-                .as_deref()
-                .context("KEYHOST_PARTNER_ID is not set")?;
-            crate::email::Email::parse(&email)?;
+            let email = crate::email::Email::parse(&email)?;
             if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
                 bail!("--ttl must be between 1 and {MAX_TOKEN_TTL}");
             }
@@ -357,27 +355,18 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
             if !config.algorithms.contains(&alg) {
                 bail!("{alg} is not enabled (KEYHOST_ALGORITHMS)");
             }
-            let now = clock.now();
-            let list = keys.list()?;
-            let Some(rec) = list
-                .iter()
-                .find(|k| k.alg == alg && k.state == KeyState::Active)
-                .filter(|k| k.signable_at.is_some_and(|t| t <= now))
-            else {
-                bail!("no {alg} key may sign yet");
-            };
-            let pair = keys.open(&[rec])?.pop().expect("one key");
-            let minted = SigningKey::new(rec, pair).mint(
-                &SystemRandom::new(),
-                now,
-                TokenClaims {
-                    partner_id,
-                    scope: &scope,
-                    email: &email,
-                    ttl,
-                },
-            )?;
-            keys.note_signed_until(&[(rec.id, minted.exp)])?;
+            // The same minting as the server's, with the keys as the store holds them now.
+            let live = Arc::new(LiveKeys::default());
+            live.refresh(&keys)?;
+            let minter = Minter::new(live.clone(), clock.clone(), None, partner_id);
+            let minted = minter.mint(MintRequest {
+                alg,
+                scope: &scope,
+                email: &email,
+                ttl,
+            })?;
+            keys.note_signed_until(&live.signed_until())?;
+            let now = minted.iat;
             store.blocking_write(|tx| {
                 store::audit::record(
                     tx,
@@ -385,14 +374,14 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     &actor,
                     "token.mint",
                     &client,
-                    &json!({"kid": rec.kid, "jti": minted.jti}),
+                    &json!({"kid": minted.kid, "jti": minted.jti}),
                 )
             })?;
             print(&json!({
                 "token": minted.token,
                 "tokenType": "JWT",
                 "alg": alg,
-                "kid": rec.kid,
+                "kid": minted.kid,
                 "expiresAt": rfc3339(minted.exp),
                 "expiresIn": minted.exp - minted.iat,
             }))?;

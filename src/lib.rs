@@ -29,6 +29,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod log_limit;
 pub mod metrics;
+pub mod mint;
 pub mod scope;
 pub mod signer;
 pub mod startup;

@@ -22,8 +22,8 @@ use crate::config::Config;
 use crate::files::create_private_dir;
 use crate::http::{self, AppState, AppStateInner};
 use crate::issuance::{IssuanceService, IssuanceSettings};
-use crate::keys::KeyService;
 use crate::keys::master::{self, MasterKeySource};
+use crate::keys::{KeyService, Policy};
 use crate::ledger::MintLedger;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveKeys;
@@ -39,6 +39,55 @@ pub struct Opened {
     /// Rows from before row authentication, waiting for an operator's word (see
     /// [`crate::integrity::legacy::settle`]).
     pub legacy: Option<crate::integrity::legacy::Survey>,
+    /// The partner id tokens carry: the configured one, else (CLI) the server's.
+    pub partner_id: Option<String>,
+}
+
+/// What decides key transitions and what tokens carry, as the server runs with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServerPolicy {
+    policy: Policy,
+    partner_id: Option<String>,
+}
+
+/// The server records its policy in the store; the CLI follows the recorded one (when its row
+/// passes its integrity check), so that a key retired from the CLI gets the server's grace, not
+/// the CLI's defaults: one truth for every writer, which several replicas will need too.
+fn agree_on_policy(
+    config: &Config,
+    store: &Store,
+    auth: &crate::integrity::RowAuth,
+    serving: bool,
+) -> anyhow::Result<ServerPolicy> {
+    let own = ServerPolicy {
+        policy: config.policy(),
+        partner_id: config.partner_id.clone(),
+    };
+    let name = store::settings::SERVER_POLICY;
+    if serving {
+        let json = serde_json::to_string(&own)?;
+        let mac = auth.setting_mac(name, &json);
+        store.blocking_write(|tx| store::settings::set_with_mac(tx, name, &json, &mac))?;
+        return Ok(own);
+    }
+    let recorded = store
+        .blocking_read(|tx| store::settings::get_with_mac(tx, name))?
+        .filter(|s| auth.setting_ok(name, &s.value, s.mac.as_deref()))
+        .and_then(|s| serde_json::from_str::<ServerPolicy>(&s.value).ok());
+    let Some(recorded) = recorded else {
+        return Ok(own);
+    };
+    if recorded.policy != own.policy {
+        eprintln!(
+            "keyhost: note: following the lifecycle policy the server last started with, not \
+             this shell's settings (they differ)"
+        );
+    }
+    Ok(ServerPolicy {
+        policy: recorded.policy,
+        partner_id: own.partner_id.or(recorded.partner_id),
+    })
 }
 
 /// Opens the store, finds the master key and checks that it opens every stored private key.
@@ -82,11 +131,17 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
         }
     }
     let legacy = crate::integrity::legacy::settle(&store, clock.now())?;
+    let agreed = agree_on_policy(
+        config,
+        &store,
+        master.row_auth(),
+        serving && legacy.is_none(),
+    )?;
     let keys = Arc::new(KeyService::new(
         store.clone(),
         Arc::new(master),
         clock,
-        config.policy(),
+        agreed.policy,
         serving,
     ));
     let opened = keys.verify_all().context(
@@ -97,6 +152,7 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
         store,
         keys,
         legacy,
+        partner_id: agreed.partner_id,
     })
 }
 
@@ -329,9 +385,16 @@ impl Application {
             Some(clients.clone()),
         ));
         let audit = crate::audit::AuditLog::new(opened.store.clone());
+        let minter = Arc::new(crate::mint::Minter::new(
+            live.clone(),
+            clock.clone(),
+            Some(metrics.clone()),
+            config.partner_id.clone(),
+        ));
         let state = AppState::new(AppStateInner {
             client_admin,
             audit,
+            minter,
             ledger: Arc::new(MintLedger::default()),
             rate_limit,
             issuance,

@@ -71,6 +71,8 @@ pub struct AppStateInner {
     pub store: Arc<Store>,
     /// Key lifecycle operations.
     pub keys: Arc<KeyService>,
+    /// Mints Partner JWTs with the live keys.
+    pub minter: Arc<crate::mint::Minter>,
     /// Serialised JWKS and parsed signing keys.
     pub live: Arc<LiveKeys>,
     /// Applies transitions and refreshes the in-memory views.

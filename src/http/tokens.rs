@@ -16,8 +16,9 @@ use super::extract::{ClientAuth, JsonBody};
 use crate::clock::rfc3339;
 use crate::email::Email;
 use crate::keys::Alg;
+use crate::mint::{MintError, MintRequest};
 use crate::scope::DEFAULT_SCOPE;
-use crate::signer::{MAX_TOKEN_TTL, TokenClaims};
+use crate::signer::MAX_TOKEN_TTL;
 
 /// The token route.
 pub fn routes() -> Router<AppState> {
@@ -78,53 +79,43 @@ async fn mint(
             client.scopes.join(", ")
         )));
     }
-    let Some(partner_id) = state.config.partner_id.as_deref() else {
-        return Err(ApiError::unavailable(
-            "KEYHOST_PARTNER_ID is not set on this server, so it cannot mint Partner JWTs",
-            60,
-        ));
-    };
-    let now = state.clock.now();
-    let signers = state.live.signers_now();
-    let key = match signers.active.get(&alg) {
-        Some(k) if k.signable_at <= now => k,
-        _ => {
-            let next = signers.next_signable.get(&alg).copied();
-            let msg = match next {
-                Some(t) => format!(
-                    "no {alg} key may sign yet; the next one becomes signable at {}",
-                    rfc3339(t)
-                ),
-                None => format!("no {alg} key may sign yet; one is being prepared"),
-            };
-            let retry = next.map_or(5, |t| (t - now).clamp(1, 3600) as u64);
-            return Err(ApiError::unavailable(msg, retry));
-        }
-    };
-    let minted = key
-        .mint(
-            &state.rng,
-            now,
-            TokenClaims {
-                partner_id,
-                scope,
-                email: email.as_str(),
-                ttl,
-            },
-        )
-        .map_err(|e| ApiError::internal(&e))?;
-    state.metrics.minted(alg);
-    state.ledger.record(&client.id, &key.kid, alg.as_str(), now);
-    tracing::debug!(client = %client.id, kid = %key.kid, jti = %minted.jti, "token minted");
+    let minted = state
+        .minter
+        .mint(MintRequest {
+            alg,
+            scope,
+            email: &email,
+            ttl,
+        })
+        .map_err(|e| mint_error(&state, e))?;
+    state
+        .ledger
+        .record(&client.id, &minted.kid, alg.as_str(), minted.iat);
+    tracing::debug!(client = %client.id, kid = %minted.kid, jti = %minted.jti, "token minted");
     Ok((
         StatusCode::OK,
         Json(TokenResponse {
             token: minted.token,
             token_type: "JWT",
             alg,
-            kid: key.kid.clone(),
+            kid: minted.kid,
             expires_at: rfc3339(minted.exp),
             expires_in: minted.exp - minted.iat,
         }),
     ))
+}
+
+/// The answer to a token that could not be minted: 503 with when to try again while no key may
+/// sign (or no partner id is set), 400 for a lifetime out of range.
+pub(crate) fn mint_error(state: &AppState, e: MintError) -> ApiError {
+    match e {
+        MintError::NoPartnerId => ApiError::unavailable(e.to_string(), 60),
+        MintError::Ttl => ApiError::bad_value(e.to_string()),
+        MintError::NotYet { next, .. } => {
+            let now = state.clock.now();
+            let retry = next.map_or(5, |t| (t - now).clamp(1, 3600) as u64);
+            ApiError::unavailable(e.to_string(), retry)
+        }
+        MintError::Signing(e) => ApiError::internal(&e),
+    }
 }

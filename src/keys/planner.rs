@@ -34,7 +34,8 @@ use crate::clock::UnixTime;
 use crate::keys::{Alg, KeyRecord, KeyState};
 
 /// The lifecycle settings, in seconds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     /// Algorithms that each keep an active key.
     pub algorithms: Vec<Alg>,

@@ -10,6 +10,9 @@ pub const MASTER_KEY_ID: &str = "master_key_id";
 pub const FIRST_SERVED_AT: &str = "first_served_at";
 /// Setting: SHA-256 (hex) of the generated admin token (with a MAC).
 pub const ADMIN_TOKEN_SHA256: &str = "admin_token_sha256";
+/// Setting: the lifecycle policy and partner id of the last server that started (JSON, with a
+/// MAC), which the CLI follows so that there is one truth about key transitions.
+pub const SERVER_POLICY: &str = "server_policy";
 /// Setting: since when every trusted row carries a MAC (Unix seconds); rows written before it
 /// got theirs then.
 pub const ROW_MACS_SINCE: &str = "row_macs_since";

@@ -232,3 +232,80 @@ async fn the_running_server_refuses_a_client_disabled_with_the_cli() {
     )
     .await;
 }
+
+/// Runs the CLI on `dir` with nothing of the server's configuration in its environment: no
+/// partner id, no lifecycle settings.
+fn bare_keyhost(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyhost"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYHOST_DATA_DIR", dir.join("data"))
+        .env("KEYHOST_KEYS_DIR", dir.join("keys"))
+        .output()
+        .expect("runs the binary")
+}
+
+#[tokio::test]
+async fn the_cli_follows_the_running_servers_policy_and_partner_id_not_its_own_defaults() {
+    // The CLI runs on the system clock: so does this server.
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let config = keyhost::config::Config {
+        jwks_max_age: Duration::from_secs(2),
+        retire_grace: Duration::from_secs(302),
+        ..crate::helpers::test_config(dir.path())
+    };
+    let app = crate::helpers::start(dir, keyhost::clock::ManualClock::new(now), config)
+        .await
+        .unwrap();
+    let (client, _) = app.create_client(&["issue"]).await;
+    // A pending successor: the key an operator may retire.
+    let kid = app.rotate("ES256", false).await["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Minting needs a partner id: the server's, since this shell has none.
+    let minted = bare_keyhost(
+        app.dir.path(),
+        &[
+            "token",
+            "mint",
+            "--client",
+            &client,
+            "--email",
+            "ops@example.com",
+        ],
+    );
+    let token = json_of(&minted);
+    let payload = token["token"].as_str().unwrap().split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["partnerId"], PARTNER_ID);
+
+    // Retiring from the CLI gives the server's grace (302 s), not the 1 h default.
+    let retired = json_of(&bare_keyhost(app.dir.path(), &["keys", "retire", &kid]));
+    let at = |name: &str| {
+        let text = retired["key"][name].as_str().unwrap_or_else(|| {
+            panic!("{name} in {retired}");
+        });
+        humantime::parse_rfc3339(text)
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    assert_eq!(at("expiresAt") - at("retiredAt"), 302, "{retired}");
+    assert!(
+        String::from_utf8_lossy(&bare_keyhost(app.dir.path(), &["keys", "list"]).stderr)
+            .contains("following the lifecycle policy the server last started with"),
+        "the CLI says whose policy it follows when its own differs"
+    );
+}
