@@ -64,17 +64,20 @@ async fn list_issuances(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit_of(&q)?;
-    if let Some(s) = &q.state
-        && !crate::issuance::state::ALL.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_value(format!(
-            "state must be one of {}",
-            crate::issuance::state::ALL.join(", ")
-        )));
-    }
+    let wanted = q
+        .state
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| {
+            ApiError::bad_value(format!(
+                "state must be one of {}",
+                crate::issuance::state::ALL.join(", ")
+            ))
+        })?;
     let rows = state
         .issuance
-        .list(q.state, limit)
+        .list(wanted, limit)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let views: Vec<IssuanceView> = rows.iter().map(IssuanceView::from).collect();
@@ -98,18 +101,8 @@ async fn resume_issuance(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<IssuanceView>, ApiError> {
-    match state.issuance.resume(&id).await {
-        Ok(Some(row)) => {
-            let (store, now) = (state.store.clone(), state.clock.now());
-            let subject = row.id.clone();
-            blocking(move || {
-                store.with(|c| {
-                    store::audit::record(c, now, ACTOR, "issuance.resume", &subject, &json!({}))
-                })
-            })
-            .await?;
-            Ok(Json(IssuanceView::from(&row)))
-        }
+    match state.issuance.resume(&id, ACTOR).await {
+        Ok(Some(issuance)) => Ok(Json(IssuanceView::from(&issuance))),
         Ok(None) => Err(ApiError::not_found(format!("no issuance {id:?}"))),
         Err(crate::issuance::IssuanceError::Invalid(m)) => Err(ApiError::conflict(m)),
         Err(e) => Err(e.into()),

@@ -35,7 +35,7 @@ use super::issuance::issuance_response;
 use super::tokens::validate_email;
 use super::{AppState, blocking};
 use crate::clock::rfc3339;
-use crate::issuance::{NewIssuance, WaitFor};
+use crate::issuance::{IssuanceSource, NewIssuance, WaitFor, Webhook};
 use crate::store::{self, StoreError, kyc::NewKycEvent};
 use crate::telemetry::LogLimiter;
 
@@ -273,7 +273,7 @@ async fn kyc_complete(
     let (row, _) = state
         .issuance
         .submit(NewIssuance {
-            source: "webhook:kyc".into(),
+            source: IssuanceSource::Webhook(Webhook::KycComplete),
             idempotency_key: Some(idempotency_key),
             email,
             issuer_did: None,
@@ -504,7 +504,7 @@ async fn idenfy(
     let (row, _) = state
         .issuance
         .submit(NewIssuance {
-            source: "webhook:idenfy".into(),
+            source: IssuanceSource::Webhook(Webhook::Idenfy),
             idempotency_key: Some(scan_ref.clone()),
             email,
             issuer_did: None,

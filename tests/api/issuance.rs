@@ -572,7 +572,7 @@ async fn a_400_from_air_kit_is_a_validation_error_with_the_schema_fix() {
     );
     let (row, created) = service
         .submit(keyhost::issuance::NewIssuance {
-            source: "test".into(),
+            source: keyhost::issuance::IssuanceSource::Client("test".into()),
             idempotency_key: None,
             email: "u@example.com".into(),
             issuer_did: None,
@@ -591,7 +591,7 @@ async fn a_400_from_air_kit_is_a_validation_error_with_the_schema_fix() {
         )
         .await
         .unwrap();
-    assert_eq!(row.state, "failed");
+    assert_eq!(row.state, keyhost::issuance::IssuanceState::Failed);
     assert_eq!(row.attempts, 1, "never retried");
     let message = row.last_error.clone().unwrap();
     assert!(
