@@ -5,7 +5,8 @@
 //! - every issuance is a row written *before* the first upstream call and updated after each, so
 //!   a crash or an outage loses nothing; on start the server resumes every unfinished row;
 //! - an `Idempotency-Key` returns the earlier issuance instead of issuing twice (a reused key with
-//!   a different request is a conflict);
+//!   a different request is a conflict; the order of a request's members does not make it
+//!   different);
 //! - 429, 5xx, timeouts and connection errors are retried with exponential backoff and jitter,
 //!   honouring `Retry-After`, with a fresh Partner JWT per attempt, up to `max_attempts`; then the
 //!   issuance is parked as `stalled` (resumable by an admin), never dropped;

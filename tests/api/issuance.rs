@@ -878,3 +878,95 @@ async fn an_integer_beyond_64_bits_in_the_subject_is_refused_rather_than_rounded
     let listed: Value = app.admin_json("/admin/issuances").await;
     assert!(listed["issuances"].as_array().unwrap().is_empty());
 }
+
+/// Posts `body`, written exactly as given, with `Idempotency-Key: key`.
+async fn issue_raw(app: &TestApp, key: &str, idempotency_key: &str, body: &str) -> (u16, Value) {
+    let res = app
+        .http
+        .post(format!("{}/v1/credentials/issue-on-behalf", app.internal))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", idempotency_key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_replay_with_members_in_another_order_is_the_same_request() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let first = r#"{"email": "u@example.com", "credentialSubject": {"age": 25, "isMember": true,
+        "address": {"city": "Paris", "country": "FR"}, "badges": [{"name": "a", "level": 1}]}}"#;
+    let (status, original) = issue_raw(&app, &key, "reordered", first).await;
+    assert_eq!(status, 200, "{original}");
+    // The same request: members reordered at the top, in the subject, in a nested object and
+    // in an object inside an array.
+    for replay in [
+        r#"{"credentialSubject": {"age": 25, "isMember": true, "address": {"city": "Paris",
+            "country": "FR"}, "badges": [{"name": "a", "level": 1}]}, "email": "u@example.com"}"#,
+        r#"{"email": "u@example.com", "credentialSubject": {"isMember": true, "age": 25,
+            "address": {"city": "Paris", "country": "FR"}, "badges": [{"name": "a", "level": 1}]}}"#,
+        r#"{"email": "u@example.com", "credentialSubject": {"badges": [{"level": 1, "name": "a"}],
+            "address": {"country": "FR", "city": "Paris"}, "isMember": true, "age": 25}}"#,
+    ] {
+        let (status, again) = issue_raw(&app, &key, "reordered", replay).await;
+        assert_eq!(status, 200, "{replay}: {again}");
+        assert_eq!(again["issuanceId"], original["issuanceId"], "{replay}");
+    }
+    // Arrays are ordered, and values count: those are other requests.
+    for other in [
+        r#"{"email": "u@example.com", "credentialSubject": {"age": 25, "isMember": true,
+            "address": {"city": "Paris", "country": "FR"}, "badges": [{"name": "a", "level": 2}]}}"#,
+        r#"{"email": "u@example.com", "credentialSubject": {"age": 25, "isMember": true,
+            "address": {"city": "Lyon", "country": "FR"}, "badges": [{"name": "a", "level": 1}]}}"#,
+    ] {
+        let (status, conflict) = issue_raw(&app, &key, "reordered", other).await;
+        assert_eq!(status, 409, "{other}: {conflict}");
+        assert_eq!(conflict["identifier"], "CONFLICT");
+    }
+    assert_eq!(upstream.control.issue_calls().len(), 1, "issued once");
+}
+
+#[tokio::test]
+async fn a_replay_of_a_request_recorded_before_the_hash_was_canonical_still_matches() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = r#"{"email": "u@example.com", "credentialSubject": {"isMember": true, "age": 25}}"#;
+    let (status, original) = issue_raw(&app, &key, "before-upgrade", body).await;
+    assert_eq!(status, 200, "{original}");
+    let id = original["issuanceId"].as_str().unwrap().to_owned();
+    // The row as an earlier keyhost wrote it: the hash of the request as written, and a MAC
+    // over that.
+    let written = json!({
+        "email": "u@example.com", "issuerDid": ISSUER, "credentialId": PROGRAM,
+        "credentialSubject": {"isMember": true, "age": 25}, "onDuplicate": "revoke",
+    });
+    let legacy = hex::encode(keyhost::auth::sha256(written.to_string().as_bytes()));
+    let auth = app.state.row_auth.clone();
+    app.state.store.with(|c| {
+        let mut row = keyhost::store::issuances::get(c, &id).unwrap().unwrap();
+        assert_ne!(row.request_hash, legacy, "new rows hold the canonical hash");
+        row.request_hash = legacy.clone();
+        let mac = auth.issuance_mac(&row);
+        c.execute(
+            "UPDATE issuances SET request_hash = ?2, mac = ?3 WHERE id = ?1",
+            rusqlite::params![id, legacy, mac],
+        )
+        .unwrap();
+    });
+
+    let (status, again) = issue_raw(&app, &key, "before-upgrade", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["issuanceId"], id.as_str());
+    let (status, _) = issue_raw(
+        &app,
+        &key,
+        "before-upgrade",
+        r#"{"email": "u@example.com", "credentialSubject": {"isMember": false, "age": 25}}"#,
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(upstream.control.issue_calls().len(), 1, "issued once");
+}
