@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +81,7 @@ pub struct ManualClock {
     now: AtomicI64,
     monotonic: AtomicI64,
     jumps: Arc<Notify>,
+    sleepers: AtomicUsize,
 }
 
 impl ManualClock {
@@ -90,6 +91,7 @@ impl ManualClock {
             now: AtomicI64::new(now),
             monotonic: AtomicI64::new(0),
             jumps: Arc::new(Notify::new()),
+            sleepers: AtomicUsize::new(0),
         })
     }
 
@@ -119,6 +121,21 @@ impl ManualClock {
         self.now.store(now, Ordering::SeqCst);
         self.jumps.notify_waiters();
     }
+
+    /// How many sleeps wait on this clock now (counted from the call to [`Clock::sleep`]): a
+    /// test advances the clock once the code it drives has started the wait it means to cut.
+    pub fn sleepers(&self) -> usize {
+        self.sleepers.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a sleep on a [`ManualClock`] while it lasts.
+struct Sleeper<'a>(&'a AtomicUsize);
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Clock for ManualClock {
@@ -136,7 +153,10 @@ impl Clock for ManualClock {
 
     fn sleep(&self, duration: Duration) -> Sleep<'_> {
         let start = self.monotonic();
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let sleeper = Sleeper(&self.sleepers);
         Box::pin(async move {
+            let _sleeper = sleeper;
             let real = tokio::time::sleep(duration);
             tokio::pin!(real);
             loop {
@@ -281,6 +301,7 @@ mod tests {
         let sleeping = clock.clone();
         let sleep = tokio::spawn(async move { sleeping.sleep(Duration::from_secs(3600)).await });
         assert!(!ended(&sleep).await);
+        assert_eq!(clock.sleepers(), 1);
         clock.advance(3599);
         assert!(!ended(&sleep).await, "one second short");
         // Setting the wall clock is not time passing.
@@ -289,6 +310,7 @@ mod tests {
         assert!(!ended(&sleep).await, "the wall clock moved, not time");
         clock.advance(1);
         assert!(ended(&sleep).await);
+        assert_eq!(clock.sleepers(), 0);
     }
 
     #[tokio::test]
