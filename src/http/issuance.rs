@@ -263,3 +263,40 @@ async fn one(
         Err(e) => Err(ApiError::internal(&e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuance::policy::fault_for;
+
+    #[test]
+    fn each_air_kit_status_has_one_keyhost_answer() {
+        let cases = [
+            (400, 400, "VALIDATION_ERROR"),
+            (401, 502, "UNAUTHORIZED"),
+            (403, 403, "PERMISSIONS_ERROR"),
+            (404, 404, "NOT_FOUND"),
+            (409, 409, "CONFLICT"),
+            (429, 429, "TOO_MANY_REQUESTS"),
+            (408, 502, "INTERNAL_ERROR"),
+            (422, 502, "INTERNAL_ERROR"),
+            (500, 502, "INTERNAL_ERROR"),
+            (503, 502, "INTERNAL_ERROR"),
+        ];
+        for (air, status, identifier) in cases {
+            let e = air_error(fault_for(Some(air)), "m".into(), 7);
+            assert_eq!(
+                (e.status().as_u16(), e.identifier()),
+                (status, identifier),
+                "{air}"
+            );
+        }
+        let e = air_error(fault_for(None), "m".into(), 7);
+        assert_eq!(
+            (e.status().as_u16(), e.identifier()),
+            (502, "INTERNAL_ERROR")
+        );
+        let limited = air_error(fault_for(Some(429)), "m".into(), 7).into_response();
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "7");
+    }
+}
