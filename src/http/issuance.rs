@@ -131,7 +131,12 @@ pub fn issuance_response(issuance: &Issuance) -> Response {
         // The retry budget ran out: AIR's rate limit, or an outage.
         IssuanceState::Stalled => match fault_for(issuance.last_status) {
             AirFault::RateLimited => ApiError::too_many_requests(message(), 60).into_response(),
-            _ => ApiError::unavailable(message(), 60).into_response(),
+            AirFault::Validation
+            | AirFault::TokenRejected
+            | AirFault::Forbidden
+            | AirFault::NotFound
+            | AirFault::Conflict
+            | AirFault::BadGateway => ApiError::unavailable(message(), 60).into_response(),
         },
         IssuanceState::Failed => {
             air_error(fault_for(issuance.last_status), message(), 60).into_response()
@@ -237,7 +242,12 @@ async fn status(
     let message = match fault {
         // AIR's own words say which hash it does not know; its issue-time fix would mislead.
         AirFault::NotFound => reply.message(),
-        _ => format!(
+        AirFault::Validation
+        | AirFault::TokenRejected
+        | AirFault::Forbidden
+        | AirFault::Conflict
+        | AirFault::RateLimited
+        | AirFault::BadGateway => format!(
             "AIR Kit answered {}: {}. Fix: {}",
             reply.status,
             reply.message(),
