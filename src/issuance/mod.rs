@@ -26,8 +26,8 @@
 //!
 //! Layout: this file is the service's face; [`state`] holds the record and its enums,
 //! [`policy`] the pure rules (retry, backoff, poll schedule, AIR's answers and statuses),
-//! `worker` drives attempts and polls, `status` proxies status checks, `idempotency` hashes
-//! requests, and `records` is the only way to the store. Every wait goes through the injected
+//! `worker` drives attempts and polls, `status` proxies status checks, `upstream` makes the
+//! calls to AIR Kit, `idempotency` hashes requests, and `records` is the only way to the store. Every wait goes through the injected
 //! [`Clock`], so tests drive retries and polls by advancing a manual clock.
 
 mod idempotency;
@@ -35,6 +35,7 @@ pub mod policy;
 mod records;
 pub mod state;
 mod status;
+mod upstream;
 mod worker;
 
 use std::collections::HashSet;
@@ -45,13 +46,12 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast};
 
-use crate::airkit::{AirKit, Reply, TransportError};
+use crate::airkit::AirKit;
 use crate::clock::{Clock, ClockSkew, UnixTime};
 use crate::integrity::RowAuth;
 use crate::keys::Alg;
 use crate::keys::live::LiveKeys;
-use crate::metrics::{KidLabel, Metrics, StateLabel, UpstreamLabels};
-use crate::signer::{MAX_TOKEN_TTL, TokenClaims};
+use crate::metrics::{Metrics, StateLabel};
 use crate::store::issuances::IssuanceRow;
 use crate::store::{Store, StoreError};
 use crate::telemetry::LogLimiter;
@@ -60,6 +60,7 @@ pub use self::state::{
     Issuance, IssuanceSource, IssuanceState, IssuanceView, OnDuplicate, UnknownName, Webhook,
 };
 pub use self::status::StatusError;
+pub use self::upstream::NoToken;
 
 use self::idempotency::HashedRequest;
 use self::policy::{Backoff, PollSchedule};
@@ -502,88 +503,4 @@ impl IssuanceService {
             })
             .inc();
     }
-
-    /// Counts an upstream answer, and compares keyhost's clock with the answer's `Date`.
-    fn count_upstream(&self, endpoint: &str, outcome: &Result<Reply, TransportError>) {
-        if let Ok(Reply {
-            date: Some(theirs), ..
-        }) = outcome
-        {
-            self.skew.observe(self.clock.now(), *theirs);
-        }
-        let outcome = match outcome {
-            Ok(r) => r.status.to_string(),
-            Err(TransportError::Timeout(_)) => "timeout".into(),
-            Err(TransportError::Connect(_)) => "connect".into(),
-            Err(TransportError::Other(_)) => "error".into(),
-            Err(TransportError::TooLarge { .. }) => "too_large".into(),
-        };
-        self.metrics
-            .airkit_responses
-            .get_or_create(&UpstreamLabels {
-                endpoint: endpoint.into(),
-                outcome,
-            })
-            .inc();
-    }
-
-    /// A fresh Partner JWT for `email`, and the kid that signed it.
-    fn token(&self, email: &str) -> Result<(String, String), NoToken> {
-        let partner_id = self
-            .settings
-            .partner_id
-            .as_deref()
-            .ok_or_else(|| NoToken::Unavailable("KEYHOST_PARTNER_ID is not set".into()))?;
-        let now = self.clock.now();
-        let signers = self.live.signers();
-        let alg = self.settings.alg;
-        let key = match signers.active.get(&alg) {
-            Some(k) if k.signable_at <= now => k,
-            Some(k) => return Err(NoToken::NotYet(alg, Some(k.signable_at))),
-            None => {
-                return Err(NoToken::NotYet(
-                    alg,
-                    signers.next_signable.get(&alg).copied(),
-                ));
-            }
-        };
-        let minted = key
-            .mint(
-                &self.rng,
-                now,
-                TokenClaims {
-                    partner_id,
-                    scope: &self.settings.scope,
-                    email,
-                    ttl: MAX_TOKEN_TTL,
-                },
-            )
-            .map_err(|e| NoToken::Unavailable(e.to_string()))?;
-        self.metrics.minted(self.settings.alg);
-        Ok((minted.token, key.kid.clone()))
-    }
-
-    fn note_unauthorized(&self, kid: &str, endpoint: &str, reply: &Reply) {
-        self.metrics
-            .airkit_unauthorized
-            .get_or_create(&KidLabel { kid: kid.into() })
-            .inc();
-        tracing::warn!(
-            kid,
-            endpoint,
-            message = %reply.message(),
-            "AIR Kit rejected a Partner JWT signed by a key keyhost holds: has it fetched the JWKS?"
-        );
-    }
-}
-
-/// Why no Partner JWT could be minted for an upstream call.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum NoToken {
-    /// No key of the algorithm may sign now; one may from the given time, if known.
-    #[error("no {0} key may sign yet")]
-    NotYet(Alg, Option<UnixTime>),
-    /// Something else (no partner id, a signing failure).
-    #[error("{0}")]
-    Unavailable(String),
 }
