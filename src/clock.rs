@@ -8,8 +8,13 @@
 //! boot) and a monotonic time that only moves with real time while the process runs. The key
 //! lifecycle counts served time (a publish lead, a grace) on the second, so that no wrong wall
 //! clock can shorten either.
+//!
+//! Waits (retry backoffs, status polls, request deadlines) go through [`Clock::sleep`], so that a
+//! test skips a long wait by advancing a [`ManualClock`] instead of sleeping through it.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +24,9 @@ use tokio::sync::Notify;
 
 /// Seconds since the Unix epoch.
 pub type UnixTime = i64;
+
+/// A wait on a [`Clock`], boxed so that the trait stays usable as `dyn Clock`.
+pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
@@ -33,6 +41,12 @@ pub trait Clock: Send + Sync + 'static {
     /// lifecycle task re-plans at once. The system clock never notifies.
     fn jumps(&self) -> Option<Arc<Notify>> {
         None
+    }
+
+    /// Waits until `duration` has passed on this clock's monotonic face (by default, in real
+    /// time).
+    fn sleep(&self, duration: Duration) -> Sleep<'_> {
+        Box::pin(tokio::time::sleep(duration))
     }
 }
 
@@ -57,11 +71,17 @@ impl Clock for SystemClock {
 /// A clock that only moves when told to; for tests and simulations. [`ManualClock::advance`] is
 /// the passage of real time (wall and monotonic move together); [`ManualClock::set`] and
 /// [`ManualClock::jump`] move the wall time alone, as setting a real clock does.
+///
+/// A [`Clock::sleep`] on it ends once the clock has been advanced by its duration, or once that
+/// much real time has passed, whichever comes first: a test skips a long wait by advancing the
+/// clock, while the short waits of code that no test drives (a retry after a few milliseconds)
+/// still end on their own. A test that checks a wait therefore uses one far longer than itself.
 #[derive(Debug)]
 pub struct ManualClock {
     now: AtomicI64,
     monotonic: AtomicI64,
     jumps: Arc<Notify>,
+    sleepers: AtomicUsize,
 }
 
 impl ManualClock {
@@ -71,6 +91,7 @@ impl ManualClock {
             now: AtomicI64::new(now),
             monotonic: AtomicI64::new(0),
             jumps: Arc::new(Notify::new()),
+            sleepers: AtomicUsize::new(0),
         })
     }
 
@@ -100,6 +121,21 @@ impl ManualClock {
         self.now.store(now, Ordering::SeqCst);
         self.jumps.notify_waiters();
     }
+
+    /// How many sleeps wait on this clock now (counted from the call to [`Clock::sleep`]): a
+    /// test advances the clock once the code it drives has started the wait it means to cut.
+    pub fn sleepers(&self) -> usize {
+        self.sleepers.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a sleep on a [`ManualClock`] while it lasts.
+struct Sleeper<'a>(&'a AtomicUsize);
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Clock for ManualClock {
@@ -113,6 +149,31 @@ impl Clock for ManualClock {
 
     fn jumps(&self) -> Option<Arc<Notify>> {
         Some(self.jumps.clone())
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep<'_> {
+        let start = self.monotonic();
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let sleeper = Sleeper(&self.sleepers);
+        Box::pin(async move {
+            let _sleeper = sleeper;
+            let real = tokio::time::sleep(duration);
+            tokio::pin!(real);
+            loop {
+                // Registered before the clock is read, so that an advance in between is not
+                // missed.
+                let moved = self.jumps.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if self.monotonic().saturating_sub(start) >= duration {
+                    return;
+                }
+                tokio::select! {
+                    () = &mut real => return,
+                    () = moved => {}
+                }
+            }
+        })
     }
 }
 
@@ -224,5 +285,46 @@ mod tests {
         clock.set(7);
         assert_eq!(clock.now(), 7);
         assert_eq!(clock.monotonic(), Duration::from_secs(50));
+    }
+
+    /// Whether `sleep` has ended, after letting the runtime run the tasks it woke.
+    async fn ended(sleep: &tokio::task::JoinHandle<()>) -> bool {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        sleep.is_finished()
+    }
+
+    #[tokio::test]
+    async fn a_sleep_on_a_manual_clock_ends_when_the_clock_has_advanced_by_its_duration() {
+        let clock = ManualClock::new(1000);
+        let sleeping = clock.clone();
+        let sleep = tokio::spawn(async move { sleeping.sleep(Duration::from_secs(3600)).await });
+        assert!(!ended(&sleep).await);
+        assert_eq!(clock.sleepers(), 1);
+        clock.advance(3599);
+        assert!(!ended(&sleep).await, "one second short");
+        // Setting the wall clock is not time passing.
+        clock.jump(86_400);
+        clock.set(5000);
+        assert!(!ended(&sleep).await, "the wall clock moved, not time");
+        clock.advance(1);
+        assert!(ended(&sleep).await);
+        assert_eq!(clock.sleepers(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sleep_on_a_manual_clock_also_ends_after_its_duration_of_real_time() {
+        let clock = ManualClock::new(0);
+        let sleeping = clock.clone();
+        let sleep = tokio::spawn(async move { sleeping.sleep(Duration::from_secs(60)).await });
+        let short = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.sleep(Duration::from_millis(1)).await })
+        };
+        short.await.unwrap();
+        assert!(!ended(&sleep).await, "real time ends only the short sleep");
+        clock.advance(60);
+        assert!(ended(&sleep).await);
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::clock::{Clock, UnixTime, rfc3339};
 use crate::email::Email;
 use crate::integrity::RowAuth;
-use crate::issuance::{IssuanceError, IssuanceService, NewIssuance};
+use crate::issuance::{IssuanceError, IssuanceService, IssuanceSource, NewIssuance, Webhook};
 use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
 use crate::store::kyc::{KycEvent, NewKycEvent};
@@ -374,7 +374,7 @@ impl KycService {
         let (row, _) = self
             .issuance
             .submit(NewIssuance {
-                source: "webhook:idenfy".into(),
+                source: IssuanceSource::Webhook(Webhook::Idenfy),
                 idempotency_key: Some(d.scan_ref.clone()),
                 email: email.into_string(),
                 issuer_did: None,

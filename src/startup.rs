@@ -348,6 +348,12 @@ impl Application {
             }
             None => None,
         };
+        let minter = Arc::new(crate::mint::Minter::new(
+            live.clone(),
+            clock.clone(),
+            Some(metrics.clone()),
+            config.partner_id.clone(),
+        ));
         let issuance = IssuanceService::new(
             opened.store.clone(),
             row_auth.clone(),
@@ -355,7 +361,7 @@ impl Application {
                 airkit,
                 skew: clock_skew.clone(),
             },
-            live.clone(),
+            minter.clone(),
             clock.clone(),
             metrics.clone(),
             IssuanceSettings {
@@ -385,12 +391,7 @@ impl Application {
             Some(clients.clone()),
         ));
         let audit = crate::audit::AuditLog::new(opened.store.clone());
-        let minter = Arc::new(crate::mint::Minter::new(
-            live.clone(),
-            clock.clone(),
-            Some(metrics.clone()),
-            config.partner_id.clone(),
-        ));
+
         let state = AppState::new(AppStateInner {
             client_admin,
             audit,

@@ -1,23 +1,25 @@
 //! The emulator's credential ledger: issuance, duplicates and the asynchronous on-chain status.
 //!
 //! AIR Kit answers issue-on-behalf at once and writes the credential on chain later. The ledger
-//! keeps the instant of each issuance and derives the status from it when asked (`WAIT_ONCHAIN`
-//! until the configured delay has passed, `ONCHAIN` after), so there are no timers to run or
-//! cancel and the answer only depends on elapsed time.
+//! keeps the time of each issuance on the emulator's clock and derives the status from it when
+//! asked (`WAIT_ONCHAIN` until the configured delay has passed, `ONCHAIN` after), so there are no
+//! timers to run or cancel and the answer only depends on elapsed time.
 //!
 //! A credential is identified by its `coreClaimHash`. At most one credential per (user,
 //! issuer DID, program) is live: a duplicate either answers with the live one (`ignore`) or
 //! revokes it and issues a new one (`revoke`).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::error::Unspecified;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 use time::macros::format_description;
+
+use crate::clock::Clock;
 
 /// What to do when the user already holds a live credential of the same program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +76,8 @@ pub(super) enum Status {
 struct Record {
     issuer_did: String,
     vc_id: String,
-    issued_at: Instant,
+    /// On the clock's monotonic face.
+    issued_at: Duration,
     issued_on: OffsetDateTime,
     revoked: bool,
 }
@@ -90,6 +93,7 @@ struct Ledger {
 pub(super) struct Credentials {
     ledger: Mutex<Ledger>,
     onchain_delay: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 /// The key under which a user is known: AIR Kit users are email addresses, which are not
@@ -149,11 +153,13 @@ fn lock(m: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
 }
 
 impl Credentials {
-    /// An empty ledger whose credentials go on chain `onchain_delay` after issuance.
-    pub(super) fn new(onchain_delay: Duration) -> Self {
+    /// An empty ledger whose credentials go on chain `onchain_delay` (on `clock`) after
+    /// issuance.
+    pub(super) fn new(onchain_delay: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
             ledger: Mutex::new(Ledger::default()),
             onchain_delay,
+            clock,
         }
     }
 
@@ -199,7 +205,7 @@ impl Credentials {
             Record {
                 issuer_did: issuer_did.to_owned(),
                 vc_id,
-                issued_at: Instant::now(),
+                issued_at: self.clock.monotonic(),
                 issued_on: OffsetDateTime::now_utc(),
                 revoked: false,
             },
@@ -215,7 +221,7 @@ impl Credentials {
     pub(super) fn status(&self, core_claim_hash: &str) -> Option<Status> {
         let ledger = lock(&self.ledger);
         let record = ledger.by_hash.get(core_claim_hash)?;
-        if record.issued_at.elapsed() < self.onchain_delay {
+        if self.clock.monotonic().saturating_sub(record.issued_at) < self.onchain_delay {
             return Some(Status::WaitOnchain);
         }
         let issuance_date = record
@@ -262,7 +268,7 @@ mod tests {
     #[test]
     fn revoke_reissues_ignore_answers_with_the_live_one() {
         let rng = SystemRandom::new();
-        let c = Credentials::new(Duration::ZERO);
+        let c = Credentials::new(Duration::ZERO, Arc::new(crate::clock::SystemClock));
         let Ok(Issued::New {
             core_claim_hash: first,
             ..

@@ -6,6 +6,9 @@
 //! as in production. Once stale, the next request refetches. A failed fetch is an error even
 //! when a stale copy exists, so that an unreachable JWKS is noticed rather than masked.
 //!
+//! The copy's age is measured on the emulator's clock, so that a test ages it by advancing a
+//! manual clock rather than by sleeping.
+//!
 //! Requests never stampede the JWKS server: one fetch runs at a time, and requests that waited
 //! for it share its result, success or failure.
 //!
@@ -25,6 +28,7 @@ use jsonwebtoken::jwk::Jwk;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::clock::Clock;
 use crate::http_client::{self, describe};
 
 /// Cache lifetime when the JWKS response carries no `max-age`.
@@ -49,7 +53,10 @@ pub(super) struct PublishedKey {
 /// A fetched JWKS.
 pub(super) struct Snapshot {
     keys: HashMap<String, PublishedKey>,
+    /// When the fetch ended, to tell requests that waited for it from later ones.
     fetched_at: Instant,
+    /// When the fetch ended on the clock's monotonic face, to age the copy.
+    fetched_on: Duration,
     max_age: Duration,
 }
 
@@ -59,8 +66,9 @@ impl Snapshot {
         self.keys.get(kid)
     }
 
-    fn is_fresh(&self) -> bool {
-        self.fetched_at.elapsed() < self.max_age
+    /// Whether the copy is younger than its max-age at `now` (the clock's monotonic face).
+    fn is_fresh(&self, now: Duration) -> bool {
+        now.saturating_sub(self.fetched_on) < self.max_age
     }
 
     /// The snapshot a fetch of `url` answering `body` (without `max-age`) would make; for the
@@ -69,6 +77,7 @@ impl Snapshot {
         Ok(Snapshot {
             keys: parse(url, body)?,
             fetched_at: Instant::now(),
+            fetched_on: Duration::ZERO,
             max_age: DEFAULT_MAX_AGE,
         })
     }
@@ -121,6 +130,7 @@ struct RefreshState {
 pub(super) struct JwksCache {
     url: String,
     http: reqwest::Client,
+    clock: Arc<dyn Clock>,
     current: ArcSwapOption<Snapshot>,
     refresh: tokio::sync::Mutex<RefreshState>,
 }
@@ -192,11 +202,12 @@ fn parse(url: &str, body: &[u8]) -> Result<HashMap<String, PublishedKey>, JwksEr
 }
 
 impl JwksCache {
-    /// A cache for `url`, empty until first used.
-    pub(super) fn new(url: String, http: reqwest::Client) -> Self {
+    /// A cache for `url`, aged on `clock`, empty until first used.
+    pub(super) fn new(url: String, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
         Self {
             url,
             http,
+            clock,
             current: ArcSwapOption::empty(),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
         }
@@ -210,7 +221,7 @@ impl JwksCache {
     /// The JWKS to verify against: the cached copy while fresh, else a new fetch.
     pub(super) async fn current(&self) -> Result<Arc<Snapshot>, JwksError> {
         if let Some(snapshot) = self.current.load_full()
-            && snapshot.is_fresh()
+            && snapshot.is_fresh(self.clock.monotonic())
         {
             return Ok(snapshot);
         }
@@ -219,7 +230,7 @@ impl JwksCache {
         // Someone else may have fetched while this request waited: share that result rather
         // than fetching again (this is also what keeps `no-store` from stampeding).
         if let Some(snapshot) = self.current.load_full()
-            && (snapshot.is_fresh() || snapshot.fetched_at >= waiting_since)
+            && (snapshot.is_fresh(self.clock.monotonic()) || snapshot.fetched_at >= waiting_since)
         {
             return Ok(snapshot);
         }
@@ -287,6 +298,7 @@ impl JwksCache {
         Ok(Snapshot {
             keys: parse(&self.url, &body)?,
             fetched_at: Instant::now(),
+            fetched_on: self.clock.monotonic(),
             max_age,
         })
     }

@@ -19,6 +19,8 @@
 //! - Faults (429 with `Retry-After`, 500, added latency, a per-partner rate limit) can be injected
 //!   from the command line and changed at run time through [`EmulatorControl`].
 //! - No request, however malformed, makes the server panic.
+//! - Time (added latency, the JWKS cache's age, the on-chain delay) is read from a
+//!   [`Clock`](crate::clock::Clock), so that tests drive it with a manual clock.
 //!
 //! State is kept in memory only: a restart forgets every credential.
 
@@ -194,12 +196,20 @@ impl Emulator {
     /// Nothing is fetched yet: the JWKS is fetched on the first authenticated request, as AIR
     /// Kit does.
     pub async fn bind(args: EmulatorArgs) -> anyhow::Result<Self> {
+        Self::bind_with_clock(args, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// [`Emulator::bind`], with time read from `clock`.
+    pub async fn bind_with_clock(
+        args: EmulatorArgs,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> anyhow::Result<Self> {
         args.validate()?;
         let http = jwks_client(args.ca_file.as_deref())?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding the AIR Kit emulator to {}", args.listen))?;
-        let state = Arc::new(server::AppState::new(&args, http));
+        let state = Arc::new(server::AppState::new(&args, http, clock));
         Ok(Self { listener, state })
     }
 

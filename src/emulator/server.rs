@@ -33,6 +33,7 @@ use super::control::EmulatorControl;
 use super::credentials::{Credentials, Issued, OnDuplicate, Status, normalise_email};
 use super::jwks::JwksCache;
 use super::verify::{AuthError, Verifier};
+use crate::clock::Clock;
 
 /// The header AIR Kit reads the Partner JWT from.
 const PARTNER_AUTH: &str = "x-partner-auth";
@@ -103,12 +104,14 @@ pub(super) struct AppState {
     consent_rejected: HashSet<String>,
     limiter: Option<(PartnerLimiter, u32)>,
     rng: SystemRandom,
+    clock: Arc<dyn Clock>,
 }
 
 impl AppState {
-    /// State for validated `args`, fetching the JWKS with `http`.
-    pub(super) fn new(args: &EmulatorArgs, http: reqwest::Client) -> Self {
-        let credentials = Arc::new(Credentials::new(args.onchain_delay));
+    /// State for validated `args`, fetching the JWKS with `http`; latency, the JWKS cache's
+    /// age and the on-chain delay are measured on `clock`.
+    pub(super) fn new(args: &EmulatorArgs, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
+        let credentials = Arc::new(Credentials::new(args.onchain_delay, clock.clone()));
         let control = Arc::new(EmulatorControl::new(
             args.fail_rate_429,
             args.fail_rate_500,
@@ -124,7 +127,7 @@ impl AppState {
         Self {
             control,
             verifier: Verifier::new(
-                JwksCache::new(args.jwks_url.clone(), http),
+                JwksCache::new(args.jwks_url.clone(), http, clock.clone()),
                 args.partner_id.clone(),
                 args.accept_scopes.clone(),
             ),
@@ -139,6 +142,7 @@ impl AppState {
                 .collect(),
             limiter,
             rng: SystemRandom::new(),
+            clock,
         }
     }
 
@@ -216,7 +220,7 @@ fn claimed_partner_id(headers: &HeaderMap) -> Option<String> {
 async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let latency = state.control.latency();
     if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+        state.clock.sleep(latency).await;
     }
     if let Some((limiter, per_second)) = &state.limiter {
         let key = match claimed_partner_id(req.headers()) {

@@ -21,8 +21,11 @@ use super::extract::{ClientAuth, JsonBody, QueryParams};
 use crate::airkit::TransportError;
 use crate::auth::Client;
 use crate::email::Email;
-use crate::issuance::{IssuanceError, IssuanceView, NewIssuance, StatusError, WaitFor, state};
-use crate::store::issuances::IssuanceRow;
+use crate::issuance::policy::{AirFault, fault_for};
+use crate::issuance::{
+    Issuance, IssuanceError, IssuanceSource, IssuanceState, IssuanceView, NewIssuance, OnDuplicate,
+    StatusError, WaitFor,
+};
 
 /// The proxy's routes.
 pub fn routes() -> Router<AppState> {
@@ -63,7 +66,7 @@ pub(crate) struct IssueRequest {
     credential_subject: Option<Value>,
     issuer_did: Option<String>,
     credential_id: Option<String>,
-    on_duplicate: Option<String>,
+    on_duplicate: Option<OnDuplicate>,
     wait: Option<bool>,
 }
 
@@ -83,10 +86,29 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// keyhost's error for an AIR Kit answer that was not a success (`fault_for` its status),
+/// with `message`; `retry_after` (seconds) goes with a 429.
+fn air_error(fault: AirFault, message: String, retry_after: u64) -> ApiError {
+    match fault {
+        AirFault::Validation => ApiError::validation(message),
+        // keyhost's token was refused, not the caller's credentials.
+        AirFault::TokenRejected => {
+            ApiError::with_status(StatusCode::BAD_GATEWAY, "UNAUTHORIZED", message)
+        }
+        AirFault::Forbidden => ApiError::forbidden(message),
+        AirFault::NotFound => ApiError::not_found(message),
+        AirFault::Conflict => ApiError::conflict(message),
+        AirFault::RateLimited => ApiError::too_many_requests(message, retry_after),
+        AirFault::BadGateway => {
+            ApiError::with_status(StatusCode::BAD_GATEWAY, "INTERNAL_ERROR", message)
+        }
+    }
+}
+
 /// The answer for an issuance in its current state.
-pub fn issuance_response(row: &IssuanceRow) -> Response {
-    let view = IssuanceView::from(row);
-    let location = HeaderValue::from_str(&format!("/v1/issuances/{}", row.id)).ok();
+pub fn issuance_response(issuance: &Issuance) -> Response {
+    let view = IssuanceView::from(issuance);
+    let location = HeaderValue::from_str(&format!("/v1/issuances/{}", issuance.id)).ok();
     let with_location = |status: StatusCode| {
         let mut res = (status, Json(&view)).into_response();
         if let Some(l) = location.clone() {
@@ -97,27 +119,27 @@ pub fn issuance_response(row: &IssuanceRow) -> Response {
     let message = || {
         format!(
             "{} (issuance {})",
-            row.last_error.as_deref().unwrap_or("failed"),
-            row.id
+            issuance.last_error.as_deref().unwrap_or("failed"),
+            issuance.id
         )
     };
-    match row.state.as_str() {
-        state::QUEUED => with_location(StatusCode::ACCEPTED),
-        state::SUBMITTED | state::ONCHAIN | state::UNCONFIRMED => with_location(StatusCode::OK),
-        state::STALLED => match row.last_status {
-            Some(429) => ApiError::too_many_requests(message(), 60).into_response(),
-            _ => ApiError::unavailable(message(), 60).into_response(),
+    match issuance.state {
+        IssuanceState::Queued => with_location(StatusCode::ACCEPTED),
+        IssuanceState::Submitted | IssuanceState::Onchain | IssuanceState::Unconfirmed => {
+            with_location(StatusCode::OK)
+        }
+        // The retry budget ran out: AIR's rate limit, or an outage.
+        IssuanceState::Stalled => match fault_for(issuance.last_status) {
+            AirFault::RateLimited => ApiError::too_many_requests(message(), 60).into_response(),
+            AirFault::Validation
+            | AirFault::TokenRejected
+            | AirFault::Forbidden
+            | AirFault::NotFound
+            | AirFault::Conflict
+            | AirFault::BadGateway => ApiError::unavailable(message(), 60).into_response(),
         },
-        _ => {
-            let (status, identifier) = match row.last_status {
-                Some(400) => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
-                Some(401) => (StatusCode::BAD_GATEWAY, "UNAUTHORIZED"),
-                Some(403) => (StatusCode::FORBIDDEN, "PERMISSIONS_ERROR"),
-                Some(404) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-                Some(409) => (StatusCode::CONFLICT, "CONFLICT"),
-                _ => (StatusCode::BAD_GATEWAY, "INTERNAL_ERROR"),
-            };
-            ApiError::with_status(status, identifier, message()).into_response()
+        IssuanceState::Failed => {
+            air_error(fault_for(issuance.last_status), message(), 60).into_response()
         }
     }
 }
@@ -141,7 +163,7 @@ async fn issue(
     let (row, _) = state
         .issuance
         .submit(NewIssuance {
-            source: client.id.clone(),
+            source: IssuanceSource::Client(client.id.clone()),
             idempotency_key: key,
             email,
             issuer_did: req.issuer_did,
@@ -195,7 +217,11 @@ async fn status(
     super::check_client_rate(&state, &client)?;
     let reply = state
         .issuance
-        .status(&hash, q.email.as_deref(), &client.id)
+        .status(
+            &hash,
+            q.email.as_deref(),
+            &IssuanceSource::Client(client.id.clone()),
+        )
         .await
         .map_err(|e| match e {
             StatusError::NotConfigured(m) => ApiError::unavailable(m, 60),
@@ -209,26 +235,27 @@ async fn status(
             StatusError::Transport(_) => ApiError::unavailable(e.to_string(), 5),
             StatusError::Store(e) => ApiError::internal(&e),
         })?;
-    let message = || {
-        format!(
+    if reply.status == 200 {
+        return Ok((StatusCode::OK, Json(reply.body)).into_response());
+    }
+    let fault = fault_for(Some(reply.status));
+    let message = match fault {
+        // AIR's own words say which hash it does not know; its issue-time fix would mislead.
+        AirFault::NotFound => reply.message(),
+        AirFault::Validation
+        | AirFault::TokenRejected
+        | AirFault::Forbidden
+        | AirFault::Conflict
+        | AirFault::RateLimited
+        | AirFault::BadGateway => format!(
             "AIR Kit answered {}: {}. Fix: {}",
             reply.status,
             reply.message(),
             crate::airkit::hint::for_status(reply.status)
-        )
+        ),
     };
-    Ok(match reply.status {
-        200 => (StatusCode::OK, Json(reply.body.clone())).into_response(),
-        404 => ApiError::not_found(reply.message()).into_response(),
-        400 => ApiError::bad_value(message()).into_response(),
-        401 => ApiError::with_status(StatusCode::BAD_GATEWAY, "UNAUTHORIZED", message())
-            .into_response(),
-        403 => ApiError::forbidden(message()).into_response(),
-        429 => ApiError::too_many_requests(message(), reply.retry_after.map_or(1, |d| d.as_secs()))
-            .into_response(),
-        _ => ApiError::with_status(StatusCode::BAD_GATEWAY, "INTERNAL_ERROR", message())
-            .into_response(),
-    })
+    let retry_after = reply.retry_after.map_or(1, |d| d.as_secs());
+    Err(air_error(fault, message, retry_after))
 }
 
 async fn one(
@@ -237,10 +264,49 @@ async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<IssuanceView>, ApiError> {
     match state.issuance.get(&id).await {
-        Ok(Some(row)) if row.source == client.id => Ok(Json(IssuanceView::from(&row))),
+        Ok(Some(issuance)) if issuance.source == IssuanceSource::Client(client.id.clone()) => {
+            Ok(Json(IssuanceView::from(&issuance)))
+        }
         Ok(_) => Err(ApiError::not_found(format!(
             "no issuance {id:?} of this client"
         ))),
         Err(e) => Err(ApiError::internal(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuance::policy::fault_for;
+
+    #[test]
+    fn each_air_kit_status_has_one_keyhost_answer() {
+        let cases = [
+            (400, 400, "VALIDATION_ERROR"),
+            (401, 502, "UNAUTHORIZED"),
+            (403, 403, "PERMISSIONS_ERROR"),
+            (404, 404, "NOT_FOUND"),
+            (409, 409, "CONFLICT"),
+            (429, 429, "TOO_MANY_REQUESTS"),
+            (408, 502, "INTERNAL_ERROR"),
+            (422, 502, "INTERNAL_ERROR"),
+            (500, 502, "INTERNAL_ERROR"),
+            (503, 502, "INTERNAL_ERROR"),
+        ];
+        for (air, status, identifier) in cases {
+            let e = air_error(fault_for(Some(air)), "m".into(), 7);
+            assert_eq!(
+                (e.status().as_u16(), e.identifier()),
+                (status, identifier),
+                "{air}"
+            );
+        }
+        let e = air_error(fault_for(None), "m".into(), 7);
+        assert_eq!(
+            (e.status().as_u16(), e.identifier()),
+            (502, "INTERNAL_ERROR")
+        );
+        let limited = air_error(fault_for(Some(429)), "m".into(), 7).into_response();
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "7");
     }
 }

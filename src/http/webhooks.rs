@@ -35,7 +35,7 @@ use super::extract::{RawBody, parse_json_object};
 use super::issuance::issuance_response;
 use crate::clock::rfc3339;
 use crate::email::Email;
-use crate::issuance::{NewIssuance, WaitFor};
+use crate::issuance::{IssuanceSource, NewIssuance, WaitFor, Webhook};
 use crate::kyc::{IdenfyAnswer, IdenfyDelivery};
 
 /// Webhook routes.
@@ -237,7 +237,7 @@ async fn kyc_complete(
     let (row, _) = state
         .issuance
         .submit(NewIssuance {
-            source: "webhook:kyc".into(),
+            source: IssuanceSource::Webhook(Webhook::KycComplete),
             idempotency_key: Some(idempotency_key),
             email,
             issuer_did: None,

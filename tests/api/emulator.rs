@@ -83,7 +83,14 @@ fn issue_body() -> Value {
 
 impl Emu {
     async fn start(args: EmulatorArgs) -> Self {
-        let emulator = Emulator::bind(args).await.expect("emulator binds");
+        Self::start_with_clock(args, Arc::new(keyhost::clock::SystemClock)).await
+    }
+
+    /// An emulator whose time (latency, JWKS cache age, on-chain delay) is read from `clock`.
+    async fn start_with_clock(args: EmulatorArgs, clock: Arc<dyn keyhost::clock::Clock>) -> Self {
+        let emulator = Emulator::bind_with_clock(args, clock)
+            .await
+            .expect("emulator binds");
         let base = emulator.base_url();
         assert!(base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"));
         assert_eq!(
@@ -129,10 +136,12 @@ impl Emu {
     }
 }
 
-/// A keyhost, an emulator verifying against its JWKS, and an API key allowed both scopes.
+/// A keyhost, an emulator verifying against its JWKS, and an API key allowed both scopes. The
+/// emulator's time (on-chain delay, JWKS cache age, latency) moves only with `clock`.
 struct Env {
     app: TestApp,
     emu: Emu,
+    clock: Arc<ManualClock>,
     key: String,
 }
 
@@ -154,9 +163,15 @@ async fn env_with(tweak: impl FnOnce(&mut EmulatorArgs)) -> Env {
     let app = spawn_app_at_wall_clock().await;
     let mut args = args_for(&app);
     tweak(&mut args);
-    let emu = Emu::start(args).await;
+    let clock = ManualClock::starting_now();
+    let emu = Emu::start_with_clock(args, clock.clone()).await;
     let (_, key) = app.create_client(&["issue", "issue on-behalf"]).await;
-    Env { app, emu, key }
+    Env {
+        app,
+        emu,
+        clock,
+        key,
+    }
 }
 
 impl Env {
@@ -230,21 +245,6 @@ fn unsigned(header: Value, payload: Value, signature: &[u8]) -> String {
 
 fn kid_of(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
-}
-
-/// Polls the status until `ONCHAIN`, failing after two seconds.
-async fn wait_onchain(emu: &Emu, token: &str, hash: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let status = emu.status(token, hash).await;
-        assert_eq!(status.status, 200, "{}", status.body);
-        if status.body["vcStatus"] == "ONCHAIN" {
-            return status.body;
-        }
-        assert_eq!(status.body["vcStatus"], "WAIT_ONCHAIN");
-        assert!(Instant::now() < deadline, "never went on chain");
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
 }
 
 /// A JWKS server in front of keyhost's: relays its JWKS with a chosen `Cache-Control`, after
@@ -337,7 +337,11 @@ async fn an_issued_credential_waits_on_chain_and_then_is_onchain_with_the_seed_s
         json!({"coreClaimHash": hash, "vcStatus": "WAIT_ONCHAIN"})
     );
 
-    let onchain = wait_onchain(&env.emu, &token, hash).await;
+    // The on-chain delay (200 ms) passes on the emulator's clock.
+    env.clock.advance(1);
+    let onchain = env.emu.status(&token, hash).await;
+    assert_eq!(onchain.status, 200, "{}", onchain.body);
+    let onchain = onchain.body;
     let fields: Vec<_> = onchain.as_object().unwrap().keys().cloned().collect();
     assert_eq!(
         fields,
@@ -369,8 +373,7 @@ async fn an_issued_credential_waits_on_chain_and_then_is_onchain_with_the_seed_s
         )]
     );
     let counts = env.emu.control.status_counts();
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), [200]);
-    assert!(counts[&200] >= 3);
+    assert_eq!(counts.into_iter().collect::<Vec<_>>(), [(200, 3)]);
 }
 
 #[tokio::test]
@@ -621,7 +624,8 @@ async fn a_stale_jwks_is_refetched_on_the_next_request_and_the_new_kid_then_veri
     let relay = relay(&app, "public, max-age=1", Duration::ZERO).await;
     let mut args = args_for(&app);
     args.jwks_url = relay.url.clone();
-    let emu = Emu::start(args).await;
+    let emu_clock = ManualClock::starting_now();
+    let emu = Emu::start_with_clock(args, emu_clock.clone()).await;
     let (_, key) = app.create_client(&["issue"]).await;
     let mint = |email: &'static str| {
         let app = &app;
@@ -649,7 +653,8 @@ async fn a_stale_jwks_is_refetched_on_the_next_request_and_the_new_kid_then_veri
         1,
         "no refetch while fresh"
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The copy turns stale once a second has passed on the emulator's clock.
+    emu_clock.advance(1);
     assert_eq!(emu.issue(&token, issue_body()).await.status, 200);
     assert_eq!(relay.fetches.load(Ordering::SeqCst), 2);
 }
@@ -1062,17 +1067,36 @@ async fn the_rate_limit_is_per_partner_and_answers_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn added_latency_delays_every_api_answer() {
-    let env = env().await;
-    let token = env.token("u@example.com", "ES256").await;
-    env.emu.control.set_latency(Duration::from_millis(150));
-    let started = Instant::now();
-    assert_eq!(env.emu.issue(&token, issue_body()).await.status, 200);
-    assert!(started.elapsed() >= Duration::from_millis(150));
-    env.emu.control.set_latency(Duration::ZERO);
-    let started = Instant::now();
-    env.emu.status(&token, "abc").await;
-    assert!(started.elapsed() < Duration::from_millis(150));
+async fn added_latency_delays_every_api_answer_on_the_emulators_clock() {
+    let app = spawn_app_at_wall_clock().await;
+    let clock = ManualClock::starting_now();
+    let emu = Arc::new(Emu::start_with_clock(args_for(&app), clock.clone()).await);
+    let (_, key) = app.create_client(&["issue"]).await;
+    let token = app.mint_ok(&key, json!({"email": "u@example.com"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    emu.control.set_latency(Duration::from_secs(3600));
+    let issuing = {
+        let (emu, token) = (emu.clone(), token.clone());
+        tokio::spawn(async move { emu.issue(&token, issue_body()).await.status })
+    };
+    crate::helpers::eventually(Duration::from_secs(10), "the request waits", || async {
+        clock.sleepers() == 1
+    })
+    .await;
+    assert!(!issuing.is_finished());
+    clock.advance(3599);
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(clock.sleepers(), 1, "an hour has not passed");
+    clock.advance(1);
+    assert_eq!(issuing.await.unwrap(), 200);
+    // Without latency nothing waits: the answer comes with the clock standing still.
+    emu.control.set_latency(Duration::ZERO);
+    assert_eq!(emu.status(&token, "abc").await.status, 404);
+    assert_eq!(clock.sleepers(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

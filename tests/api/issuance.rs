@@ -1,13 +1,18 @@
 //! The issuance proxy end to end: keyhost on loopback, talking to the AIR Kit emulator on
 //! loopback, which verifies keyhost's tokens against keyhost's JWKS with its own code.
 
+use std::collections::VecDeque;
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyhost::clock::ManualClock;
+use keyhost::airkit::{AirKit, BoxFuture, Reply, TransportError};
+use keyhost::clock::{Clock, ManualClock, SystemClock};
 use keyhost::config::Config;
 use keyhost::emulator::{Emulator, EmulatorArgs, EmulatorControl};
+use keyhost::issuance::{
+    IssuanceService, IssuanceSettings, IssuanceSource, IssuanceState, NewIssuance, WaitFor,
+};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -33,6 +38,15 @@ pub fn free_port() -> u16 {
 }
 
 pub async fn start_emulator(jwks_port: u16, tweak: impl FnOnce(&mut EmulatorArgs)) -> Upstream {
+    start_emulator_on(jwks_port, Arc::new(SystemClock), tweak).await
+}
+
+/// An emulator whose time (latency, JWKS cache age, on-chain delay) is read from `clock`.
+pub async fn start_emulator_on(
+    jwks_port: u16,
+    clock: Arc<dyn Clock>,
+    tweak: impl FnOnce(&mut EmulatorArgs),
+) -> Upstream {
     let mut args = EmulatorArgs::new(
         format!("http://127.0.0.1:{jwks_port}/.well-known/jwks.json"),
         PARTNER_ID,
@@ -43,7 +57,9 @@ pub async fn start_emulator(jwks_port: u16, tweak: impl FnOnce(&mut EmulatorArgs
     args.forbidden_credential_ids = vec!["forbidden-program".into()];
     args.consent_rejected = vec!["refuser@example.com".into()];
     tweak(&mut args);
-    let emulator = Emulator::bind(args).await.expect("emulator binds");
+    let emulator = Emulator::bind_with_clock(args, clock)
+        .await
+        .expect("emulator binds");
     let (control, base_url) = (emulator.control(), emulator.base_url());
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(emulator.run_until(async move {
@@ -77,8 +93,17 @@ pub async fn spawn_issuing(
     tweak_emulator: impl FnOnce(&mut EmulatorArgs),
     tweak_config: impl FnOnce(&mut Config),
 ) -> (TestApp, Upstream, String) {
+    spawn_issuing_on(Arc::new(SystemClock), tweak_emulator, tweak_config).await
+}
+
+/// [`spawn_issuing`], with the emulator's time read from `emulator_clock`.
+pub async fn spawn_issuing_on(
+    emulator_clock: Arc<dyn Clock>,
+    tweak_emulator: impl FnOnce(&mut EmulatorArgs),
+    tweak_config: impl FnOnce(&mut Config),
+) -> (TestApp, Upstream, String) {
     let port = free_port();
-    let upstream = start_emulator(port, tweak_emulator).await;
+    let upstream = start_emulator_on(port, emulator_clock, tweak_emulator).await;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = issuing_config(dir.path(), port, &upstream.base_url);
     tweak_config(&mut config);
@@ -315,30 +340,29 @@ async fn bursts_of_429_and_500_are_retried_until_the_issuance_succeeds() {
             |_| {},
         )
         .await;
-        let control = upstream.control.clone();
-        // The burst ends after three refusals.
-        tokio::spawn(async move {
+        let (control, clock) = (upstream.control.clone(), app.clock.clone());
+        // The burst ends after three refusals. The emulator sends Retry-After: 1 with each 429:
+        // once keyhost waits for it (beside the request waiting for the answer), a second
+        // passes on keyhost's clock.
+        let driver = tokio::spawn(async move {
+            let mut advanced_for = 0;
             loop {
-                if control.status_counts().get(&code).copied().unwrap_or(0) >= 3 {
+                let refused = control.status_counts().get(&code).copied().unwrap_or(0);
+                if refused >= 3 {
                     control.set_fail_rate_429(0.0);
                     control.set_fail_rate_500(0.0);
-                    return;
+                }
+                if code == 429 && refused > advanced_for && clock.sleepers() >= 2 {
+                    advanced_for = refused;
+                    clock.advance(1);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
-        let started = std::time::Instant::now();
         let (status, body) = issue_for(&app, &key, "u@example.com").await;
+        driver.abort();
         assert_eq!(status, 200, "{code}: {body}");
         assert_eq!(body["state"], "submitted");
-        if code == 429 {
-            // The emulator sends Retry-After: 1 with each 429; three of them cost three seconds.
-            assert!(
-                started.elapsed() >= Duration::from_secs(3),
-                "{:?}",
-                started.elapsed()
-            );
-        }
         assert!(body["attempts"].as_u64().unwrap() >= 4, "{body}");
         assert_eq!(upstream.control.issue_calls().len(), 1, "issued once");
     }
@@ -370,6 +394,14 @@ async fn an_outage_longer_than_the_retry_budget_parks_the_issuance_and_loses_not
         .await;
     assert_eq!(res.status(), 200);
     until_state(&app, &id, "onchain").await;
+    let audit: Value = app.admin_json("/admin/audit").await;
+    let resumes: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "issuance.resume" && e["subject"] == id.as_str())
+        .collect();
+    assert_eq!(resumes.len(), 1, "{audit}");
     let res = app
         .admin_post(&format!("/admin/issuances/{id}/resume"), json!({}))
         .await;
@@ -456,8 +488,10 @@ async fn without_an_air_kit_url_the_proxy_explains_how_to_configure_it() {
 #[tokio::test]
 async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_lead_prevents_it() {
     // The emulator caches keyhost's JWKS for its max-age (2 s here), as AIR Kit does; keyhost
-    // publishes each key that long before it signs.
-    let (app, upstream, key) = spawn_issuing(
+    // publishes each key that long before it signs. Each has its own clock.
+    let emulator_clock = ManualClock::starting_now();
+    let (app, upstream, key) = spawn_issuing_on(
+        emulator_clock.clone(),
         |_| {},
         |c| {
             c.jwks_max_age = Duration::from_secs(2);
@@ -478,7 +512,7 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
         .unwrap()
         .to_owned();
     // Past max-age the emulator refetches the JWKS during the lead: it now holds the successor.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    emulator_clock.advance(3);
     let (status, _) = issue(&app, &key, ok.clone()).await;
     assert_eq!(status, 200, "still signed by the old key");
     // The lead ends (keyhost's clock) while the emulator's fresh cache has not expired: the
@@ -488,7 +522,9 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
     let (status, body) = issue(&app, &key, ok.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(upstream.control.status_counts().get(&401), None);
-    // Let the status polls of those issuances end, so that the only call below is the issue.
+    // Let the status polls of those issuances end, so that the only call below is the issue (the
+    // emulator's copy of the JWKS stays fresh).
+    emulator_clock.advance(1);
     let listed: Value = app.admin_json("/admin/issuances").await;
     for row in listed["issuances"].as_array().unwrap() {
         until_state(&app, row["issuanceId"].as_str().unwrap(), "onchain").await;
@@ -565,14 +601,14 @@ async fn a_400_from_air_kit_is_a_validation_error_with_the_schema_fix() {
             airkit: Some(Arc::new(RefusesWith400)),
             skew: app.state.clock_skew.clone(),
         },
-        app.state.live.clone(),
+        app.state.minter.clone(),
         app.state.clock.clone(),
         Arc::new(keyhost::metrics::Metrics::default()),
         settings,
     );
     let (row, created) = service
         .submit(keyhost::issuance::NewIssuance {
-            source: "test".into(),
+            source: keyhost::issuance::IssuanceSource::Client("test".into()),
             idempotency_key: None,
             email: "u@example.com".into(),
             issuer_did: None,
@@ -591,7 +627,7 @@ async fn a_400_from_air_kit_is_a_validation_error_with_the_schema_fix() {
         )
         .await
         .unwrap();
-    assert_eq!(row.state, "failed");
+    assert_eq!(row.state, keyhost::issuance::IssuanceState::Failed);
     assert_eq!(row.attempts, 1, "never retried");
     let message = row.last_error.clone().unwrap();
     assert!(
@@ -832,11 +868,25 @@ async fn a_client_cannot_read_another_clients_issuance() {
     assert_eq!(answer["identifier"], "NOT_FOUND");
 }
 
+/// Waits until `n` sleeps wait on `clock`.
+pub async fn until_sleeping(clock: &ManualClock, n: usize) {
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "nothing waits on the clock",
+        || async { clock.sleepers() >= n },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_credential_not_onchain_by_the_poll_deadline_is_unconfirmed_and_can_be_resumed() {
+    // One poll fits in the deadline: 10 s after AIR accepted it.
     let (app, _upstream, key) = spawn_issuing(
         |e| e.onchain_delay = Duration::from_secs(3600),
-        |c| c.airkit_poll_deadline = Duration::from_secs(5),
+        |c| {
+            c.airkit_poll_interval = Duration::from_secs(10);
+            c.airkit_poll_deadline = Duration::from_secs(5);
+        },
     )
     .await;
     let (status, body) = issue_for(&app, &key, "u@example.com").await;
@@ -844,7 +894,8 @@ async fn a_credential_not_onchain_by_the_poll_deadline_is_unconfirmed_and_can_be
     assert_eq!(body["state"], "submitted");
     let id = body["issuanceId"].as_str().unwrap().to_owned();
 
-    app.clock.advance(6);
+    until_sleeping(&app.clock, 1).await;
+    app.clock.advance(10);
     let row = until_state(&app, &id, "unconfirmed").await;
     let error = row["lastError"].as_str().unwrap();
     assert!(error.contains("resume"), "{row}");
@@ -877,4 +928,395 @@ async fn an_integer_beyond_64_bits_in_the_subject_is_refused_rather_than_rounded
     assert!(upstream.control.issue_calls().is_empty());
     let listed: Value = app.admin_json("/admin/issuances").await;
     assert!(listed["issuances"].as_array().unwrap().is_empty());
+}
+
+/// Posts `body`, written exactly as given, with `Idempotency-Key: key`.
+async fn issue_raw(app: &TestApp, key: &str, idempotency_key: &str, body: &str) -> (u16, Value) {
+    let res = app
+        .http
+        .post(format!("{}/v1/credentials/issue-on-behalf", app.internal))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", idempotency_key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_replay_with_members_in_another_order_is_the_same_request() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let first = r#"{"email": "u@example.com", "credentialSubject": {"age": 25, "isMember": true,
+        "address": {"city": "Paris", "country": "FR"}, "badges": [{"name": "a", "level": 1}]}}"#;
+    let (status, original) = issue_raw(&app, &key, "reordered", first).await;
+    assert_eq!(status, 200, "{original}");
+    // The same request: members reordered at the top, in the subject, in a nested object and
+    // in an object inside an array.
+    for replay in [
+        r#"{"credentialSubject": {"age": 25, "isMember": true, "address": {"city": "Paris",
+            "country": "FR"}, "badges": [{"name": "a", "level": 1}]}, "email": "u@example.com"}"#,
+        r#"{"email": "u@example.com", "credentialSubject": {"isMember": true, "age": 25,
+            "address": {"city": "Paris", "country": "FR"}, "badges": [{"name": "a", "level": 1}]}}"#,
+        r#"{"email": "u@example.com", "credentialSubject": {"badges": [{"level": 1, "name": "a"}],
+            "address": {"country": "FR", "city": "Paris"}, "isMember": true, "age": 25}}"#,
+    ] {
+        let (status, again) = issue_raw(&app, &key, "reordered", replay).await;
+        assert_eq!(status, 200, "{replay}: {again}");
+        assert_eq!(again["issuanceId"], original["issuanceId"], "{replay}");
+    }
+    // Arrays are ordered, and values count: those are other requests.
+    for other in [
+        r#"{"email": "u@example.com", "credentialSubject": {"age": 25, "isMember": true,
+            "address": {"city": "Paris", "country": "FR"}, "badges": [{"name": "a", "level": 2}]}}"#,
+        r#"{"email": "u@example.com", "credentialSubject": {"age": 25, "isMember": true,
+            "address": {"city": "Lyon", "country": "FR"}, "badges": [{"name": "a", "level": 1}]}}"#,
+    ] {
+        let (status, conflict) = issue_raw(&app, &key, "reordered", other).await;
+        assert_eq!(status, 409, "{other}: {conflict}");
+        assert_eq!(conflict["identifier"], "CONFLICT");
+    }
+    assert_eq!(upstream.control.issue_calls().len(), 1, "issued once");
+}
+
+#[tokio::test]
+async fn a_replay_of_a_request_recorded_before_the_hash_was_canonical_still_matches() {
+    let (app, upstream, key) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = r#"{"email": "u@example.com", "credentialSubject": {"isMember": true, "age": 25}}"#;
+    let (status, original) = issue_raw(&app, &key, "before-upgrade", body).await;
+    assert_eq!(status, 200, "{original}");
+    let id = original["issuanceId"].as_str().unwrap().to_owned();
+    // The row as an earlier keyhost wrote it: the hash of the request as written, and a MAC
+    // over that.
+    let written = json!({
+        "email": "u@example.com", "issuerDid": ISSUER, "credentialId": PROGRAM,
+        "credentialSubject": {"isMember": true, "age": 25}, "onDuplicate": "revoke",
+    });
+    let legacy = hex::encode(keyhost::auth::sha256(written.to_string().as_bytes()));
+    let auth = app.state.row_auth.clone();
+    let mut row = app
+        .state
+        .store
+        .blocking_read(|tx| keyhost::store::issuances::get(tx, &id))
+        .unwrap()
+        .unwrap();
+    assert_ne!(row.request_hash, legacy, "new rows hold the canonical hash");
+    row.request_hash = legacy.clone();
+    let mac = auth.issuance_mac(&row);
+    rusqlite::Connection::open(app.dir.path().join("data/keyhost.db"))
+        .unwrap()
+        .execute(
+            "UPDATE issuances SET request_hash = ?2, mac = ?3 WHERE id = ?1",
+            rusqlite::params![id, legacy, mac],
+        )
+        .unwrap();
+
+    let (status, again) = issue_raw(&app, &key, "before-upgrade", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["issuanceId"], id.as_str());
+    let (status, _) = issue_raw(
+        &app,
+        &key,
+        "before-upgrade",
+        r#"{"email": "u@example.com", "credentialSubject": {"isMember": false, "age": 25}}"#,
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(upstream.control.issue_calls().len(), 1, "issued once");
+}
+
+/// AIR Kit answering from a script: each issue request takes the next scripted answer (then
+/// accepts), each status poll answers `WAIT_ONCHAIN`; every call is logged with the time on
+/// keyhost's clock.
+struct Scripted {
+    clock: Arc<ManualClock>,
+    answers: Mutex<VecDeque<Reply>>,
+    issues: Mutex<Vec<i64>>,
+    polls: Mutex<Vec<i64>>,
+}
+
+impl Scripted {
+    fn new(clock: Arc<ManualClock>, answers: impl IntoIterator<Item = Reply>) -> Arc<Self> {
+        Arc::new(Self {
+            clock,
+            answers: Mutex::new(answers.into_iter().collect()),
+            issues: Mutex::new(Vec::new()),
+            polls: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// When keyhost asked to issue.
+    fn issues(&self) -> Vec<i64> {
+        self.issues.lock().unwrap().clone()
+    }
+
+    /// When keyhost polled the status.
+    fn polls(&self) -> Vec<i64> {
+        self.polls.lock().unwrap().clone()
+    }
+}
+
+fn reply(status: u16, body: Value, retry_after: Option<u64>) -> Reply {
+    Reply {
+        status,
+        body,
+        retry_after: retry_after.map(Duration::from_secs),
+        date: None,
+    }
+}
+
+impl AirKit for Scripted {
+    fn issue_on_behalf<'a>(
+        &'a self,
+        _token: &'a str,
+        _body: &'a Value,
+    ) -> BoxFuture<'a, Result<Reply, TransportError>> {
+        self.issues.lock().unwrap().push(self.clock.now());
+        let answer = self.answers.lock().unwrap().pop_front().unwrap_or_else(|| {
+            reply(
+                200,
+                json!({"coreClaimHash": "c0ffee", "userUuid": "u", "credentialId": PROGRAM}),
+                None,
+            )
+        });
+        Box::pin(async move { Ok(answer) })
+    }
+
+    fn status<'a>(
+        &'a self,
+        _token: &'a str,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<Reply, TransportError>> {
+        self.polls.lock().unwrap().push(self.clock.now());
+        let answer = reply(
+            200,
+            json!({"coreClaimHash": hash, "vcStatus": "WAIT_ONCHAIN"}),
+            None,
+        );
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+/// An issuance service of `app` (its store, keys and clock) sending to `airkit`.
+fn service_of(
+    app: &TestApp,
+    airkit: Arc<Scripted>,
+    tweak: impl FnOnce(&mut IssuanceSettings),
+) -> Arc<IssuanceService> {
+    let mut settings = app.state.issuance.settings().clone();
+    settings.issuer_did = Some(ISSUER.into());
+    settings.credential_id = Some(PROGRAM.into());
+    settings.poll_interval = Duration::from_secs(3600);
+    settings.poll_deadline = Duration::from_secs(3600);
+    tweak(&mut settings);
+    IssuanceService::new(
+        app.state.store.clone(),
+        app.state.row_auth.clone(),
+        keyhost::issuance::Upstream {
+            airkit: Some(airkit),
+            skew: app.state.clock_skew.clone(),
+        },
+        app.state.minter.clone(),
+        app.state.clock.clone(),
+        Arc::new(keyhost::metrics::Metrics::default()),
+        settings,
+    )
+}
+
+fn new_issuance() -> NewIssuance {
+    NewIssuance {
+        source: IssuanceSource::Client("scripted".into()),
+        idempotency_key: None,
+        email: "u@example.com".into(),
+        issuer_did: None,
+        credential_id: None,
+        credential_subject: subject(),
+        on_duplicate: None,
+    }
+}
+
+/// Lets the tasks that an advance of the clock woke run (the test runtime has one thread).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Waits until `airkit` was asked to issue `n` times and the worker waits again.
+async fn until_issued(app: &TestApp, airkit: &Scripted, n: usize) {
+    crate::helpers::eventually(Duration::from_secs(10), "no further attempt", || async {
+        airkit.issues().len() >= n && app.clock.sleepers() >= 1
+    })
+    .await;
+    assert_eq!(airkit.issues().len(), n);
+}
+
+#[tokio::test]
+async fn a_retry_after_from_air_kit_is_waited_for_on_keyhosts_clock() {
+    let app = crate::helpers::spawn_app().await;
+    let airkit = Scripted::new(
+        app.clock.clone(),
+        [reply(429, json!({"error": 429}), Some(120))],
+    );
+    let service = service_of(&app, airkit.clone(), |s| {
+        s.backoff = Duration::from_secs(1);
+        s.backoff_max = Duration::from_secs(2);
+    });
+    let t0 = app.now();
+    let (issuance, _) = service.submit(new_issuance()).await.unwrap();
+    until_issued(&app, &airkit, 1).await;
+    let waiting = service.get(&issuance.id).await.unwrap().unwrap();
+    assert_eq!(waiting.state, IssuanceState::Queued);
+    assert_eq!(waiting.last_status, Some(429));
+    assert_eq!(
+        waiting.next_attempt_at,
+        Some(t0 + 120),
+        "Retry-After, not the backoff"
+    );
+
+    app.clock.advance(119);
+    settle().await;
+    assert_eq!(airkit.issues(), [t0], "not retried before Retry-After");
+    app.clock.advance(1);
+    let done = service
+        .wait(&issuance.id, WaitFor::Answer, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.state, IssuanceState::Submitted);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(airkit.issues(), [t0, t0 + 120]);
+}
+
+#[tokio::test]
+async fn retries_back_off_exponentially_with_jitter_on_keyhosts_clock() {
+    let app = crate::helpers::spawn_app().await;
+    let failure = || reply(500, json!({"error": 500}), None);
+    let airkit = Scripted::new(app.clock.clone(), [failure(), failure(), failure()]);
+    let service = service_of(&app, airkit.clone(), |s| {
+        s.backoff = Duration::from_secs(10);
+        s.backoff_max = Duration::from_secs(15);
+        s.max_attempts = 6;
+    });
+    let t0 = app.now();
+    let (issuance, _) = service.submit(new_issuance()).await.unwrap();
+    // After each failure: 10 s doubling, capped at 15 s, half of it jittered.
+    let mut at = t0;
+    for (attempt, (low, high)) in [(5, 10), (7, 15), (7, 15)].into_iter().enumerate() {
+        until_issued(&app, &airkit, attempt + 1).await;
+        let waiting = service.get(&issuance.id).await.unwrap().unwrap();
+        let delay = waiting.next_attempt_at.unwrap() - at;
+        assert!(
+            (low..=high).contains(&delay),
+            "attempt {attempt}: {delay} s"
+        );
+        app.clock.advance(low - 1);
+        settle().await;
+        assert_eq!(airkit.issues().len(), attempt + 1, "retried too early");
+        app.clock.advance(high - low + 1);
+        at += high;
+    }
+    let done = service
+        .wait(&issuance.id, WaitFor::Answer, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.state, IssuanceState::Submitted);
+    assert_eq!(done.attempts, 4);
+    assert_eq!(airkit.issues(), [t0, t0 + 10, t0 + 25, t0 + 40]);
+}
+
+#[tokio::test]
+async fn status_polls_follow_the_schedule_on_keyhosts_clock_and_stop_at_the_deadline() {
+    let app = crate::helpers::spawn_app().await;
+    let airkit = Scripted::new(app.clock.clone(), []);
+    // Polls 10 s, 20 s and 30 s (capped) apart: three fit in a minute.
+    let service = service_of(&app, airkit.clone(), |s| {
+        s.poll_interval = Duration::from_secs(10);
+        s.poll_deadline = Duration::from_secs(60);
+    });
+    let t0 = app.now();
+    let (issuance, _) = service.submit(new_issuance()).await.unwrap();
+    for (n, gap) in [10, 20, 30].into_iter().enumerate() {
+        crate::helpers::eventually(Duration::from_secs(10), "no poll scheduled", || async {
+            airkit.polls().len() == n && app.clock.sleepers() >= 1
+        })
+        .await;
+        app.clock.advance(gap - 1);
+        settle().await;
+        assert_eq!(airkit.polls().len(), n, "polled too early");
+        app.clock.advance(1);
+    }
+    let done = service
+        .wait(&issuance.id, WaitFor::Onchain, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.state, IssuanceState::Unconfirmed);
+    assert_eq!(done.vc_status.as_deref(), Some("WAIT_ONCHAIN"));
+    assert_eq!(airkit.polls(), [t0 + 10, t0 + 30, t0 + 60]);
+    assert_eq!(app.clock.sleepers(), 0, "no further poll");
+
+    // Resumed, it is followed again from the first interval, and the resume is audited.
+    let resumed = service.resume(&issuance.id, "test-admin").await.unwrap();
+    assert_eq!(resumed.unwrap().state, IssuanceState::Submitted);
+    until_sleeping(&app.clock, 1).await;
+    app.clock.advance(10);
+    crate::helpers::eventually(Duration::from_secs(10), "not polled again", || async {
+        airkit.polls().len() == 4
+    })
+    .await;
+    let audit: Value = app.admin_json("/admin/audit").await;
+    let entry = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "issuance.resume")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["subject"], issuance.id.as_str(), "{audit}");
+    assert_eq!(entry["actor"], "test-admin");
+}
+
+#[tokio::test]
+async fn an_issuance_still_retrying_when_the_wait_ends_is_answered_202_on_keyhosts_clock() {
+    let (app, upstream, key) = spawn_issuing(
+        |e| e.fail_rate_500 = 1.0,
+        |c| {
+            c.airkit_wait = Duration::from_secs(30);
+            c.airkit_backoff = Duration::from_secs(3600);
+            c.airkit_backoff_max = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    let request = {
+        let (http, url) = (app.http.clone(), app.internal.clone());
+        tokio::spawn(async move {
+            let res = http
+                .post(format!("{url}/v1/credentials/issue-on-behalf"))
+                .bearer_auth(key)
+                .json(&json!({"email": "u@example.com", "credentialSubject": subject()}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        })
+    };
+    // The request waits for an answer while the issuance waits for its next attempt.
+    until_sleeping(&app.clock, 2).await;
+    assert_eq!(upstream.control.status_counts().get(&500), Some(&1));
+    app.clock.advance(29);
+    settle().await;
+    assert!(
+        !request.is_finished(),
+        "answered before KEYHOST_AIRKIT_WAIT"
+    );
+    app.clock.advance(1);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("answered once the wait ended on keyhost's clock")
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "queued");
+    assert_eq!(body["attempts"], 1);
 }

@@ -194,3 +194,123 @@ async fn a_second_server_reaching_the_same_database_by_another_path_refuses_to_s
         "{err:#}"
     );
 }
+
+/// The columns of `issuances`, each as SQL quotes it (so that the type a value is stored as
+/// shows), with its rowid, row by row.
+fn issuance_rows(db: &rusqlite::Connection) -> Vec<String> {
+    let columns = "rowid, id, source, idempotency_key, request_hash, email, issuer_did, \
+        credential_id, credential_subject, on_duplicate, state, attempts, next_attempt_at, \
+        core_claim_hash, user_uuid, duplicate, vc_status, vc_id, issuance_date, polls, \
+        last_status, last_error, created_at, updated_at, submitted_at, completed_at, mac";
+    let quoted: Vec<String> = columns
+        .split(", ")
+        .map(|c| format!("quote({})", c.trim()))
+        .collect();
+    let mut stmt = db
+        .prepare(&format!(
+            "SELECT {} FROM issuances ORDER BY rowid",
+            quoted.join(" || ' ' || ")
+        ))
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unknown_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyhost.db");
+    // A store as keyhost's schema v4 left it.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    for file in [
+        "0001_initial.sql",
+        "0002_issuance.sql",
+        "0003_kyc_repeats.sql",
+        "0004_integrity_and_served_time.sql",
+    ] {
+        let sql =
+            std::fs::read_to_string(format!("{}/migrations/{file}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        db.execute_batch(&sql).unwrap();
+    }
+    db.pragma_update(None, "user_version", 4).unwrap();
+    db.execute_batch(
+        "INSERT INTO issuances (rowid, id, source, idempotency_key, request_hash, email, issuer_did,
+             credential_id, credential_subject, on_duplicate, state, attempts, next_attempt_at,
+             core_claim_hash, user_uuid, duplicate, vc_status, vc_id, issuance_date, polls,
+             last_status, last_error, created_at, updated_at, submitted_at, completed_at, mac)
+         VALUES
+         (7, 'iss_a', '0123456789abcdef', 'order-1', 'aa', 'u@example.com', 'did:x', 'p',
+          '{\"name\":\"Zoë ✓\",\"age\":25}', 'revoke', 'onchain', 1, NULL, 'hash-a', 'uuid', 0,
+          'ONCHAIN', 'vc', '2026-01-19 07:18:45', 3, 200, NULL, 1800000000, 1800000010,
+          1800000001, 1800000010, X'00FF10'),
+         (42, 'iss_b', 'webhook:idenfy', 'scan-1', 'bb', 'v@example.com', 'did:x', 'p',
+          '{\"kycVerified\":true}', 'ignore', 'queued', 0, 1.5, NULL, NULL, 1, NULL, NULL, NULL,
+          0, NULL, 'AIR Kit answered 503', 1800000100, 1800000100, NULL, NULL, NULL),
+         (43, 'iss_c', 'webhook:kyc', NULL, 'cc', 'w@example.com', 'did:x', 'p', '{}',
+          'revoke', 'stalled', 6, 'soon', NULL, NULL, 0, NULL, NULL, NULL, 0, 429, '', 0, 0, NULL,
+          NULL, X'');
+         INSERT INTO kyc_events (provider, scan_ref, outcome, issuance_id, received_at)
+         VALUES ('idenfy', 'scan-1', 'queued', 'iss_b', 1800000100);",
+    )
+    .unwrap();
+    let before = issuance_rows(&db);
+    assert_eq!(before.len(), 3);
+    drop(db);
+
+    drop(keyhost::store::Store::open(&path).expect("migrates"));
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 5);
+    assert_eq!(
+        issuance_rows(&db),
+        before,
+        "values, types and rowids unchanged"
+    );
+    let referenced: String = db
+        .query_row(
+            "SELECT \"table\" FROM pragma_foreign_key_list('kyc_events')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(referenced, "issuances");
+    let issuance: String = db
+        .query_row("SELECT issuance_id FROM kyc_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(issuance, "iss_b");
+    let mut indexes: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' AND sql IS NOT NULL ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        ["issuances_hash", "issuances_idempotency", "issuances_state"]
+    );
+    let insert = |id: &str, source: &str| {
+        db.execute(
+            "INSERT INTO issuances (id, source, request_hash, email, issuer_did, credential_id,
+                 credential_subject, on_duplicate, state, created_at, updated_at)
+             VALUES (?1, ?2, 'h', 'e', 'd', 'c', '{}', 'revoke', 'queued', 0, 0)",
+            [id, source],
+        )
+    };
+    for source in ["webhook:stripe", "webhook:", "webhook:KYC", ""] {
+        let refused = insert("iss_bad", source).expect_err(source);
+        assert!(
+            refused.to_string().contains("CHECK"),
+            "{source:?}: {refused}"
+        );
+    }
+    insert("iss_ok", "fedcba9876543210").unwrap();
+    insert("iss_kyc", "webhook:kyc").unwrap();
+}

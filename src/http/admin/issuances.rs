@@ -9,7 +9,6 @@ use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{AdminAuth, QueryParams};
 use crate::issuance::IssuanceView;
-use crate::store;
 
 pub(super) async fn list(
     _: AdminAuth,
@@ -17,17 +16,20 @@ pub(super) async fn list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit_of(&q)?;
-    if let Some(s) = &q.state
-        && !crate::issuance::state::ALL.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_value(format!(
-            "state must be one of {}",
-            crate::issuance::state::ALL.join(", ")
-        )));
-    }
+    let wanted = q
+        .state
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| {
+            ApiError::bad_value(format!(
+                "state must be one of {}",
+                crate::issuance::state::ALL.join(", ")
+            ))
+        })?;
     let rows = state
         .issuance
-        .list(q.state, limit)
+        .list(wanted, limit)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let views: Vec<IssuanceView> = rows.iter().map(IssuanceView::from).collect();
@@ -51,17 +53,8 @@ pub(super) async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<IssuanceView>, ApiError> {
-    match state.issuance.resume(&id).await {
-        Ok(Some(row)) => {
-            let (store, now) = (state.store.clone(), state.clock.now());
-            let subject = row.id.clone();
-            store
-                .write(move |tx| {
-                    store::audit::record(tx, now, ACTOR, "issuance.resume", &subject, &json!({}))
-                })
-                .await?;
-            Ok(Json(IssuanceView::from(&row)))
-        }
+    match state.issuance.resume(&id, ACTOR).await {
+        Ok(Some(issuance)) => Ok(Json(IssuanceView::from(&issuance))),
         Ok(None) => Err(ApiError::not_found(format!("no issuance {id:?}"))),
         Err(crate::issuance::IssuanceError::Invalid(m)) => Err(ApiError::conflict(m)),
         Err(e) => Err(e.into()),
