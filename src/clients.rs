@@ -117,7 +117,7 @@ impl ClientService {
         }
         let mut unique: Vec<String> = Vec::new();
         for s in scopes {
-            validate_scope(s).map_err(ClientError::Invalid)?;
+            validate_scope(s).map_err(|e| ClientError::Invalid(e.to_string()))?;
             if !unique.contains(s) {
                 unique.push(s.clone());
             }

@@ -58,16 +58,18 @@ impl Outcome {
     }
 }
 
+/// A name that is no outcome keyhost records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("outcome must be one of queued, unmatched, ignored, duplicate, not {0:?}")]
+pub struct UnknownOutcome(pub String);
+
 impl std::str::FromStr for Outcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownOutcome;
+    fn from_str(s: &str) -> Result<Self, UnknownOutcome> {
         Outcome::ALL
             .into_iter()
             .find(|o| o.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
-                format!("outcome must be one of {}", names.join(", "))
-            })
+            .ok_or_else(|| UnknownOutcome(s.to_owned()))
     }
 }
 

@@ -58,8 +58,8 @@ impl ApiError {
     }
 
     /// 400 `BAD_VALUE`: a parameter has an invalid value or type.
-    pub fn bad_value(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BAD_VALUE", message)
+    pub fn bad_value(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BAD_VALUE", message.to_string())
     }
     /// 400 `MISSING_VALUE`: a required parameter is absent.
     pub fn missing_value(message: impl Into<String>) -> Self {

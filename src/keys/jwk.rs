@@ -40,15 +40,18 @@ impl fmt::Display for Alg {
     }
 }
 
+/// A name that is not an algorithm AIR Kit accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported algorithm {0:?}: AIR Kit accepts ES256 and RS256")]
+pub struct UnsupportedAlg(pub String);
+
 impl FromStr for Alg {
-    type Err = String;
+    type Err = UnsupportedAlg;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "ES256" => Ok(Alg::ES256),
             "RS256" => Ok(Alg::RS256),
-            other => Err(format!(
-                "unsupported algorithm {other:?}: AIR Kit accepts ES256 and RS256"
-            )),
+            other => Err(UnsupportedAlg(other.to_owned())),
         }
     }
 }

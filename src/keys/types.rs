@@ -46,8 +46,13 @@ impl KeyState {
     }
 }
 
+/// A name that is no key state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown key state {0:?}")]
+pub struct UnknownKeyState(pub String);
+
 impl FromStr for KeyState {
-    type Err = String;
+    type Err = UnknownKeyState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "pending" => KeyState::Pending,
@@ -55,7 +60,7 @@ impl FromStr for KeyState {
             "retired" => KeyState::Retired,
             "expired" => KeyState::Expired,
             "revoked" => KeyState::Revoked,
-            other => return Err(format!("unknown key state {other:?}")),
+            other => return Err(UnknownKeyState(other.to_owned())),
         })
     }
 }

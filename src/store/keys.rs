@@ -74,9 +74,13 @@ pub struct SealedKey {
     pub master_key_id: String,
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(s: String) -> Result<T, rusqlite::Error> {
-    s.parse().map_err(|e: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+fn parse<T>(s: String) -> Result<T, rusqlite::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    s.parse().map_err(|e: T::Err| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 

@@ -48,6 +48,16 @@ pub fn open_files_limit() -> Option<u64> {
     }
 }
 
+/// An open-files limit too low to serve at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the open-files limit is {0}, which leaves no room for connections after the \
+     {RESERVED_FILES} keyhost keeps for itself; raise it (ulimit -n, systemd LimitNOFILE) to at \
+     least {at_least}",
+    at_least = RESERVED_FILES + 256
+)]
+pub struct TooFewFiles(pub u64);
+
 /// The connection limits of the public and internal listeners once fitted under `open_files`
 /// (less [`RESERVED_FILES`]): unchanged if both fit; otherwise the internal listener keeps at
 /// least a quarter of the budget and the public one the rest, so that neither can exhaust the
@@ -56,18 +66,13 @@ pub fn fit_connection_limits(
     public: usize,
     internal: usize,
     open_files: Option<u64>,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), TooFewFiles> {
     let Some(open_files) = open_files else {
         return Ok((public, internal));
     };
     let budget = open_files.saturating_sub(RESERVED_FILES);
     if budget < MIN_BUDGET {
-        return Err(format!(
-            "the open-files limit is {open_files}, which leaves no room for connections after \
-             the {RESERVED_FILES} keyhost keeps for itself; raise it (ulimit -n, systemd \
-             LimitNOFILE) to at least {}",
-            RESERVED_FILES + 256
-        ));
+        return Err(TooFewFiles(open_files));
     }
     let budget = usize::try_from(budget).unwrap_or(usize::MAX);
     if public.saturating_add(internal) <= budget {
