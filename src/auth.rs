@@ -277,7 +277,8 @@ impl AdminToken {
                 }
                 _ => tracing::error!(
                     "the stored admin token hash fails its integrity check (it was not written by \
-                     keyhost): it is ignored; the token in {} is used, or a new one is generated there",
+                     keyhost): it is ignored; the token in {} is used, or a new one is generated \
+                     there",
                     keys_dir.join(ADMIN_TOKEN_FILE).display()
                 ),
             }
@@ -319,7 +320,8 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
 pub enum AdminTokenError {
     /// A configured token that is too easy to guess.
     #[error(
-        "KEYHOST_ADMIN_TOKEN must be at least 16 characters (use e.g. `head -c 32 /dev/urandom | base64`)"
+        "KEYHOST_ADMIN_TOKEN must be at least 16 characters (use e.g. `head -c 32 /dev/urandom | \
+         base64`)"
     )]
     TooShort,
     /// The token file could not be written or read.

@@ -225,8 +225,8 @@ impl ClockSkew {
                     skew_seconds = skew,
                     limit = self.limit,
                     suppressed,
-                    "keyhost's clock differs from AIR Kit's: tokens will arrive expired or not yet \
-                     valid; synchronise this host's clock (NTP)"
+                    "keyhost's clock differs from AIR Kit's: tokens will arrive expired or not \
+                     yet valid; synchronise this host's clock (NTP)"
                 );
             }
         }

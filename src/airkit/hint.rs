@@ -5,34 +5,36 @@
 pub fn for_status(status: u16) -> &'static str {
     match status {
         400 => {
-            "missing or invalid request fields: verify that issuerDid, credentialId and credentialSubject \
-                match your schema, that required fields are present and that types are correct"
+            "missing or invalid request fields: verify that issuerDid, credentialId and \
+             credentialSubject match your schema, that required fields are present and that types \
+             are correct"
         }
         401 => {
-            "AIR Kit rejected the Partner JWT: check that your JWKS URL is publicly reachable over HTTPS and \
-                lists the kid keyhost signs with (keyhost publishes keys KEYHOST_PUBLISH_LEAD before use; an \
-                emergency rotation skips that), that the server clock is synchronised (NTP; exp), and that \
-                partnerId and scope match your AIR Kit account (KEYHOST_PARTNER_ID, KEYHOST_ISSUE_SCOPE); \
-                keyhost always sets typ: \"JWT\""
+            "AIR Kit rejected the Partner JWT: check that your JWKS URL is publicly reachable over \
+             HTTPS and lists the kid keyhost signs with (keyhost publishes keys \
+             KEYHOST_PUBLISH_LEAD before use; an emergency rotation skips that), that the server \
+             clock is synchronised (NTP; exp), and that partnerId and scope match your AIR Kit \
+             account (KEYHOST_PARTNER_ID, KEYHOST_ISSUE_SCOPE); keyhost always sets typ: \"JWT\""
         }
         403 => {
-            "feature not enabled or schema not allowed: confirm that Issue on Behalf is enabled for your partner \
-                account in the Developer Dashboard and that your issuerDid owns the schema"
+            "feature not enabled or schema not allowed: confirm that Issue on Behalf is enabled \
+             for your partner account in the Developer Dashboard and that your issuerDid owns the \
+             schema"
         }
         404 => {
             "unknown issuer DID or program ID: double-check issuerDid and credentialId \
-                (KEYHOST_ISSUER_DID, KEYHOST_CREDENTIAL_ID) against the Developer Dashboard"
+             (KEYHOST_ISSUER_DID, KEYHOST_CREDENTIAL_ID) against the Developer Dashboard"
         }
         409 => {
-            "the user has denied consent for credentials issued on their behalf, or a duplicate credential exists \
-                with onDuplicate: \"ignore\""
+            "the user has denied consent for credentials issued on their behalf, or a duplicate \
+             credential exists with onDuplicate: \"ignore\""
         }
         429 => {
             "rate limited: keyhost backs off and retries; lower the request rate if this persists"
         }
         s if s >= 500 => {
-            "server-side failure: keyhost retries with exponential backoff; if it persists, check the \
-                          Moca Network status page or contact support"
+            "server-side failure: keyhost retries with exponential backoff; if it persists, check \
+             the Moca Network status page or contact support"
         }
         _ => "unexpected answer from AIR Kit; check KEYHOST_AIRKIT_BASE_URL",
     }

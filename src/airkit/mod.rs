@@ -72,8 +72,8 @@ pub enum TransportError {
     /// The answer's body is larger than [`MAX_ANSWER_BYTES`]; it was not read to the end.
     #[error(
         "the answer (HTTP {status}) was refused: {reason}. AIR Kit's answers are small JSON; \
-         check that KEYHOST_AIRKIT_BASE_URL points at AIR Kit's API and that no proxy answers \
-         in its place"
+         check that KEYHOST_AIRKIT_BASE_URL points at AIR Kit's API and that no proxy answers in \
+         its place"
     )]
     TooLarge {
         /// The status of the refused answer.

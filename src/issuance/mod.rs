@@ -243,7 +243,8 @@ impl IssuanceService {
     fn airkit(&self) -> Result<&Arc<dyn AirKit>, IssuanceError> {
         self.airkit.as_ref().ok_or_else(|| {
             IssuanceError::NotConfigured(
-                "issuance is not configured: set KEYHOST_AIRKIT_ENV=sandbox|production or KEYHOST_AIRKIT_BASE_URL"
+                "issuance is not configured: set KEYHOST_AIRKIT_ENV=sandbox|production or \
+                 KEYHOST_AIRKIT_BASE_URL"
                     .into(),
             )
         })

@@ -16,7 +16,8 @@ pub enum StatusError {
     NotConfigured(String),
     /// keyhost did not issue this hash and no email was given.
     #[error(
-        "this client has no issuance with this coreClaimHash through keyhost; pass email= to check it anyway"
+        "this client has no issuance with this coreClaimHash through keyhost; pass email= to \
+         check it anyway"
     )]
     UnknownHash,
     /// No token could be minted.

@@ -208,7 +208,8 @@ impl IssuanceService {
             Some((Err(e), _)) if e.is_transient() => {
                 issuance.last_status = None;
                 issuance.last_error = Some(format!(
-                    "AIR Kit unreachable: {e}. Fix: check KEYHOST_AIRKIT_BASE_URL and the network; keyhost retries"
+                    "AIR Kit unreachable: {e}. Fix: check KEYHOST_AIRKIT_BASE_URL and the \
+                     network; keyhost retries"
                 ));
             }
             Some((Err(e), _)) => {
@@ -234,8 +235,8 @@ impl IssuanceService {
             issuance.state = IssuanceState::Stalled;
             issuance.next_attempt_at = None;
             issuance.last_error = Some(format!(
-                "{why}; the issuance is recorded: an admin resumes it with \
-                 POST /admin/issuances/{}/resume (sending the request again without the same \
+                "{why}; the issuance is recorded: an admin resumes it with POST \
+                 /admin/issuances/{}/resume (sending the request again without the same \
                  Idempotency-Key would start a second issuance). Last error: {}",
                 issuance.id,
                 issuance.last_error.as_deref().unwrap_or("none")
@@ -318,7 +319,8 @@ impl IssuanceService {
             issuance.next_attempt_at = None;
             issuance.completed_at = Some(now);
             issuance.last_error = Some(format!(
-                "not ONCHAIN {} after AIR Kit accepted it; resume with POST /admin/issuances/{}/resume. Last: {}",
+                "not ONCHAIN {} after AIR Kit accepted it; resume with POST \
+                 /admin/issuances/{}/resume. Last: {}",
                 humantime::format_duration(self.settings.poll_deadline),
                 issuance.id,
                 issuance.last_error.as_deref().unwrap_or("WAIT_ONCHAIN")

@@ -45,7 +45,8 @@ impl fmt::Debug for MasterKey {
 pub enum MasterKeyError {
     /// The configured value is not base64 of 32 bytes.
     #[error(
-        "{0} must hold the base64 encoding of exactly 32 random bytes (generate one with: head -c 32 /dev/urandom | base64)"
+        "{0} must hold the base64 encoding of exactly 32 random bytes (generate one with: head -c \
+         32 /dev/urandom | base64)"
     )]
     Malformed(String),
     /// Reading or creating the file failed.
@@ -53,7 +54,9 @@ pub enum MasterKeyError {
     Io(&'static str, PathBuf, std::io::Error),
     /// The store holds keys sealed under a master key that is not available.
     #[error(
-        "the store holds keys sealed under master key {expected}, but {found}; refusing to start. Restore the original master key (KEYHOST_MASTER_KEY or {file}); keyhost never replaces keys it cannot open"
+        "the store holds keys sealed under master key {expected}, but {found}; refusing to start. \
+         Restore the original master key (KEYHOST_MASTER_KEY or {file}); keyhost never replaces \
+         keys it cannot open"
     )]
     Mismatch {
         /// Id recorded in the store.

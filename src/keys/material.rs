@@ -128,17 +128,20 @@ pub enum KeyMaterialError {
 pub enum ImportError {
     /// Not PEM at all.
     #[error(
-        "no PEM block found; expected -----BEGIN PRIVATE KEY----- (PKCS#8), -----BEGIN RSA PRIVATE KEY----- (PKCS#1) or -----BEGIN EC PRIVATE KEY----- (SEC1)"
+        "no PEM block found; expected -----BEGIN PRIVATE KEY----- (PKCS#8), -----BEGIN RSA \
+         PRIVATE KEY----- (PKCS#1) or -----BEGIN EC PRIVATE KEY----- (SEC1)"
     )]
     NotPem,
     /// A passphrase-protected key.
     #[error(
-        "the key is encrypted; decrypt it first (openssl pkcs8 -in key.pem -out plain.pem) and import the plain key over a secure channel"
+        "the key is encrypted; decrypt it first (openssl pkcs8 -in key.pem -out plain.pem) and \
+         import the plain key over a secure channel"
     )]
     Encrypted,
     /// A public key or certificate instead of a private key.
     #[error(
-        "found a {0} block; import needs the private key, from which keyhost derives the public one"
+        "found a {0} block; import needs the private key, from which keyhost derives the public \
+         one"
     )]
     NotPrivate(String),
     /// Several private keys in one file.
@@ -267,7 +270,8 @@ pub fn import_pem(text: &str) -> Result<KeyMaterial, ImportError> {
                             }
                             (_, "WrongAlgorithm") | ("WrongAlgorithm", _) => {
                                 ImportError::Unsupported(
-                                    "the key is neither RSA nor EC P-256 (Ed25519, P-384, DSA … are not accepted)",
+                                    "the key is neither RSA nor EC P-256 (Ed25519, P-384, DSA … \
+                                     are not accepted)",
                                 )
                             }
                             (_, other) => ImportError::Malformed(tag, other),

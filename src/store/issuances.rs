@@ -64,10 +64,11 @@ pub struct IssuanceRow {
     pub mac: Option<Vec<u8>>,
 }
 
-const COLUMNS: &str = "id, source, idempotency_key, request_hash, email, issuer_did, credential_id, \
-    credential_subject, on_duplicate, state, attempts, next_attempt_at, core_claim_hash, user_uuid, \
-    duplicate, vc_status, vc_id, issuance_date, polls, last_status, last_error, created_at, updated_at, \
-    submitted_at, completed_at, mac";
+const COLUMNS: &str = "id, source, idempotency_key, request_hash, email, issuer_did, \
+                       credential_id, credential_subject, on_duplicate, state, attempts, \
+                       next_attempt_at, core_claim_hash, user_uuid, duplicate, vc_status, vc_id, \
+                       issuance_date, polls, last_status, last_error, created_at, updated_at, \
+                       submitted_at, completed_at, mac";
 
 fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
     let subject: String = r.get(7)?;
@@ -106,7 +107,10 @@ fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
 pub fn insert(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
     let conn = tx.sql();
     conn.execute(
-        &format!("INSERT INTO issuances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"),
+        &format!(
+            "INSERT INTO issuances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+             ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
+        ),
         params![
             i.id,
             i.source,
@@ -144,9 +148,12 @@ pub fn insert(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
 pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
     let conn = tx.sql();
     conn.execute(
-        "UPDATE issuances SET state = ?2, attempts = ?3, next_attempt_at = ?4, core_claim_hash = ?5,
-             user_uuid = ?6, duplicate = ?7, vc_status = ?8, vc_id = ?9, issuance_date = ?10, polls = ?11,
-             last_status = ?12, last_error = ?13, updated_at = ?14, submitted_at = ?15, completed_at = ?16
+        "UPDATE issuances SET state = ?2, attempts = ?3, next_attempt_at = ?4, core_claim_hash = \
+         ?5,
+             user_uuid = ?6, duplicate = ?7, vc_status = ?8, vc_id = ?9, issuance_date = ?10, \
+         polls = ?11,
+             last_status = ?12, last_error = ?13, updated_at = ?14, submitted_at = ?15, \
+         completed_at = ?16
          WHERE id = ?1",
         params![
             i.id,
@@ -207,7 +214,8 @@ pub fn by_core_claim_hash(tx: &Tx<'_>, hash: &str) -> Result<Option<IssuanceRow>
     Ok(conn
         .query_row(
             &format!(
-                "SELECT {COLUMNS} FROM issuances WHERE core_claim_hash = ?1 ORDER BY created_at DESC LIMIT 1"
+                "SELECT {COLUMNS} FROM issuances WHERE core_claim_hash = ?1 ORDER BY created_at \
+                 DESC LIMIT 1"
             ),
             [hash],
             row,
@@ -232,7 +240,8 @@ pub fn list(tx: &Tx<'_>, state: Option<&str>, limit: u32) -> Result<Rows<Issuanc
 pub fn unfinished(tx: &Tx<'_>) -> Result<Rows<IssuanceRow>, StoreError> {
     let conn = tx.sql();
     let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY created_at"
+        "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY \
+         created_at"
     ))?;
     read_rows(&mut stmt, [], row)
 }

@@ -9,8 +9,8 @@ use crate::keys::types::{Alg, KeyRecord, KeyState, Origin};
 
 const COLUMNS: &str = "id, kid, alg, state, origin, bits, public_jwk, created_at, published_at, \
                        signable_at, activated_at, retired_at, expires_at, revoked_at, \
-                       lead_remaining, grace_remaining, master_key_id, mac, \
-                       private_key_enc IS NOT NULL, last_exp";
+                       lead_remaining, grace_remaining, master_key_id, mac, private_key_enc IS \
+                       NOT NULL, last_exp";
 
 /// A key row as stored: the record, the master key that sealed it and its MAC (both checked by
 /// the service, never here).
@@ -197,7 +197,8 @@ pub fn sealed(tx: &Tx<'_>, states: &[KeyState]) -> Result<Vec<SealedKey>, StoreE
 pub fn insert(tx: &Tx<'_>, k: &NewKey<'_>) -> Result<i64, StoreError> {
     let conn = tx.sql();
     conn.execute(
-        "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc, master_key_id,
+        "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc, \
+         master_key_id,
                            created_at, published_at, signable_at, activated_at, lead_remaining)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
@@ -290,7 +291,8 @@ pub fn expire(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
 pub fn revoke(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
     let conn = tx.sql();
     let n = conn.execute(
-        "UPDATE keys SET state = 'revoked', revoked_at = ?2, private_key_enc = NULL, destroyed_at = ?2
+        "UPDATE keys SET state = 'revoked', revoked_at = ?2, private_key_enc = NULL, destroyed_at \
+         = ?2
          WHERE id = ?1 AND state IN ('pending', 'active', 'retired')",
         params![id, now],
     )?;

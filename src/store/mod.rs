@@ -58,7 +58,8 @@ pub enum StoreError {
     Interrupted(String),
     /// The database was written by a newer keyhost.
     #[error(
-        "the database at {path} has schema version {found}, newer than this keyhost knows ({known}); run a newer keyhost"
+        "the database at {path} has schema version {found}, newer than this keyhost knows \
+         ({known}); run a newer keyhost"
     )]
     TooNew {
         /// Database file.

@@ -57,7 +57,8 @@ async fn an_endless_answer_is_refused_at_the_cap_long_before_the_timeout() {
         assert!(growth < 64 << 20, "resident memory grew by {growth} bytes");
     }
     eprintln!(
-        "endless AIR Kit answer: refused after {elapsed:?}, {served} bytes served, RSS growth {growth:?} bytes"
+        "endless AIR Kit answer: refused after {elapsed:?}, {served} bytes served, RSS growth \
+         {growth:?} bytes"
     );
 }
 

@@ -373,7 +373,8 @@ async fn an_endless_jwks_body_ends_the_check_at_the_cap_quickly_and_memory_stays
         assert!(growth < 64 << 20, "resident memory grew by {growth} bytes");
     }
     eprintln!(
-        "endless JWKS: stopped after {elapsed:?}, {served} bytes served, RSS growth {growth:?} bytes"
+        "endless JWKS: stopped after {elapsed:?}, {served} bytes served, RSS growth {growth:?} \
+         bytes"
     );
 }
 

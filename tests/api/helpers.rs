@@ -391,8 +391,8 @@ pub async fn endless_server(prefix: &'static str, filler: &'static str) -> Endle
                 if read_head(&stream).await.is_err() {
                     return;
                 }
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                            connection: close\r\n\r\n";
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: \
+                            close\r\n\r\n";
                 if write_all(&stream, head.as_bytes()).await.is_err()
                     || write_all(&stream, prefix.as_bytes()).await.is_err()
                 {

@@ -206,8 +206,9 @@ async fn a_body_that_never_ends_is_answered_408_and_its_connection_closed() {
         for _ in 0..5 {
             let mut conn = TcpStream::connect(addr(&app.internal)).await.unwrap();
             let head = format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\
-                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"email\": "
+                "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \
+                 {bearer}\r\nContent-Type: application/json\r\nContent-Length: \
+                 1000\r\n\r\n{{\"email\": "
             );
             conn.write_all(head.as_bytes()).await.unwrap();
             stalled.push((path, conn));
@@ -308,8 +309,8 @@ async fn stalled_bodies_cost_bounded_memory_and_time() {
     for _ in 0..150 {
         let mut conn = TcpStream::connect(addr(&process.internal)).await.unwrap();
         let head = format!(
-            "POST /admin/clients HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-             Content-Type: application/json\r\nContent-Length: 65536\r\n\r\n"
+            "POST /admin/clients HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \
+             {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n"
         );
         conn.write_all(head.as_bytes()).await.unwrap();
         conn.write_all(&vec![b' '; 60_000]).await.unwrap();

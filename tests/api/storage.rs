@@ -63,7 +63,10 @@ async fn the_database_never_holds_a_private_key_in_the_clear() {
     let master = MasterKey::from_base64(&master, "test").unwrap();
     let db = rusqlite::Connection::open(app.dir.path().join("data/keyhost.db")).unwrap();
     let mut stmt = db
-        .prepare("SELECT alg, kid, created_at, private_key_enc FROM keys WHERE private_key_enc IS NOT NULL")
+        .prepare(
+            "SELECT alg, kid, created_at, private_key_enc FROM keys WHERE private_key_enc IS NOT \
+             NULL",
+        )
         .unwrap();
     let sealed: Vec<(String, String, i64, Vec<u8>)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -199,9 +202,10 @@ async fn a_second_server_reaching_the_same_database_by_another_path_refuses_to_s
 /// shows), with its rowid, row by row.
 fn issuance_rows(db: &rusqlite::Connection) -> Vec<String> {
     let columns = "rowid, id, source, idempotency_key, request_hash, email, issuer_did, \
-        credential_id, credential_subject, on_duplicate, state, attempts, next_attempt_at, \
-        core_claim_hash, user_uuid, duplicate, vc_status, vc_id, issuance_date, polls, \
-        last_status, last_error, created_at, updated_at, submitted_at, completed_at, mac";
+                   credential_id, credential_subject, on_duplicate, state, attempts, \
+                   next_attempt_at, core_claim_hash, user_uuid, duplicate, vc_status, vc_id, \
+                   issuance_date, polls, last_status, last_error, created_at, updated_at, \
+                   submitted_at, completed_at, mac";
     let quoted: Vec<String> = columns
         .split(", ")
         .map(|c| format!("quote({})", c.trim()))
@@ -237,7 +241,8 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
     }
     db.pragma_update(None, "user_version", 4).unwrap();
     db.execute_batch(
-        "INSERT INTO issuances (rowid, id, source, idempotency_key, request_hash, email, issuer_did,
+        "INSERT INTO issuances (rowid, id, source, idempotency_key, request_hash, email, \
+         issuer_did,
              credential_id, credential_subject, on_duplicate, state, attempts, next_attempt_at,
              core_claim_hash, user_uuid, duplicate, vc_status, vc_id, issuance_date, polls,
              last_status, last_error, created_at, updated_at, submitted_at, completed_at, mac)
@@ -285,7 +290,10 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
         .unwrap();
     assert_eq!(issuance, "iss_b");
     let mut indexes: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' AND sql IS NOT NULL ORDER BY name")
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' AND \
+             sql IS NOT NULL ORDER BY name",
+        )
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()

@@ -214,10 +214,11 @@ impl Open {
 
     /// The connection to shed for a newcomer: one of the source holding the most connections
     /// (so that one source sheds its own and not a stranger's); among those, one older than
-    /// [`YOUNG`] if there is one, silent before idle before still sending a body, the oldest
-    /// first; among young ones simply the oldest (a connection a few milliseconds old has not
-    /// had the time to say anything, so its silence says nothing). Never one whose request is
-    /// being handled.
+    /// [`YOUNG`] if there is one; either way silent before idle before still sending a body,
+    /// the oldest first. Among young ones that order protects the connection that has spoken
+    /// (a verifier's TLS hello arrives within milliseconds) from a churn of silent ones, which
+    /// would otherwise make it the oldest and shed it before it could be answered. Never one
+    /// whose request is being handled.
     fn victim(&self) -> Option<u64> {
         self.conns
             .iter()
@@ -228,7 +229,7 @@ impl Open {
                 (
                     std::cmp::Reverse(self.per_source.get(&e.source).copied().unwrap_or(0)),
                     young,
-                    if young { Activity::Silent } else { *activity },
+                    *activity,
                     *id,
                 )
             })
@@ -452,5 +453,27 @@ mod tests {
         drop((v1, a, n1, n2, n3, n4));
         assert_eq!(limiter.len(), 0);
         assert!(limiter.lock().per_source.is_empty());
+    }
+
+    #[test]
+    fn a_young_connection_that_has_spoken_outlives_a_churn_of_silent_young_ones() {
+        let limiter = Limiter::new(4);
+        let everyone = ip("127.0.0.1");
+        let open = |id: u64| limiter.lock().conns.contains_key(&id);
+        // The verifier connects first and sends its TLS hello; then a flood from the same
+        // address keeps the listener full of connections that never speak.
+        let verifier = admitted(limiter.admit(everyone)).unwrap();
+        verifier.state.spoke.store(true, Ordering::Relaxed);
+        let mut flood: Vec<Slot> = (0..3)
+            .map(|_| admitted(limiter.admit(everyone)).unwrap())
+            .collect();
+        for _ in 0..100 {
+            flood.push(admitted(limiter.admit(everyone)).unwrap());
+            assert!(
+                open(verifier.id),
+                "the verifier, though the oldest, is never shed"
+            );
+        }
+        assert_eq!(limiter.len(), 4);
     }
 }

@@ -65,7 +65,8 @@ impl KeyService {
         .map_err(|e| {
             if e.is_constraint() {
                 KeyError::Conflict(format!(
-                    "kid {kid:?} already names a published key; choose another kid or wait until that key has expired"
+                    "kid {kid:?} already names a published key; choose another kid or wait until \
+                     that key has expired"
                 ))
             } else {
                 e.into()
@@ -90,79 +91,92 @@ impl KeyService {
     pub fn rotate(&self, alg: Alg, emergency: bool, actor: &str) -> Result<Rotated, KeyError> {
         self.require_enabled(alg)?;
         let m = material::generate(alg, self.policy.rsa_bits)?;
-        self.store.blocking_write(|tx| {
-            let now = self.clock.now();
-            let keys = self.trusted(store::keys::list(tx)?);
-            let of_alg = |s: KeyState| keys.iter().filter(move |k| k.alg == alg && k.state == s);
-            let mut revoked = Vec::new();
-            let warning;
-            let state = if emergency {
-                for k in of_alg(KeyState::Active).chain(of_alg(KeyState::Pending)) {
-                    store::keys::revoke(tx, k.id, now)?;
-                    self.seal_row(tx, k.id)?;
-                    store::audit::record(
-                        tx,
-                        now,
-                        actor,
-                        "key.revoke",
-                        &k.kid,
-                        &json!({"reason": "emergency rotation"}),
-                    )?;
-                    revoked.push(k.kid.clone());
+        self.store
+            .blocking_write(|tx| {
+                let now = self.clock.now();
+                let keys = self.trusted(store::keys::list(tx)?);
+                let of_alg =
+                    |s: KeyState| keys.iter().filter(move |k| k.alg == alg && k.state == s);
+                let mut revoked = Vec::new();
+                let warning;
+                let state = if emergency {
+                    for k in of_alg(KeyState::Active).chain(of_alg(KeyState::Pending)) {
+                        store::keys::revoke(tx, k.id, now)?;
+                        self.seal_row(tx, k.id)?;
+                        store::audit::record(
+                            tx,
+                            now,
+                            actor,
+                            "key.revoke",
+                            &k.kid,
+                            &json!({"reason": "emergency rotation"}),
+                        )?;
+                        revoked.push(k.kid.clone());
+                    }
+                    let retired: Vec<&str> =
+                        of_alg(KeyState::Retired).map(|k| k.kid.as_str()).collect();
+                    let mut w = format!(
+                        "emergency rotation: the new {alg} key signs at once, so verifiers \
+                         holding a cached JWKS (up to its max-age, or longer if they ignore it) \
+                         reject its tokens until they refresh; revoked: {}",
+                        if revoked.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            revoked.join(", ")
+                        }
+                    );
+                    if !retired.is_empty() {
+                        w.push_str(&format!(
+                            "; retired keys still published: {} (revoke them too if they may be \
+                             compromised)",
+                            retired.join(", ")
+                        ));
+                    }
+                    warning = Some(w);
+                    KeyState::Active
+                } else {
+                    if let Some(p) = of_alg(KeyState::Pending).next() {
+                        return Err(KeyError::Conflict(format!(
+                            "a successor {alg} key is already pending (kid {}, {}); retire or \
+                             revoke it first",
+                            p.kid,
+                            p.signable_at
+                                .map(|t| format!("signs from {}", rfc3339(t)))
+                                .unwrap_or_else(|| "published when the server next runs".into())
+                        )));
+                    }
+                    warning = None;
+                    KeyState::Pending
+                };
+                if state == KeyState::Pending {
+                    // What was served up to now is counted first: the new key's lead starts now.
+                    self.count_served_before_a_start(tx, &keys)?;
                 }
-                let retired: Vec<&str> = of_alg(KeyState::Retired).map(|k| k.kid.as_str()).collect();
-                let mut w = format!(
-                    "emergency rotation: the new {alg} key signs at once, so verifiers holding a cached JWKS \
-                     (up to its max-age, or longer if they ignore it) reject its tokens until they refresh; \
-                     revoked: {}",
-                    if revoked.is_empty() { "none".to_owned() } else { revoked.join(", ") }
-                );
-                if !retired.is_empty() {
-                    w.push_str(&format!(
-                        "; retired keys still published: {} (revoke them too if they may be compromised)",
-                        retired.join(", ")
-                    ));
-                }
-                warning = Some(w);
-                KeyState::Active
-            } else {
-                if let Some(p) = of_alg(KeyState::Pending).next() {
-                    return Err(KeyError::Conflict(format!(
-                        "a successor {alg} key is already pending (kid {}, {}); retire or revoke it first",
-                        p.kid,
-                        p.signable_at
-                            .map(|t| format!("signs from {}", rfc3339(t)))
-                            .unwrap_or_else(|| "published when the server next runs".into())
-                    )));
-                }
-                warning = None;
-                KeyState::Pending
-            };
-            if state == KeyState::Pending {
-                // What was served up to now is counted first: the new key's lead starts now.
-                self.count_served_before_a_start(tx, &keys)?;
-            }
-            let signable_at = self.signable_at_of_new(state, now);
-            let key = self.insert(tx, &m, None, Origin::Generated, state, signable_at, now)?;
-            store::audit::record(
-                tx,
-                now,
-                actor,
-                if emergency { "key.rotate.emergency" } else { "key.rotate" },
-                &key.kid,
-                &json!({"alg": alg, "state": state}),
-            )?;
-            Ok(Rotated {
-                key,
-                revoked,
-                warning,
+                let signable_at = self.signable_at_of_new(state, now);
+                let key = self.insert(tx, &m, None, Origin::Generated, state, signable_at, now)?;
+                store::audit::record(
+                    tx,
+                    now,
+                    actor,
+                    if emergency {
+                        "key.rotate.emergency"
+                    } else {
+                        "key.rotate"
+                    },
+                    &key.kid,
+                    &json!({"alg": alg, "state": state}),
+                )?;
+                Ok(Rotated {
+                    key,
+                    revoked,
+                    warning,
+                })
             })
-        })
-        .inspect(|r| {
-            if !r.revoked.is_empty() {
-                self.scrub();
-            }
-        })
+            .inspect(|r| {
+                if !r.revoked.is_empty() {
+                    self.scrub();
+                }
+            })
     }
 
     /// The key named `kid` (the live one if any), with whether its row passes its integrity
@@ -202,8 +216,9 @@ impl KeyService {
                 KeyState::Pending => {}
                 KeyState::Active => {
                     return Err(KeyError::Conflict(format!(
-                        "{kid} is the active {} signing key; rotate instead (POST /admin/keys/rotate): its \
-                         successor takes over after the publish lead and it then retires by itself",
+                        "{kid} is the active {} signing key; rotate instead (POST \
+                         /admin/keys/rotate): its successor takes over after the publish lead and \
+                         it then retires by itself",
                         key.alg
                     )));
                 }
@@ -234,38 +249,39 @@ impl KeyService {
     /// Revokes a key in any live state: it leaves the JWKS now and its private key is destroyed.
     /// Returns a warning when that leaves its algorithm without a signing key.
     pub fn revoke(&self, kid: &str, actor: &str) -> Result<(KeyRecord, Option<String>), KeyError> {
-        self.store.blocking_write(|tx| {
-            let now = self.clock.now();
-            // A row failing its integrity check may be revoked (that is the remedy): revoking
-            // destroys what it holds and keeps it out of the JWKS for good.
-            let (key, trusted) = self.find(tx, kid)?;
-            if !key.state.is_live() {
-                return Err(KeyError::Conflict(format!(
-                    "{kid} is already {}",
-                    key.state.as_str()
-                )));
-            }
-            store::keys::revoke(tx, key.id, now)?;
-            store::audit::record(
-                tx,
-                now,
-                actor,
-                "key.revoke",
-                kid,
-                &json!({"was": key.state, "integrity": if trusted { "ok" } else { "failed" }}),
-            )?;
-            let warning = (trusted && key.state == KeyState::Active).then(|| {
-                format!(
-                    "{kid} was the active {alg} key: no {alg} token can be minted until a successor has been \
-                     published for the publish lead; if the key is compromised and you need {alg} now, use an \
-                     emergency rotation",
-                    alg = key.alg
-                )
-            });
-            let key = self.seal_row(tx, key.id)?;
-            Ok((key, warning))
-        })
-        .inspect(|_| self.scrub())
+        self.store
+            .blocking_write(|tx| {
+                let now = self.clock.now();
+                // A row failing its integrity check may be revoked (that is the remedy): revoking
+                // destroys what it holds and keeps it out of the JWKS for good.
+                let (key, trusted) = self.find(tx, kid)?;
+                if !key.state.is_live() {
+                    return Err(KeyError::Conflict(format!(
+                        "{kid} is already {}",
+                        key.state.as_str()
+                    )));
+                }
+                store::keys::revoke(tx, key.id, now)?;
+                store::audit::record(
+                    tx,
+                    now,
+                    actor,
+                    "key.revoke",
+                    kid,
+                    &json!({"was": key.state, "integrity": if trusted { "ok" } else { "failed" }}),
+                )?;
+                let warning = (trusted && key.state == KeyState::Active).then(|| {
+                    format!(
+                        "{kid} was the active {alg} key: no {alg} token can be minted until a \
+                         successor has been published for the publish lead; if the key is \
+                         compromised and you need {alg} now, use an emergency rotation",
+                        alg = key.alg
+                    )
+                });
+                let key = self.seal_row(tx, key.id)?;
+                Ok((key, warning))
+            })
+            .inspect(|_| self.scrub())
     }
 
     /// Imports a private key from PEM. In a store no server has served yet it is active at once
@@ -294,8 +310,8 @@ impl KeyService {
                     )
                 } else {
                     format!(
-                        "this key was already used as {} and is now {}; a key never comes back \
-                         (a revoked one may be compromised): generate a new key",
+                        "this key was already used as {} and is now {}; a key never comes back (a \
+                         revoked one may be compromised): generate a new key",
                         same.kid,
                         same.state.as_str()
                     )
