@@ -110,21 +110,6 @@ pub struct AppStateInner {
 /// Token requests per client id (GCRA, burst of the whole hourly quota).
 pub type ClientRateLimiter = governor::DefaultKeyedRateLimiter<String>;
 
-/// Runs blocking store work off the async workers.
-pub async fn blocking<T, E>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    E: Send + 'static,
-    ApiError: From<E>,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(ApiError::from)
-}
-
 /// Counts one Partner JWT request of `client` against `KEYHOST_CLIENT_RATE_LIMIT`: minting a
 /// token, or asking keyhost to call AIR Kit with one (issue, status). 429 with `Retry-After` when
 /// the hourly quota is spent.
