@@ -13,7 +13,9 @@ use serde_json::json;
 use crate::clock::{Clock, UnixTime, rfc3339};
 use crate::email::Email;
 use crate::integrity::RowAuth;
-use crate::issuance::{IssuanceError, IssuanceService, IssuanceSource, NewIssuance, Webhook};
+use crate::issuance::{
+    Issuance, IssuanceError, IssuanceService, IssuanceSource, NewIssuance, WaitFor, Webhook,
+};
 use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
 use crate::store::kyc::{KycEvent, NewKycEvent};
@@ -162,6 +164,20 @@ pub struct IdenfyDelivery {
     pub is_final: Option<bool>,
     /// `status.overall`.
     pub overall: Option<String>,
+}
+
+/// An authenticated, parsed kyc-complete delivery.
+#[derive(Debug, Clone)]
+pub struct KycCompleteDelivery {
+    /// SHA-256 of the signed text (`<t>.<raw body>`): the same bytes again are a replay.
+    pub signed_sha256: [u8; 32],
+    /// The signed `eventId`, or the decoded signature when there is none: one delivery, one
+    /// issuance.
+    pub idempotency_key: String,
+    /// The user.
+    pub email: Email,
+    /// `kycLevel` as sent.
+    pub kyc_level: serde_json::Value,
 }
 
 /// What the iDenfy workflow did with a delivery.
@@ -395,6 +411,80 @@ impl KycService {
             .unwrap_or(IdenfyAnswer::Queued {
                 issuance_id: row.id,
             }))
+    }
+
+    /// The kyc-complete workflow: starts the issuance of the delivery's subject (once per
+    /// `eventId`, or per signature when it has none), records the delivery beside iDenfy's
+    /// (identical bytes again are counted on their first row), and waits up to `wait` for AIR
+    /// Kit's answer.
+    pub async fn kyc_complete(
+        &self,
+        d: KycCompleteDelivery,
+        wait: Duration,
+    ) -> Result<Issuance, KycError> {
+        const PROVIDER: &str = "kyc-complete";
+        let now = self.clock.now();
+        let delivery = hex::encode(d.signed_sha256);
+        let replayed = {
+            let delivery = delivery.clone();
+            self.store
+                .write(move |tx| store::kyc::count_repeat(tx, PROVIDER, &delivery, now))
+                .await?
+        };
+        let (issuance, created) = self
+            .issuance
+            .submit(NewIssuance {
+                source: IssuanceSource::Webhook(Webhook::KycComplete),
+                idempotency_key: Some(d.idempotency_key.clone()),
+                email: d.email.into_string(),
+                issuer_did: None,
+                credential_id: None,
+                credential_subject: json!({
+                    "kycVerified": true,
+                    "kycLevel": d.kyc_level,
+                    "verifiedAt": rfc3339(now),
+                }),
+                on_duplicate: None,
+            })
+            .await?;
+        if replayed.is_none() {
+            let (key, issuance_id) = (d.idempotency_key, issuance.id.clone());
+            self.store
+                .write(move |tx| {
+                    let outcome = if created {
+                        Outcome::Queued
+                    } else {
+                        Outcome::Duplicate
+                    };
+                    let recorded = store::kyc::record(
+                        tx,
+                        &NewKycEvent {
+                            provider: PROVIDER,
+                            scan_ref: Some(&key),
+                            client_id: None,
+                            is_final: Some(true),
+                            status: None,
+                            outcome: outcome.as_str(),
+                            detail: None,
+                            issuance_id: Some(&issuance_id),
+                            delivery_hash: Some(&delivery),
+                        },
+                        now,
+                    );
+                    match recorded {
+                        // The same bytes, arriving twice at once: counted on the other's row.
+                        Err(e) if e.is_constraint() => {
+                            store::kyc::count_repeat(tx, PROVIDER, &delivery, now).map(|_| ())
+                        }
+                        other => other.map(|_| ()),
+                    }
+                })
+                .await?;
+        }
+        Ok(self
+            .issuance
+            .wait(&issuance.id, WaitFor::Answer, wait)
+            .await?)
     }
 
     /// The email of an iDenfy clientId: itself if it is one, else its mapping when that passes

@@ -35,8 +35,7 @@ use super::extract::{RawBody, parse_json_object};
 use super::issuance::issuance_response;
 use crate::clock::rfc3339;
 use crate::email::Email;
-use crate::issuance::{IssuanceSource, NewIssuance, WaitFor, Webhook};
-use crate::kyc::{IdenfyAnswer, IdenfyDelivery};
+use crate::kyc::{IdenfyAnswer, IdenfyDelivery, KycCompleteDelivery};
 
 /// Webhook routes.
 pub fn routes() -> Router<AppState> {
@@ -73,6 +72,15 @@ fn mac_matches(secret: &SecretString, t: Option<&str>, body: &[u8], mac: &Mac) -
     }
     ctx.update(body);
     bool::from(ctx.sign().as_ref().ct_eq(mac.as_slice()))
+}
+
+/// SHA-256 of the text a kyc-complete signature covers, `<t>.<raw body>`.
+fn signed_sha256(t: &str, body: &[u8]) -> [u8; 32] {
+    let mut signed = Vec::with_capacity(t.len() + 1 + body.len());
+    signed.extend_from_slice(t.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    crate::auth::sha256(&signed)
 }
 
 /// How far a kyc-complete delivery's `t` may be from keyhost's clock, either way, in seconds.
@@ -220,7 +228,7 @@ async fn kyc_complete(
     let email = req
         .user_email
         .ok_or_else(|| ApiError::missing_value("userEmail is required"))?;
-    Email::parse(&email)?;
+    let email = Email::parse(&email)?;
     let level = req
         .kyc_level
         .ok_or_else(|| ApiError::missing_value("kycLevel is required"))?;
@@ -234,24 +242,18 @@ async fn kyc_complete(
         // The decoded MAC, not its text: one delivery has one key however its hex is spelt.
         None => format!("sig:{}", hex::encode(signature.mac)),
     };
-    let (row, _) = state
-        .issuance
-        .submit(NewIssuance {
-            source: IssuanceSource::Webhook(Webhook::KycComplete),
-            idempotency_key: Some(idempotency_key),
-            email,
-            issuer_did: None,
-            credential_id: None,
-            credential_subject: json!({"kycVerified": true, "kycLevel": level, "verifiedAt": rfc3339(now)}),
-            on_duplicate: None,
-        })
-        .await
-        .map_err(ApiError::from)?;
     let row = state
-        .issuance
-        .wait(&row.id, WaitFor::Answer, state.config.airkit_wait)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .kyc
+        .kyc_complete(
+            KycCompleteDelivery {
+                signed_sha256: signed_sha256(signature.t, &body),
+                idempotency_key,
+                email,
+                kyc_level: level,
+            },
+            state.config.airkit_wait,
+        )
+        .await?;
     let mut res = issuance_response(&row);
     if res.status().is_success() {
         res = (

@@ -608,3 +608,50 @@ async fn kyc_events_give_their_times_in_rfc_3339_and_refuse_an_unknown_outcome()
         assert_eq!(listed["events"].as_array().unwrap().len(), expected);
     }
 }
+
+#[tokio::test]
+async fn kyc_complete_deliveries_are_listed_with_the_issuance_they_started_or_joined() {
+    let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let now = app.clock.now();
+    let body = kyc_body("kyc@example.com", Some("evt-7"));
+    let signed = kyc_signature(KYC_SECRET, now, &body);
+    // The delivery, the same bytes again, then the same event signed a second later.
+    for signature in [
+        signed.clone(),
+        signed,
+        kyc_signature(KYC_SECRET, now + 1, &body),
+    ] {
+        let (status, answer) = post_kyc(&app, &body, Some(signature), &[]).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(
+        upstream.control.issue_calls().len(),
+        1,
+        "one event, one issuance"
+    );
+    let events: Value = app.admin_json("/admin/kyc-events").await;
+    let events = events["events"].as_array().unwrap();
+    let kyc: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["provider"] == "kyc-complete")
+        .collect();
+    assert_eq!(kyc.len(), 2, "{events:?}");
+    let issuance = &issuances(&app).await[0]["issuanceId"];
+    let first = kyc.iter().find(|e| e["outcome"] == "queued").unwrap();
+    assert_eq!(
+        first["repeats"], 1,
+        "identical bytes are counted, not stored"
+    );
+    assert_eq!(&first["issuanceId"], issuance);
+    assert!(first["receivedAt"].as_str().unwrap().ends_with('Z'));
+    let again = kyc.iter().find(|e| e["outcome"] == "duplicate").unwrap();
+    assert_eq!(&again["issuanceId"], issuance);
+    let queued: Value = app.admin_json("/admin/kyc-events?outcome=queued").await;
+    assert!(
+        queued["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["outcome"] == "queued")
+    );
+}
