@@ -36,6 +36,7 @@ const MIGRATIONS: &[M<'static>] = &[
         "../../migrations/0004_integrity_and_served_time.sql"
     )),
     M::up(include_str!("../../migrations/0005_issuance_checks.sql")).foreign_key_check(),
+    M::up(include_str!("../../migrations/0006_kyc_checks.sql")).foreign_key_check(),
 ];
 
 /// Why a store operation failed.

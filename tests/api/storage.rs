@@ -200,6 +200,25 @@ async fn a_second_server_reaching_the_same_database_by_another_path_refuses_to_s
 
 /// The columns of `issuances`, each as SQL quotes it (so that the type a value is stored as
 /// shows), with its rowid, row by row.
+fn kyc_rows(db: &rusqlite::Connection) -> Vec<String> {
+    let columns = "id, provider, scan_ref, client_id, final, status, outcome, detail, \
+                   issuance_id, received_at, delivery_hash, repeats, last_received_at";
+    let quoted: Vec<String> = columns
+        .split(", ")
+        .map(|c| format!("quote({})", c.trim()))
+        .collect();
+    let mut stmt = db
+        .prepare(&format!(
+            "SELECT {} FROM kyc_events ORDER BY id",
+            quoted.join(" || ' ' || ")
+        ))
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 fn issuance_rows(db: &rusqlite::Connection) -> Vec<String> {
     let columns = "rowid, id, source, idempotency_key, request_hash, email, issuer_did, \
                    credential_id, credential_subject, on_duplicate, state, attempts, \
@@ -257,12 +276,18 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
          (43, 'iss_c', 'webhook:kyc', NULL, 'cc', 'w@example.com', 'did:x', 'p', '{}',
           'revoke', 'stalled', 6, 'soon', NULL, NULL, 0, NULL, NULL, NULL, 0, 429, '', 0, 0, NULL,
           NULL, X'');
-         INSERT INTO kyc_events (provider, scan_ref, outcome, issuance_id, received_at)
-         VALUES ('idenfy', 'scan-1', 'queued', 'iss_b', 1800000100);",
+         INSERT INTO kyc_events (id, provider, scan_ref, outcome, issuance_id, received_at)
+         VALUES (3, 'idenfy', 'scan-1', 'queued', 'iss_b', 1800000100);
+         INSERT INTO kyc_events (id, provider, scan_ref, client_id, final, status, outcome,
+             detail, received_at, delivery_hash, repeats, last_received_at)
+         VALUES (9, 'idenfy', 'scan-2', 'cli ✓', 1, 'DENIED', 'ignored', 'status DENIED',
+             1800000200, 'ab12', 4, 1800000300);",
     )
     .unwrap();
     let before = issuance_rows(&db);
     assert_eq!(before.len(), 3);
+    let kyc_before = kyc_rows(&db);
+    assert_eq!(kyc_before.len(), 2);
     drop(db);
 
     drop(keyhost::store::Store::open(&path).expect("migrates"));
@@ -271,12 +296,22 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     assert_eq!(
         issuance_rows(&db),
         before,
         "values, types and rowids unchanged"
     );
+    assert_eq!(kyc_rows(&db), kyc_before, "KYC deliveries unchanged (v6)");
+    for (provider, outcome) in [("stripe", "queued"), ("idenfy", "approved")] {
+        let refused = db
+            .execute(
+                "INSERT INTO kyc_events (provider, outcome, received_at) VALUES (?1, ?2, 0)",
+                [provider, outcome],
+            )
+            .expect_err(provider);
+        assert!(refused.to_string().contains("CHECK"), "{refused}");
+    }
     let referenced: String = db
         .query_row(
             "SELECT \"table\" FROM pragma_foreign_key_list('kyc_events')",
