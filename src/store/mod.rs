@@ -191,13 +191,16 @@ impl Store {
     ) -> Result<R, E> {
         let mut conn = self.lock();
         let tx = Tx {
-            sql: conn
-                .transaction_with_behavior(behavior)
-                .map_err(StoreError::from)?,
+            engine: TxEngine::Sqlite(
+                conn.transaction_with_behavior(behavior)
+                    .map_err(StoreError::from)?,
+            ),
         };
         // An error (or a panic, which unwinds through the drop) rolls the transaction back.
         let value = f(&tx)?;
-        tx.sql.commit().map_err(StoreError::from)?;
+        match tx.engine {
+            TxEngine::Sqlite(t) => t.commit().map_err(StoreError::from)?,
+        }
         Ok(value)
     }
 
@@ -302,8 +305,20 @@ where
 
 /// A transaction on the store, opened by [`Store::read`] or [`Store::write`] (and their
 /// blocking forms) and committed or rolled back by them. Every store operation takes one.
+///
+/// The engine is an arm of [`TxEngine`], private to this module: an operation reaches its SQL
+/// through the arm of its engine, so a second engine adds an arm here and in the operations
+/// (with its own SQL where the dialects differ), and nothing outside `store` changes. The
+/// operations stay synchronous functions run on the store's blocking thread, so that a
+/// service's read-decide-write sequence is one transaction whatever the engine.
 pub struct Tx<'c> {
-    sql: rusqlite::Transaction<'c>,
+    engine: TxEngine<'c>,
+}
+
+/// The engine-specific transaction inside a [`Tx`].
+enum TxEngine<'c> {
+    /// The embedded engine.
+    Sqlite(rusqlite::Transaction<'c>),
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -315,7 +330,9 @@ impl std::fmt::Debug for Tx<'_> {
 impl Tx<'_> {
     /// The SQLite connection of this transaction (store operations only).
     fn sql(&self) -> &Connection {
-        &self.sql
+        match &self.engine {
+            TxEngine::Sqlite(t) => t,
+        }
     }
 }
 
