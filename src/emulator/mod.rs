@@ -4,7 +4,7 @@
 //! It exists so that everything keyhost does against AIR Kit can be exercised on loopback, with
 //! the failures production would produce. What it guarantees:
 //!
-//! - `x-partner-auth` is verified the way AIR Kit verifies it, with this module's own code
+//! - `x-partner-auth` is verified the way AIR Kit verifies it, by [`crate::partner_jwt`]
 //!   (jsonwebtoken and a JWKS fetched over HTTP or HTTPS), never keyhost's signer: a test that
 //!   passes here proves the token and the published JWKS agree, not that one piece of code agrees
 //!   with itself.
