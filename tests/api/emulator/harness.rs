@@ -24,7 +24,8 @@ use crate::import::fixture;
 
 pub(super) const ISSUER_DID: &str = "did:air:id:test:5P44fsVUhPctDTWH2Nz26pZJFsg6CqyiAELTGeVQDB";
 pub(super) const PROGRAM: &str = "c21s70g0i54sn0023172Cv";
-pub(super) const KID_NOT_FOUND_HINT: &str = ". If you recently rotated keys, publish the new key to your JWKS endpoint before using it in JWTs.";
+pub(super) const KID_NOT_FOUND_HINT: &str = ". If you recently rotated keys, publish the new \
+                                             key to your JWKS endpoint before using it in JWTs.";
 
 /// A running emulator; dropping it shuts the server down.
 pub(super) struct Emu {

@@ -248,7 +248,8 @@ async fn a_redirecting_jwks_is_refused_and_its_target_never_fetched() {
     assert_eq!(a.status, 401, "{}", a.body);
     assert!(
         a.message().starts_with(&format!(
-            "JWKS endpoint unreachable: http://{addr}/jwks.json answered HTTP 302 redirecting to {}",
+            "JWKS endpoint unreachable: http://{addr}/jwks.json answered HTTP 302 redirecting \
+             to {}",
             target.url
         )) && a.message().contains("AIR Kit does not follow redirects"),
         "{}",
