@@ -23,6 +23,12 @@
 //!   [`Clock`](crate::clock::Clock), so that tests drive it with a manual clock.
 //!
 //! State is kept in memory only: a restart forgets every credential.
+//!
+//! It is part of the keyhost crate, not a crate of its own: `keyhost airkit-emulator` is part of
+//! the documented command line, and it brings no dependency the server and `keyhost doctor` do
+//! not use already (its token checks are the doctor's, [`crate::partner_jwt`]), so a separate
+//! crate would save the binary only this module's code, at the price of a second binary to build
+//! and link and a command renamed.
 
 mod control;
 mod credentials;
