@@ -14,15 +14,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::clock::{Clock, SystemClock, UnixTime};
 use crate::http_client::{self, describe};
 use crate::keys::PublicJwk;
+use crate::partner_jwt::{self, KeySet, Rules, Step, TokenError, UnverifiedToken};
 
 /// Longest token lifetime AIR Kit's own tools accept.
 const AIR_MAX_TTL: i64 = 15 * 60;
@@ -166,7 +164,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     Ok(report.0)
 }
 
-async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Option<Value>> {
+async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Option<KeySet>> {
     let url = reqwest::Url::parse(&args.jwks_url)
         .map_err(|e| anyhow::anyhow!("--jwks-url is not a URL: {e}"))?;
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
@@ -267,9 +265,9 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
 }
 
 /// The checks of a JWKS document (the body the URL answered): JSON with a `keys` array, and
-/// each key public, named once, and of an algorithm that fits its type. The document as JSON, if
-/// it has a `keys` array.
-fn check_jwks_document(bytes: &[u8], report: &mut Report) -> Option<Value> {
+/// each key public, named once, and of an algorithm that fits its type. Its keys, if it has a
+/// `keys` array.
+fn check_jwks_document(bytes: &[u8], report: &mut Report) -> Option<KeySet> {
     let body: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -326,7 +324,7 @@ fn check_jwks_document(bytes: &[u8], report: &mut Report) -> Option<Value> {
             },
         }
     }
-    Some(body)
+    Some(KeySet::from_entries(keys.iter().cloned()))
 }
 
 /// The checks of [`run`] that need no network: the JWKS document `jwks_body` as if the URL had
@@ -433,159 +431,137 @@ fn strip(key: &Value) -> Value {
     Value::Object(out)
 }
 
-fn check_token(args: &DoctorArgs, token: &str, jwks: &Value, report: &mut Report) {
-    let parts: Vec<&str> = token.split('.').collect();
-    let decode = |p: &str| -> Option<Value> {
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok()?).ok()
-    };
-    let (Some(header), Some(claims)) = (
-        parts.first().and_then(|p| decode(p)),
-        parts.get(1).and_then(|p| decode(p)),
-    ) else {
-        report.fail(
-            "token.format",
-            "not a compact JWT (header.payload.signature)",
-            FIX_SIGNATURE,
-        );
-        return;
-    };
-    if parts.len() != 3 {
-        report.fail(
-            "token.format",
-            "not three dot-separated parts",
-            FIX_SIGNATURE,
-        );
-        return;
-    }
-    match header.get("typ").and_then(Value::as_str) {
-        Some("JWT") => report.pass("token.typ", "typ: JWT"),
-        other => report.fail("token.typ", format!("typ is {other:?}"), FIX_TYP),
-    }
-    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
-    let Some(kid) = header.get("kid").and_then(Value::as_str) else {
-        report.fail("token.kid", "no kid in the header", FIX_KID);
-        return;
-    };
-    let Some(entry) = jwks["keys"]
-        .as_array()
-        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
-    else {
-        report.fail(
-            "token.kid",
-            format!("kid {kid} is not in the JWKS"),
-            FIX_KID,
-        );
-        return;
-    };
-    report.pass("token.kid", format!("kid {kid} is published"));
-    let algorithm = match (alg, entry["kty"].as_str()) {
-        ("RS256", Some("RSA")) => Algorithm::RS256,
-        ("ES256", Some("EC")) => Algorithm::ES256,
-        _ => {
-            report.fail(
-                "token.alg",
-                format!(
-                    "alg {alg} with a {} key",
-                    entry["kty"].as_str().unwrap_or("?")
-                ),
-                FIX_ALG,
-            );
-            return;
-        }
-    };
-    report.pass("token.alg", format!("{alg} matches the key type"));
-    let key = serde_json::from_value::<Jwk>(entry.clone())
-        .ok()
-        .and_then(|jwk| DecodingKey::from_jwk(&jwk).ok());
-    let Some(key) = key else {
-        report.fail(
-            "token.signature",
-            "the JWKS key cannot verify",
-            FIX_SIGNATURE,
-        );
-        return;
-    };
-    let mut validation = Validation::new(algorithm);
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims = HashSet::new();
-    match jsonwebtoken::decode::<Value>(token, &key, &validation) {
-        Ok(_) => report.pass("token.signature", "the signature verifies"),
+/// The token checks: [`partner_jwt::inspect`], each step a finding named `token.<step>`.
+fn check_token(args: &DoctorArgs, token: &str, keys: &KeySet, report: &mut Report) {
+    let token = match UnverifiedToken::parse(token) {
+        Ok(token) => token,
         Err(e) => {
-            report.fail(
-                "token.signature",
-                format!("does not verify: {e}"),
-                FIX_SIGNATURE,
-            );
+            report.fail("token.format", e.to_string(), FIX_SIGNATURE);
             return;
         }
+    };
+    let scopes = [args.scope.clone()];
+    let rules = Rules {
+        partner_id: args.partner_id.as_deref(),
+        scopes: &scopes,
+        max_lifetime: Some(AIR_MAX_TTL),
+        max_iat_ahead: Some(SKEW),
+    };
+    let now = SystemClock.now();
+    for check in partner_jwt::inspect(&token, keys, &rules, now) {
+        let name = check_name(check.step);
+        match check.result {
+            Ok(()) => report.pass(name, pass_detail(check.step, &token, now)),
+            Err(e) => {
+                let (verdict, detail, fix) = failure(e);
+                report.push(name, verdict, detail, Some(fix));
+            }
+        }
     }
-    // In i128: the token chooses exp and iat, and any two i64 values differ by less than 2^64,
-    // so the differences below are exact instead of overflowing.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i128::from(d.as_secs()))
-        .unwrap_or(0);
-    let exp = claims.get("exp").and_then(Value::as_i64).map(i128::from);
-    let iat = claims.get("iat").and_then(Value::as_i64).map(i128::from);
-    match exp {
-        None => report.fail("token.exp", "no exp claim", FIX_EXPIRED),
-        Some(e) if e <= now => report.fail(
-            "token.exp",
-            format!("expired {} s ago", now - e),
+}
+
+/// The finding a step is reported under.
+fn check_name(step: Step) -> &'static str {
+    match step {
+        Step::Typ => "token.typ",
+        Step::Kid => "token.kid",
+        Step::Algorithm => "token.alg",
+        Step::Signature => "token.signature",
+        Step::Expiry => "token.exp",
+        Step::Lifetime => "token.lifetime",
+        Step::IssuedAt => "token.iat",
+        Step::PartnerId => "token.partnerId",
+        Step::Email => "token.email",
+        Step::Scope => "token.scope",
+    }
+}
+
+/// What a step that passed found, read from the token (whose signature verified before any
+/// claim step runs).
+fn pass_detail(step: Step, token: &UnverifiedToken, now: UnixTime) -> String {
+    let claim = |name| token.unverified_claim(name).and_then(Value::as_str);
+    // In i128, as the verifier does: the token chooses exp and iat.
+    let number = |name| {
+        token
+            .unverified_claim(name)
+            .and_then(Value::as_i64)
+            .map_or(0, i128::from)
+    };
+    match step {
+        Step::Typ => "typ: JWT".to_owned(),
+        Step::Kid => format!("kid {} is published", token.unverified_kid().unwrap_or("")),
+        Step::Algorithm => format!("{:?} matches the key type", token.alg()),
+        Step::Signature => "the signature verifies".to_owned(),
+        Step::Expiry => format!("valid for {} s more", number("exp") - i128::from(now)),
+        Step::Lifetime => format!("{} s", number("exp") - number("iat")),
+        Step::IssuedAt => "iat is not in the future".to_owned(),
+        Step::PartnerId => claim("partnerId").unwrap_or("").to_owned(),
+        Step::Email => claim("email").unwrap_or("").to_owned(),
+        Step::Scope => claim("scope").unwrap_or("").to_owned(),
+    }
+}
+
+/// The verdict, detail and fix of a failed step.
+fn failure(error: TokenError) -> (Verdict, String, &'static str) {
+    use Verdict::{Fail, Warn};
+    match error {
+        TokenError::Malformed(e) => (Fail, e.to_string(), FIX_SIGNATURE),
+        TokenError::MissingTyp { found: None } => (Fail, "typ is absent".into(), FIX_TYP),
+        TokenError::MissingTyp { found: Some(typ) } => (Fail, format!("typ is {typ:?}"), FIX_TYP),
+        TokenError::MissingKid => (Fail, "no kid in the header".into(), FIX_KID),
+        TokenError::KidNotFound(kid) => (Fail, format!("kid {kid} is not in the JWKS"), FIX_KID),
+        TokenError::AlgorithmMismatch {
+            alg,
+            kty,
+            published_alg,
+        } => {
+            let published = published_alg.map_or(String::new(), |a| format!(" published for {a}"));
+            (
+                Fail,
+                format!("alg {alg:?} with a {kty} key{published}"),
+                FIX_ALG,
+            )
+        }
+        TokenError::UnusableKey { kid, reason } => (
+            Fail,
+            format!("the JWKS key {kid} cannot verify: {reason}"),
+            FIX_SIGNATURE,
+        ),
+        TokenError::BadSignature { cause: None } => (Fail, "does not verify".into(), FIX_SIGNATURE),
+        TokenError::BadSignature { cause: Some(e) } => {
+            (Fail, format!("does not verify: {e}"), FIX_SIGNATURE)
+        }
+        TokenError::Expired { seconds_ago } => {
+            (Fail, format!("expired {seconds_ago} s ago"), FIX_EXPIRED)
+        }
+        TokenError::MissingClaim("exp") => (Fail, "no exp claim".into(), FIX_EXPIRED),
+        TokenError::BadExp => (
+            Fail,
+            "exp is not a whole number of seconds since the epoch".into(),
             FIX_EXPIRED,
         ),
-        Some(e) => report.pass("token.exp", format!("valid for {} s more", e - now)),
-    }
-    if let (Some(e), Some(i)) = (exp, iat) {
-        if e - i > i128::from(AIR_MAX_TTL) {
-            report.fail(
-                "token.lifetime",
-                format!("{} s between iat and exp", e - i),
-                "AIR Kit's tools refuse lifetimes above 15 minutes; use 5 minutes",
-            );
-        } else {
-            report.pass("token.lifetime", format!("{} s", e - i));
-        }
-    }
-    if let Some(i) = iat
-        && i > now + i128::from(SKEW)
-    {
-        report.warn(
-            "token.iat",
-            format!("issued {} s in the future", i - now),
+        TokenError::MissingClaim(_) => (Fail, "missing".into(), FIX_CLAIMS),
+        TokenError::ClaimNotString(name) => (Fail, format!("{name} is not a string"), FIX_CLAIMS),
+        TokenError::LifetimeTooLong { seconds, .. } => (
+            Fail,
+            format!("{seconds} s between iat and exp"),
+            "AIR Kit's tools refuse lifetimes above 15 minutes; use 5 minutes",
+        ),
+        TokenError::IssuedInFuture { seconds } => (
+            Warn,
+            format!("issued {seconds} s in the future"),
             "synchronise the signing server's clock (NTP)",
-        );
-    }
-    let claim = |name: &str| {
-        claims
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-    };
-    match claim("partnerId") {
-        None => report.fail("token.partnerId", "missing", FIX_CLAIMS),
-        Some(p) => match &args.partner_id {
-            Some(want) if want != p => report.fail(
-                "token.partnerId",
-                format!("{p}, expected {want}"),
-                "partnerId must be your AIR Kit partner id (KEYHOST_PARTNER_ID)",
-            ),
-            _ => report.pass("token.partnerId", p.to_owned()),
-        },
-    }
-    match claim("scope") {
-        None => report.fail("token.scope", "missing", FIX_CLAIMS),
-        Some(s) if s != args.scope => report.warn(
-            "token.scope",
-            format!("{s:?}, expected {:?}", args.scope),
+        ),
+        TokenError::WrongPartner { got, expected } => (
+            Fail,
+            format!("{got}, expected {expected}"),
+            "partnerId must be your AIR Kit partner id (KEYHOST_PARTNER_ID)",
+        ),
+        TokenError::ScopeNotAccepted { got, accepted } => (
+            Warn,
+            format!("{got:?}, expected {:?}", accepted.join(" or ")),
             "Issue on Behalf expects scope \"issue\" (some AIR docs show \"issue on-behalf\")",
         ),
-        Some(s) => report.pass("token.scope", s.to_owned()),
-    }
-    match claim("email") {
-        None => report.fail("token.email", "missing", FIX_CLAIMS),
-        Some(e) => report.pass("token.email", e.to_owned()),
     }
 }
 

@@ -30,6 +30,7 @@ pub mod live;
 pub mod log_limit;
 pub mod metrics;
 pub mod mint;
+pub mod partner_jwt;
 pub mod scope;
 pub mod signer;
 pub mod startup;

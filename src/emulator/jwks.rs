@@ -16,20 +16,15 @@
 //! built without redirects), and the body is read with a 1 MiB cap, so a hostile or broken JWKS
 //! server can neither send the emulator elsewhere nor make it buffer an endless body.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+use crate::http_client::{self, describe};
+use crate::partner_jwt::KeySet;
 use arc_swap::ArcSwapOption;
 use axum::http::header::{ACCEPT, CACHE_CONTROL, LOCATION};
 use axum::http::{HeaderMap, HeaderValue};
-use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::Jwk;
-use serde::Deserialize;
-use serde_json::Value;
-
-use crate::clock::Clock;
-use crate::http_client::{self, describe};
 
 /// Cache lifetime when the JWKS response carries no `max-age`.
 pub(super) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
@@ -40,19 +35,9 @@ const MAX_JWKS_BYTES: usize = http_client::MIB;
 /// Longest `Location` quoted in an error; the rest is cut.
 const MAX_LOCATION_CHARS: usize = 256;
 
-/// One published key.
-pub(super) struct PublishedKey {
-    /// `kty` (`RSA`, `EC`, ...).
-    pub(super) kty: String,
-    /// `alg`, when the JWK names one.
-    pub(super) alg: Option<String>,
-    /// The verification key, or why the JWK cannot be one.
-    pub(super) key: Result<DecodingKey, String>,
-}
-
 /// A fetched JWKS.
 pub(super) struct Snapshot {
-    keys: HashMap<String, PublishedKey>,
+    keys: KeySet,
     /// When the fetch ended, to tell requests that waited for it from later ones.
     fetched_at: Instant,
     /// When the fetch ended on the clock's monotonic face, to age the copy.
@@ -61,9 +46,9 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
-    /// The key published under `kid`.
-    pub(super) fn get(&self, kid: &str) -> Option<&PublishedKey> {
-        self.keys.get(kid)
+    /// The published keys.
+    pub(super) fn keys(&self) -> &KeySet {
+        &self.keys
     }
 
     /// Whether the copy is younger than its max-age at `now` (the clock's monotonic face).
@@ -85,7 +70,7 @@ impl Snapshot {
 
 /// Why no JWKS could be had.
 #[derive(Debug, Clone, thiserror::Error)]
-pub(super) enum JwksError {
+pub(crate) enum JwksError {
     /// The request failed (connection, TLS, timeout).
     #[error("{0}")]
     Request(String),
@@ -169,36 +154,12 @@ fn location(headers: &HeaderMap) -> String {
     }
 }
 
-#[derive(Deserialize)]
-struct KeySet {
-    keys: Vec<Value>,
-}
-
-/// Parses a JWKS document. Entries that are not usable JWKs are skipped, as verifiers do, so
-/// that one odd key does not hide the others; an entry without `kid` cannot be selected and is
-/// skipped too. The first entry wins when two share a `kid`.
-fn parse(url: &str, body: &[u8]) -> Result<HashMap<String, PublishedKey>, JwksError> {
-    let set: KeySet = serde_json::from_slice(body).map_err(|e| JwksError::Invalid {
+/// The keys of a JWKS document fetched from `url`.
+fn parse(url: &str, body: &[u8]) -> Result<KeySet, JwksError> {
+    KeySet::from_json(body).map_err(|e| JwksError::Invalid {
         url: url.to_owned(),
         reason: e.to_string(),
-    })?;
-    let mut keys = HashMap::new();
-    for entry in set.keys {
-        let Some(kid) = entry.get("kid").and_then(Value::as_str).map(str::to_owned) else {
-            continue;
-        };
-        let Some(kty) = entry.get("kty").and_then(Value::as_str).map(str::to_owned) else {
-            continue;
-        };
-        let alg = entry.get("alg").and_then(Value::as_str).map(str::to_owned);
-        let key = serde_json::from_value::<Jwk>(entry)
-            .map_err(|e| format!("the JWK is malformed: {e}"))
-            .and_then(|jwk| {
-                DecodingKey::from_jwk(&jwk).map_err(|e| format!("the JWK is not a usable key: {e}"))
-            });
-        keys.entry(kid).or_insert(PublishedKey { kty, alg, key });
-    }
-    Ok(keys)
+    })
 }
 
 impl JwksCache {
@@ -334,22 +295,5 @@ mod tests {
         assert_eq!(cache_lifetime(&headers(&["no-cache"])), Duration::ZERO);
         assert_eq!(cache_lifetime(&headers(&[])), DEFAULT_MAX_AGE);
         assert_eq!(cache_lifetime(&headers(&["max-age=soon"])), DEFAULT_MAX_AGE);
-    }
-
-    #[test]
-    fn unusable_entries_are_skipped_and_the_rest_kept() {
-        let body = br#"{"keys":[
-            {"kid":"a","kty":"EC","crv":"P-256","x":"!!","y":"!!"},
-            {"kty":"EC"},
-            {"kid":"b","kty":"weird"},
-            {"kid":"c","kty":"RSA","alg":"RS256","n":"sXch","e":"AQAB"}
-        ]}"#;
-        let keys = parse("u", body).unwrap();
-        assert!(keys["a"].key.is_err());
-        assert!(keys["b"].key.is_err());
-        assert!(keys["c"].key.is_ok());
-        assert_eq!(keys["c"].alg.as_deref(), Some("RS256"));
-        assert!(parse("u", b"[]").is_err());
-        assert!(parse("u", b"<html>").is_err());
     }
 }

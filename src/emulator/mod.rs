@@ -4,7 +4,7 @@
 //! It exists so that everything keyhost does against AIR Kit can be exercised on loopback, with
 //! the failures production would produce. What it guarantees:
 //!
-//! - `x-partner-auth` is verified the way AIR Kit verifies it, with this module's own code
+//! - `x-partner-auth` is verified the way AIR Kit verifies it, by [`crate::partner_jwt`]
 //!   (jsonwebtoken and a JWKS fetched over HTTP or HTTPS), never keyhost's signer: a test that
 //!   passes here proves the token and the published JWKS agree, not that one piece of code agrees
 //!   with itself.
@@ -23,6 +23,12 @@
 //!   [`Clock`](crate::clock::Clock), so that tests drive it with a manual clock.
 //!
 //! State is kept in memory only: a restart forgets every credential.
+//!
+//! It is part of the keyhost crate, not a crate of its own: `keyhost airkit-emulator` is part of
+//! the documented command line, and it brings no dependency the server and `keyhost doctor` do
+//! not use already (its token checks are the doctor's, [`crate::partner_jwt`]), so a separate
+//! crate would save the binary only this module's code, at the price of a second binary to build
+//! and link and a command renamed.
 
 mod control;
 mod credentials;

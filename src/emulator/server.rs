@@ -21,8 +21,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -34,6 +32,7 @@ use super::credentials::{Credentials, Issued, OnDuplicate, Status, normalise_ema
 use super::jwks::JwksCache;
 use super::verify::{AuthError, Verifier};
 use crate::clock::Clock;
+use crate::partner_jwt::UnverifiedToken;
 
 /// The header AIR Kit reads the Partner JWT from.
 const PARTNER_AUTH: &str = "x-partner-auth";
@@ -209,11 +208,9 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 /// The partnerId an unverified token claims, to key the rate limit on before authentication
 /// (AIR Kit limits per partner, and rejects over-limit requests without verifying them).
 fn claimed_partner_id(headers: &HeaderMap) -> Option<String> {
-    let token = headers.get(PARTNER_AUTH)?.to_str().ok()?;
-    let payload = token.trim().split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("partnerId")?.as_str().map(str::to_owned)
+    let token = UnverifiedToken::parse(headers.get(PARTNER_AUTH)?.to_str().ok()?).ok()?;
+    let partner_id = token.unverified_claim("partnerId")?.as_str()?;
+    Some(partner_id.to_owned())
 }
 
 /// Latency, then the per-partner rate limit, then injected 429 and 500 faults.

@@ -6,7 +6,8 @@ fn every_test_the_readme_names_exists() {
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     let mut named = 0;
     for piece in readme.split('`').skip(1).step_by(2) {
-        let Some((module, test)) = piece.split_once("::") else {
+        // `file::test`, or `dir::file::test` for tests/api/dir/file.rs.
+        let Some((module, test)) = piece.rsplit_once("::") else {
             continue;
         };
         let is_name = |s: &str| {
@@ -14,10 +15,10 @@ fn every_test_the_readme_names_exists() {
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         };
-        if !is_name(module) || !is_name(test) {
+        if !module.split("::").all(is_name) || !is_name(test) {
             continue;
         }
-        let path = format!("{root}/tests/api/{module}.rs");
+        let path = format!("{root}/tests/api/{}.rs", module.replace("::", "/"));
         let Ok(source) = std::fs::read_to_string(&path) else {
             continue;
         };
