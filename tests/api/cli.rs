@@ -7,13 +7,19 @@ use serde_json::{Value, json};
 use crate::helpers::{PARTNER_ID, eventually, spawn_app, verify};
 use crate::import::fixture;
 
-fn keyhost(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyhost"))
-        .args(args)
+/// The CLI on `dir`, with nothing of a server's configuration in its environment.
+fn bare(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyhost"));
+    cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KEYHOST_DATA_DIR", dir.join("data"))
-        .env("KEYHOST_KEYS_DIR", dir.join("keys"))
+        .env("KEYHOST_KEYS_DIR", dir.join("keys"));
+    cmd
+}
+
+fn keyhost(dir: &Path, args: &[&str]) -> Output {
+    bare(dir, args)
         .env("KEYHOST_PARTNER_ID", PARTNER_ID)
         .env("KEYHOST_PUBLIC_ADDR", "127.0.0.1:0")
         .env("KEYHOST_INTERNAL_ADDR", "127.0.0.1:0")
@@ -236,14 +242,7 @@ async fn the_running_server_refuses_a_client_disabled_with_the_cli() {
 /// Runs the CLI on `dir` with nothing of the server's configuration in its environment: no
 /// partner id, no lifecycle settings.
 fn bare_keyhost(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyhost"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KEYHOST_DATA_DIR", dir.join("data"))
-        .env("KEYHOST_KEYS_DIR", dir.join("keys"))
-        .output()
-        .expect("runs the binary")
+    bare(dir, args).output().expect("runs the binary")
 }
 
 #[tokio::test]
