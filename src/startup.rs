@@ -222,7 +222,7 @@ impl Application {
 
     /// Builds the server on `clock` (tests use a manual clock).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        config.check_invariants()?;
+        config.validate()?;
         let instance_lock = lock_data_dir(&config)?;
         let config = Arc::new(config);
         let (cfg, clk) = (config.clone(), clock.clone());

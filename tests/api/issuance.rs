@@ -488,14 +488,14 @@ async fn without_an_air_kit_url_the_proxy_explains_how_to_configure_it() {
 #[tokio::test]
 async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_lead_prevents_it() {
     // The emulator caches keyhost's JWKS for its max-age (2 s here), as AIR Kit does; keyhost
-    // publishes each key that long before it signs. Each has its own clock.
+    // publishes each key longer than that (3 s) before it signs. Each has its own clock.
     let emulator_clock = ManualClock::starting_now();
     let (app, upstream, key) = spawn_issuing_on(
         emulator_clock.clone(),
         |_| {},
         |c| {
             c.jwks_max_age = Duration::from_secs(2);
-            c.publish_lead = Duration::from_secs(2);
+            c.publish_lead = Duration::from_secs(3);
         },
     )
     .await;
@@ -517,7 +517,7 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
     assert_eq!(status, 200, "still signed by the old key");
     // The lead ends (keyhost's clock) while the emulator's fresh cache has not expired: the
     // successor signs at once, and the emulator already knows it.
-    app.advance(2).await;
+    app.advance(3).await;
     assert!(app.kids_in("active").await.contains(&successor));
     let (status, body) = issue(&app, &key, ok.clone()).await;
     assert_eq!(status, 200, "{body}");
