@@ -120,12 +120,12 @@ impl axum::extract::FromRequestParts<AppState> for Enabled {
     ) -> Result<Self, ApiError> {
         let (secret, setting) = if parts.uri.path().ends_with("/idenfy") {
             (
-                &state.config.idenfy_signing_key,
+                &state.config.webhooks.idenfy_signing_key,
                 "KEYHOST_IDENFY_SIGNING_KEY",
             )
         } else {
             (
-                &state.config.kyc_webhook_secret,
+                &state.config.webhooks.kyc_secret,
                 "KEYHOST_KYC_WEBHOOK_SECRET",
             )
         };
@@ -185,7 +185,7 @@ async fn kyc_complete(
     let signature = authenticate(
         &state,
         "kyc-complete",
-        state.config.kyc_webhook_secret.as_ref(),
+        state.config.webhooks.kyc_secret.as_ref(),
         "KEYHOST_KYC_WEBHOOK_SECRET",
         |secret| match header {
             None => Err(
@@ -249,7 +249,7 @@ async fn kyc_complete(
         .map_err(ApiError::from)?;
     let row = state
         .issuance
-        .wait(&row.id, WaitFor::Answer, state.config.airkit_wait)
+        .wait(&row.id, WaitFor::Answer, state.config.airkit.wait)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let mut res = issuance_response(&row);
@@ -296,7 +296,7 @@ async fn idenfy(
     authenticate(
         &state,
         "idenfy",
-        state.config.idenfy_signing_key.as_ref(),
+        state.config.webhooks.idenfy_signing_key.as_ref(),
         "KEYHOST_IDENFY_SIGNING_KEY",
         |secret| match header {
             Some(sig) if signature_matches(secret, &body, sig) => Ok(()),

@@ -33,10 +33,10 @@ impl CachingVerifier {
 async fn short_policy_app() -> TestApp {
     spawn_app_with(|c| {
         // A tight policy: the lead exceeds max-age by a minute.
-        c.publish_lead = Duration::from_secs(MAX_AGE as u64 + 60);
-        c.jwks_max_age = Duration::from_secs(MAX_AGE as u64);
-        c.rotation_period = Duration::from_secs(3600);
-        c.retire_grace = Duration::from_secs(900);
+        c.keys.publish_lead = Duration::from_secs(MAX_AGE as u64 + 60);
+        c.keys.jwks_max_age = Duration::from_secs(MAX_AGE as u64);
+        c.keys.rotation_period = Duration::from_secs(3600);
+        c.keys.retire_grace = Duration::from_secs(900);
     })
     .await
 }
