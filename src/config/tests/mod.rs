@@ -3,6 +3,7 @@
 
 #![allow(clippy::result_large_err)] // figment::Jail's closure signature
 
+mod documented;
 
 use std::time::Duration;
 
