@@ -276,7 +276,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 print(&json!({ "keys": views }))?;
             }
             KeysCommand::Rotate { alg, emergency } => {
-                let r = keys.rotate(alg.unwrap_or(config.default_alg), emergency, &actor)?;
+                let r = keys.rotate(alg.unwrap_or(config.tokens.default_alg), emergency, &actor)?;
                 let mut out = json!({ "key": KeyView::from(&r.key), "revoked": r.revoked });
                 if let Some(w) = r.warning {
                     out["warning"] = json!(w);
@@ -351,8 +351,8 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     row.scopes.join(", ")
                 );
             }
-            let alg = alg.unwrap_or(config.default_alg);
-            if !config.algorithms.contains(&alg) {
+            let alg = alg.unwrap_or(config.tokens.default_alg);
+            if !config.keys.algorithms.contains(&alg) {
                 bail!("{alg} is not enabled (KEYHOST_ALGORITHMS)");
             }
             // The same minting as the server's, with the keys as the store holds them now.

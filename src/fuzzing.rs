@@ -286,7 +286,7 @@ pub fn doctor_jwt(data: &[u8]) {
 pub fn config_toml(data: &[u8]) {
     if let Ok(config) = Config::from_toml_str(&String::from_utf8_lossy(data)) {
         let _ = config.policy();
-        let _ = config.airkit_base_url();
+        let _ = config.airkit.url();
         let _ = config.database_path();
     }
 }

@@ -21,7 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::files::create_private_dir;
 use crate::http::{self, AppState, AppStateInner};
-use crate::issuance::{IssuanceService, IssuanceSettings};
+use crate::issuance::IssuanceService;
 use crate::keys::master::{self, MasterKeySource};
 use crate::keys::{KeyService, Policy};
 use crate::ledger::MintLedger;
@@ -62,7 +62,7 @@ fn agree_on_policy(
 ) -> anyhow::Result<ServerPolicy> {
     let own = ServerPolicy {
         policy: config.policy(),
-        partner_id: config.partner_id.clone(),
+        partner_id: config.tokens.partner_id.clone(),
     };
     let name = store::settings::SERVER_POLICY;
     if serving {
@@ -222,7 +222,7 @@ impl Application {
 
     /// Builds the server on `clock` (tests use a manual clock).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        config.check_invariants()?;
+        config.validate()?;
         let instance_lock = lock_data_dir(&config)?;
         let config = Arc::new(config);
         let (cfg, clk) = (config.clone(), clock.clone());
@@ -262,7 +262,7 @@ impl Application {
         .await??;
 
         let mut metrics = Metrics::default();
-        let tls = match (&config.tls_cert, &config.tls_key) {
+        let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => {
                 Some(http::tls::server_config(cert, key, metrics.tls_reload())?)
             }
@@ -271,15 +271,15 @@ impl Application {
         let https = tls.is_some();
         let open_files = http::serve::open_files_limit();
         let (public_limit, internal_limit) = http::serve::fit_connection_limits(
-            config.public_max_connections,
-            config.internal_max_connections,
+            config.http.public_max_connections,
+            config.http.internal_max_connections,
             open_files,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
         if (public_limit, internal_limit)
             != (
-                config.public_max_connections,
-                config.internal_max_connections,
+                config.http.public_max_connections,
+                config.http.internal_max_connections,
             )
         {
             tracing::warn!(
@@ -293,18 +293,23 @@ impl Application {
         }
         let bounds = |max_connections| http::serve::Bounds {
             max_connections,
-            first_byte_timeout: config.http_first_byte_timeout,
-            header_timeout: config.http_header_timeout,
-            tls_handshake: config.tls_handshake_timeout,
+            first_byte_timeout: config.http.first_byte_timeout,
+            header_timeout: config.http.header_timeout,
+            tls_handshake: config.tls.handshake_timeout,
         };
         let public_bounds = bounds(public_limit);
         let internal_bounds = bounds(internal_limit);
-        let public = TcpListener::bind(config.public_addr)
+        let public = TcpListener::bind(config.http.public_addr)
             .await
-            .with_context(|| format!("binding the public listener {}", config.public_addr))?;
-        let internal = TcpListener::bind(config.internal_addr)
+            .with_context(|| format!("binding the public listener {}", config.http.public_addr))?;
+        let internal = TcpListener::bind(config.http.internal_addr)
             .await
-            .with_context(|| format!("binding the internal listener {}", config.internal_addr))?;
+            .with_context(|| {
+                format!(
+                    "binding the internal listener {}",
+                    config.http.internal_addr
+                )
+            })?;
 
         let live = Arc::new(LiveKeys::default());
         let row_auth = opened.keys.row_auth().clone();
@@ -319,30 +324,30 @@ impl Application {
             .settle("scheduler")
             .await
             .context("preparing the signing keys")?;
-        if config.partner_id.is_none() {
+        if config.tokens.partner_id.is_none() {
             tracing::warn!(
                 "KEYHOST_PARTNER_ID is not set: the JWKS is served, but tokens cannot be minted \
                  until it is"
             );
         }
         let clock_skew = Arc::new(crate::clock::ClockSkew::new(
-            config.max_clock_skew.as_secs() as i64,
+            config.airkit.max_clock_skew.as_secs() as i64,
         ));
         metrics.register_integrity(&row_auth.failures);
         metrics.register_clock_skew(clock_skew.gauge());
         let metrics = Arc::new(metrics);
-        let auth_throttle = http::throttle::AuthThrottle::new(config.auth_failure_limit);
+        let auth_throttle = http::throttle::AuthThrottle::new(config.http.auth_failure_limit);
         let jwks_cache_control = HeaderValue::from_str(&format!(
             "public, max-age={}",
-            config.jwks_max_age.as_secs()
+            config.keys.jwks_max_age.as_secs()
         ))
         .expect("ASCII");
-        let rate_limit = http::client_rate_limiter(config.client_rate_limit);
-        let airkit: Option<Arc<dyn AirKit>> = match config.airkit_base_url() {
+        let rate_limit = http::client_rate_limiter(config.tokens.client_rate_limit);
+        let airkit: Option<Arc<dyn AirKit>> = match config.airkit.url() {
             Some(url) => {
                 tracing::info!(base_url = %url, "issuance proxy enabled");
                 Some(Arc::new(
-                    HttpAirKit::new(&url, config.airkit_timeout)
+                    HttpAirKit::new(&url, config.airkit.timeout)
                         .map_err(|e| anyhow::anyhow!("setting up the AIR Kit client: {e}"))?,
                 ))
             }
@@ -352,7 +357,7 @@ impl Application {
             live.clone(),
             clock.clone(),
             Some(metrics.clone()),
-            config.partner_id.clone(),
+            config.tokens.partner_id.clone(),
         ));
         let issuance = IssuanceService::new(
             opened.store.clone(),
@@ -360,22 +365,12 @@ impl Application {
             crate::issuance::Upstream {
                 airkit,
                 skew: clock_skew.clone(),
+                alg: config.tokens.default_alg,
             },
             minter.clone(),
             clock.clone(),
             metrics.clone(),
-            IssuanceSettings {
-                partner_id: config.partner_id.clone(),
-                scope: config.issue_scope.clone(),
-                alg: config.default_alg,
-                issuer_did: config.issuer_did.clone(),
-                credential_id: config.credential_id.clone(),
-                max_attempts: config.airkit_max_attempts,
-                backoff: config.airkit_backoff,
-                backoff_max: config.airkit_backoff_max,
-                poll_interval: config.airkit_poll_interval,
-                poll_deadline: config.airkit_poll_deadline,
-            },
+            config.airkit.clone(),
         );
         let kyc = Arc::new(crate::kyc::KycService::new(
             opened.store.clone(),

@@ -279,7 +279,7 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 /// (`KEYHOST_HTTP_BODY_TIMEOUT`, counted from the end of the headers), so that a client that
 /// stops sending holds its connection for a bounded time only.
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    let deadline = state.config.http_body_timeout;
+    let deadline = state.config.http.body_timeout;
     // Until the body has arrived, the connection counts as uploading, not busy: a full
     // listener may shed it (see `serve`).
     let watch = req
@@ -405,7 +405,7 @@ fn authenticate<T>(
     verify: impl FnOnce(&str) -> Result<T, AuthError>,
 ) -> Result<T, ApiError> {
     static FAILURES: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(10));
-    let source = throttle::client_addr(parts, &state.config.trusted_proxies);
+    let source = throttle::client_addr(parts, &state.config.http.trusted_proxies);
     let spent = source.and_then(|ip| state.auth_throttle.check(ip).err().map(|w| (ip, w)));
     if kind == Credential::Admin
         && let Some((ip, wait)) = spent

@@ -65,6 +65,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let signers = state.live.signers();
     let missing: Vec<&str> = state
         .config
+        .keys
         .algorithms
         .iter()
         .filter(|a| !signers.active.contains_key(a))

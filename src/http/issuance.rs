@@ -177,11 +177,12 @@ async fn issue(
             WaitFor::Onchain,
             state
                 .config
-                .airkit_wait
+                .airkit
+                .wait
                 .max(std::time::Duration::from_secs(60)),
         )
     } else {
-        (WaitFor::Answer, state.config.airkit_wait)
+        (WaitFor::Answer, state.config.airkit.wait)
     };
     let row = state
         .issuance

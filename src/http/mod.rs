@@ -125,7 +125,7 @@ pub fn check_client_rate(state: &AppState, client: &Client) -> Result<(), ApiErr
             format!(
                 "client {} exceeded {} Partner JWT requests per hour (KEYHOST_CLIENT_RATE_LIMIT; \
                  tokens, issuances and status calls all count)",
-                client.id, state.config.client_rate_limit
+                client.id, state.config.tokens.client_rate_limit
             ),
             wait.as_secs() + 1,
         )

@@ -64,10 +64,10 @@ async fn mint(
         )));
     }
     let alg = match req.alg.as_deref() {
-        None => state.config.default_alg,
+        None => state.config.tokens.default_alg,
         Some(name) => name.parse::<Alg>().map_err(ApiError::bad_value)?,
     };
-    if !state.config.algorithms.contains(&alg) {
+    if !state.config.keys.algorithms.contains(&alg) {
         return Err(ApiError::bad_value(format!(
             "alg {alg} is not enabled on this server (KEYHOST_ALGORITHMS)"
         )));

@@ -128,12 +128,12 @@ impl axum::extract::FromRequestParts<AppState> for Enabled {
     ) -> Result<Self, ApiError> {
         let (secret, setting) = if parts.uri.path().ends_with("/idenfy") {
             (
-                &state.config.idenfy_signing_key,
+                &state.config.webhooks.idenfy_signing_key,
                 "KEYHOST_IDENFY_SIGNING_KEY",
             )
         } else {
             (
-                &state.config.kyc_webhook_secret,
+                &state.config.webhooks.kyc_secret,
                 "KEYHOST_KYC_WEBHOOK_SECRET",
             )
         };
@@ -193,7 +193,7 @@ async fn kyc_complete(
     let signature = authenticate(
         &state,
         "kyc-complete",
-        state.config.kyc_webhook_secret.as_ref(),
+        state.config.webhooks.kyc_secret.as_ref(),
         "KEYHOST_KYC_WEBHOOK_SECRET",
         |secret| match header {
             None => Err(
@@ -251,7 +251,7 @@ async fn kyc_complete(
                 email,
                 kyc_level: level,
             },
-            state.config.airkit_wait,
+            state.config.airkit.wait,
         )
         .await?;
     let mut res = issuance_response(&row);
@@ -298,7 +298,7 @@ async fn idenfy(
     authenticate(
         &state,
         "idenfy",
-        state.config.idenfy_signing_key.as_ref(),
+        state.config.webhooks.idenfy_signing_key.as_ref(),
         "KEYHOST_IDENFY_SIGNING_KEY",
         |secret| match header {
             Some(sig) if signature_matches(secret, &body, sig) => Ok(()),

@@ -65,30 +65,8 @@ pub use self::upstream::NoToken;
 use self::idempotency::HashedRequest;
 use self::policy::{Backoff, PollSchedule};
 
-/// How the proxy behaves.
-#[derive(Debug, Clone)]
-pub struct IssuanceSettings {
-    /// `partnerId` of the Partner JWTs.
-    pub partner_id: Option<String>,
-    /// `scope` of the Partner JWTs.
-    pub scope: String,
-    /// Algorithm of the Partner JWTs.
-    pub alg: Alg,
-    /// Default issuer DID.
-    pub issuer_did: Option<String>,
-    /// Default program id.
-    pub credential_id: Option<String>,
-    /// Upstream attempts before parking.
-    pub max_attempts: u32,
-    /// First retry delay.
-    pub backoff: Duration,
-    /// Longest retry delay.
-    pub backoff_max: Duration,
-    /// First status poll delay (doubles up to 30 s).
-    pub poll_interval: Duration,
-    /// How long to follow the status.
-    pub poll_deadline: Duration,
-}
+/// How the proxy behaves: the `[airkit]` section of the configuration, as it is.
+pub type IssuanceSettings = crate::config::AirKitSettings;
 
 impl IssuanceSettings {
     /// The retry delays.
@@ -176,6 +154,8 @@ pub struct Upstream {
     pub airkit: Option<Arc<dyn AirKit>>,
     /// keyhost's clock against AIR Kit's.
     pub skew: Arc<ClockSkew>,
+    /// Algorithm of the Partner JWTs sent to it.
+    pub alg: Alg,
 }
 
 /// The issuance proxy.
@@ -184,6 +164,7 @@ pub struct IssuanceService {
     row_auth: Arc<RowAuth>,
     skew: Arc<ClockSkew>,
     airkit: Option<Arc<dyn AirKit>>,
+    alg: Alg,
     minter: Arc<Minter>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -224,6 +205,7 @@ impl IssuanceService {
             row_auth,
             skew: upstream.skew,
             airkit: upstream.airkit,
+            alg: upstream.alg,
             minter,
             clock,
             metrics,
@@ -257,7 +239,7 @@ impl IssuanceService {
         req: NewIssuance,
     ) -> Result<(Issuance, bool), IssuanceError> {
         self.airkit()?;
-        if self.settings.partner_id.is_none() {
+        if self.minter.partner_id().is_none() {
             return Err(IssuanceError::NotConfigured(
                 "KEYHOST_PARTNER_ID is not set, so no Partner JWT can be minted".into(),
             ));

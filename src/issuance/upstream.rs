@@ -55,7 +55,7 @@ impl IssuanceService {
         let minted = self
             .minter
             .mint(MintRequest {
-                alg: self.settings.alg,
+                alg: self.alg,
                 scope: &self.settings.scope,
                 email: &email,
                 ttl: MAX_TOKEN_TTL,

@@ -11,7 +11,7 @@ const DAY: i64 = 24 * 3600;
 #[tokio::test]
 async fn every_admin_route_requires_the_admin_token() {
     // 30 wrong credentials from one address: more than the default failure budget.
-    let app = crate::helpers::spawn_app_with(|c| c.auth_failure_limit = 100).await;
+    let app = crate::helpers::spawn_app_with(|c| c.http.auth_failure_limit = 100).await;
     let (client_id, client_key) = app.create_client(&["issue"]).await;
     // Every admin operation the server documents, so that a new one is covered the day it is
     // added (another test checks that every documented operation is routed).

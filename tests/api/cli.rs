@@ -253,11 +253,9 @@ async fn the_cli_follows_the_running_servers_policy_and_partner_id_not_its_own_d
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let config = keyhost::config::Config {
-        jwks_max_age: Duration::from_secs(2),
-        retire_grace: Duration::from_secs(302),
-        ..crate::helpers::test_config(dir.path())
-    };
+    let mut config = crate::helpers::test_config(dir.path());
+    config.keys.jwks_max_age = Duration::from_secs(2);
+    config.keys.retire_grace = Duration::from_secs(302);
     let app = crate::helpers::start(dir, keyhost::clock::ManualClock::new(now), config)
         .await
         .unwrap();

@@ -43,9 +43,9 @@ async fn a_clock_ten_minutes_off_air_kits_is_measured_reported_and_makes_keyhost
     .await;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(dir.path());
-    config.airkit_base_url = Some(format!("{air}/v1"));
-    config.issuer_did = Some("did:air:id:test:x".into());
-    config.credential_id = Some("program".into());
+    config.airkit.base_url = Some(format!("{air}/v1"));
+    config.airkit.issuer_did = Some("did:air:id:test:x".into());
+    config.airkit.credential_id = Some("program".into());
     let app = start(dir, ManualClock::starting_now(), config)
         .await
         .unwrap();

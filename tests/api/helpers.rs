@@ -44,11 +44,12 @@ pub struct TestApp {
 
 /// The configuration tests start from: everything under `dir`, ephemeral ports.
 pub fn test_config(dir: &Path) -> Config {
-    Config {
-        partner_id: Some(PARTNER_ID.into()),
+    let mut config = Config {
         admin_token: Some(ADMIN_TOKEN.to_owned().into()),
         ..Config::rooted_at(dir)
-    }
+    };
+    config.tokens.partner_id = Some(PARTNER_ID.into());
+    config
 }
 
 /// Connection bounds with the default timers and `max_connections`, for servers built by hand.
@@ -56,9 +57,9 @@ pub fn bounds(max_connections: usize) -> keyhost::http::serve::Bounds {
     let c = Config::default();
     keyhost::http::serve::Bounds {
         max_connections,
-        first_byte_timeout: c.http_first_byte_timeout,
-        header_timeout: c.http_header_timeout,
-        tls_handshake: c.tls_handshake_timeout,
+        first_byte_timeout: c.http.first_byte_timeout,
+        header_timeout: c.http.header_timeout,
+        tls_handshake: c.tls.handshake_timeout,
     }
 }
 

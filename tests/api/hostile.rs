@@ -95,9 +95,9 @@ async fn a_handshake_flood_of_silent_connections_cannot_keep_a_verifier_from_the
     let (ca, cert, key) = test_pki(pki.path());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(dir.path());
-    config.tls_cert = Some(cert);
-    config.tls_key = Some(key);
-    config.public_max_connections = 256;
+    config.tls.cert = Some(cert);
+    config.tls.key = Some(key);
+    config.http.public_max_connections = 256;
     let app = start(dir, ManualClock::starting_now(), config)
         .await
         .unwrap();
@@ -153,8 +153,8 @@ async fn a_handshake_flood_of_silent_connections_cannot_keep_a_verifier_from_the
 #[tokio::test]
 async fn idle_connections_and_half_sent_headers_are_closed_after_the_header_timeout() {
     let app = spawn_app_with(|c| {
-        c.http_first_byte_timeout = Duration::from_millis(500);
-        c.http_header_timeout = Duration::from_secs(1);
+        c.http.first_byte_timeout = Duration::from_millis(500);
+        c.http.header_timeout = Duration::from_secs(1);
     })
     .await;
     let mut victims = Vec::new();
@@ -195,7 +195,7 @@ async fn idle_connections_and_half_sent_headers_are_closed_after_the_header_time
 
 #[tokio::test]
 async fn a_body_that_never_ends_is_answered_408_and_its_connection_closed() {
-    let app = spawn_app_with(|c| c.http_body_timeout = Duration::from_secs(1)).await;
+    let app = spawn_app_with(|c| c.http.body_timeout = Duration::from_secs(1)).await;
     let (_, api_key) = app.create_client(&["issue"]).await;
     let mut stalled = Vec::new();
     for (path, bearer) in [
@@ -351,7 +351,7 @@ async fn admin_keys_as(
 #[tokio::test]
 async fn guessing_the_admin_token_is_throttled_per_address_and_a_throttled_address_learns_nothing()
 {
-    let app = spawn_app_with(|c| c.auth_failure_limit = 5).await;
+    let app = spawn_app_with(|c| c.http.auth_failure_limit = 5).await;
     let (_, api_key) = app.create_client(&["issue"]).await;
     for _ in 0..5 {
         let res = admin_keys_as(&app, "kha_guess", None).await;
@@ -401,8 +401,8 @@ async fn guessing_the_admin_token_is_throttled_per_address_and_a_throttled_addre
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
     let app = spawn_app_with(|c| {
-        c.auth_failure_limit = 3;
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.http.auth_failure_limit = 3;
+        c.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })
     .await;
     for _ in 0..3 {
@@ -517,8 +517,8 @@ async fn served_during(http: &reqwest::Client, url: &str, bearer: &str, tries: u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_bodies_that_never_end_cannot_keep_admins_from_the_internal_listener() {
     let app = spawn_app_with(|c| {
-        c.internal_max_connections = 64;
-        c.idenfy_signing_key = Some("idenfy-test-signing-key".to_owned().into());
+        c.http.internal_max_connections = 64;
+        c.webhooks.idenfy_signing_key = Some("idenfy-test-signing-key".to_owned().into());
     })
     .await;
     let (stop, stopped) = watch::channel(false);
@@ -562,7 +562,7 @@ async fn webhook_bodies_that_never_end_cannot_keep_admins_from_the_internal_list
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifier_connecting_during_a_churn_of_half_sent_requests_is_served() {
-    let app = spawn_app_with(|c| c.public_max_connections = 64).await;
+    let app = spawn_app_with(|c| c.http.public_max_connections = 64).await;
     let (stop, stopped) = watch::channel(false);
     let opened = stalled_flood(addr(&app.public), 300, b"G", stopped);
     crate::helpers::eventually(Duration::from_secs(20), "the flood got going", || async {

@@ -529,7 +529,7 @@ async fn an_unreadable_row_is_reported_and_the_rest_keeps_serving() {
     assert_eq!(res.status(), 401);
     // And a restart (which resumes unfinished issuances) serves the rest.
     let port: u16 = app.public.rsplit(':').next().unwrap().parse().unwrap();
-    let base_url = app.state.config.airkit_base_url().unwrap();
+    let base_url = app.state.config.airkit.url().unwrap();
     let (dir, clock) = app.stop().await;
     let config = crate::issuance::issuing_config(dir.path(), port, &base_url);
     let app = start(dir, clock, config).await.unwrap();

@@ -75,16 +75,16 @@ pub async fn start_emulator_on(
 /// The configuration of a keyhost that issues through `base_url`, with quick retries and polls.
 pub fn issuing_config(dir: &std::path::Path, public_port: u16, base_url: &str) -> Config {
     let mut c = test_config(dir);
-    c.public_addr = ([127, 0, 0, 1], public_port).into();
-    c.airkit_base_url = Some(base_url.to_owned());
-    c.issuer_did = Some(ISSUER.into());
-    c.credential_id = Some(PROGRAM.into());
-    c.airkit_backoff = Duration::from_millis(20);
-    c.airkit_backoff_max = Duration::from_millis(200);
-    c.airkit_poll_interval = Duration::from_millis(100);
-    c.airkit_wait = Duration::from_secs(10);
-    c.kyc_webhook_secret = Some("kyc-webhook-test-secret".to_owned().into());
-    c.idenfy_signing_key = Some("idenfy-test-signing-key".to_owned().into());
+    c.http.public_addr = ([127, 0, 0, 1], public_port).into();
+    c.airkit.base_url = Some(base_url.to_owned());
+    c.airkit.issuer_did = Some(ISSUER.into());
+    c.airkit.credential_id = Some(PROGRAM.into());
+    c.airkit.backoff = Duration::from_millis(20);
+    c.airkit.backoff_max = Duration::from_millis(200);
+    c.airkit.poll_interval = Duration::from_millis(100);
+    c.airkit.wait = Duration::from_secs(10);
+    c.webhooks.kyc_secret = Some("kyc-webhook-test-secret".to_owned().into());
+    c.webhooks.idenfy_signing_key = Some("idenfy-test-signing-key".to_owned().into());
     c
 }
 
@@ -371,7 +371,7 @@ async fn bursts_of_429_and_500_are_retried_until_the_issuance_succeeds() {
 #[tokio::test]
 async fn an_outage_longer_than_the_retry_budget_parks_the_issuance_and_loses_nothing() {
     let (app, upstream, key) =
-        spawn_issuing(|e| e.fail_rate_500 = 1.0, |c| c.airkit_max_attempts = 3).await;
+        spawn_issuing(|e| e.fail_rate_500 = 1.0, |c| c.airkit.max_attempts = 3).await;
     let (status, body) = issue_for(&app, &key, "u@example.com").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["identifier"], "INTERNAL_ERROR");
@@ -488,14 +488,14 @@ async fn without_an_air_kit_url_the_proxy_explains_how_to_configure_it() {
 #[tokio::test]
 async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_lead_prevents_it() {
     // The emulator caches keyhost's JWKS for its max-age (2 s here), as AIR Kit does; keyhost
-    // publishes each key that long before it signs. Each has its own clock.
+    // publishes each key longer than that (3 s) before it signs. Each has its own clock.
     let emulator_clock = ManualClock::starting_now();
     let (app, upstream, key) = spawn_issuing_on(
         emulator_clock.clone(),
         |_| {},
         |c| {
-            c.jwks_max_age = Duration::from_secs(2);
-            c.publish_lead = Duration::from_secs(2);
+            c.keys.jwks_max_age = Duration::from_secs(2);
+            c.keys.publish_lead = Duration::from_secs(3);
         },
     )
     .await;
@@ -517,7 +517,7 @@ async fn a_key_used_before_air_kit_refetched_the_jwks_gets_401_and_the_publish_l
     assert_eq!(status, 200, "still signed by the old key");
     // The lead ends (keyhost's clock) while the emulator's fresh cache has not expired: the
     // successor signs at once, and the emulator already knows it.
-    app.advance(2).await;
+    app.advance(3).await;
     assert!(app.kids_in("active").await.contains(&successor));
     let (status, body) = issue(&app, &key, ok.clone()).await;
     assert_eq!(status, 200, "{body}");
@@ -600,6 +600,7 @@ async fn a_400_from_air_kit_is_a_validation_error_with_the_schema_fix() {
         keyhost::issuance::Upstream {
             airkit: Some(Arc::new(RefusesWith400)),
             skew: app.state.clock_skew.clone(),
+            alg: app.state.config.tokens.default_alg,
         },
         app.state.minter.clone(),
         app.state.clock.clone(),
@@ -824,7 +825,7 @@ async fn a_client_gets_the_status_of_its_own_issuances_and_must_name_the_email_f
 
 #[tokio::test]
 async fn issuances_and_status_calls_count_against_the_client_rate_limit() {
-    let (app, _upstream, key) = spawn_issuing(|_| {}, |c| c.client_rate_limit = 2).await;
+    let (app, _upstream, key) = spawn_issuing(|_| {}, |c| c.tokens.client_rate_limit = 2).await;
     let (_, other_key) = app.create_client(&["issue"]).await;
     let hash = issued_hash(&app, &key, "user@example.com").await;
     assert_eq!(status_query(&app, &key, &hash, None).await.0, 200);
@@ -884,8 +885,8 @@ async fn a_credential_not_onchain_by_the_poll_deadline_is_unconfirmed_and_can_be
     let (app, _upstream, key) = spawn_issuing(
         |e| e.onchain_delay = Duration::from_secs(3600),
         |c| {
-            c.airkit_poll_interval = Duration::from_secs(10);
-            c.airkit_poll_deadline = Duration::from_secs(5);
+            c.airkit.poll_interval = Duration::from_secs(10);
+            c.airkit.poll_deadline = Duration::from_secs(5);
         },
     )
     .await;
@@ -1117,6 +1118,7 @@ fn service_of(
         keyhost::issuance::Upstream {
             airkit: Some(airkit),
             skew: app.state.clock_skew.clone(),
+            alg: app.state.config.tokens.default_alg,
         },
         app.state.minter.clone(),
         app.state.clock.clone(),
@@ -1282,9 +1284,9 @@ async fn an_issuance_still_retrying_when_the_wait_ends_is_answered_202_on_keyhos
     let (app, upstream, key) = spawn_issuing(
         |e| e.fail_rate_500 = 1.0,
         |c| {
-            c.airkit_wait = Duration::from_secs(30);
-            c.airkit_backoff = Duration::from_secs(3600);
-            c.airkit_backoff_max = Duration::from_secs(3600);
+            c.airkit.wait = Duration::from_secs(30);
+            c.airkit.backoff = Duration::from_secs(3600);
+            c.airkit.backoff_max = Duration::from_secs(3600);
         },
     )
     .await;

@@ -32,12 +32,11 @@ impl CachingVerifier {
 
 async fn short_policy_app() -> TestApp {
     spawn_app_with(|c| {
-        // The tightest safe policy, for verifiers caching by keyhost's clock: the lead equals
-        // max-age (an operator's configuration must leave a margin above it).
-        c.publish_lead = Duration::from_secs(MAX_AGE as u64);
-        c.jwks_max_age = Duration::from_secs(MAX_AGE as u64);
-        c.rotation_period = Duration::from_secs(3600);
-        c.retire_grace = Duration::from_secs(900);
+        // A tight policy: the lead exceeds max-age by a minute.
+        c.keys.publish_lead = Duration::from_secs(MAX_AGE as u64 + 60);
+        c.keys.jwks_max_age = Duration::from_secs(MAX_AGE as u64);
+        c.keys.rotation_period = Duration::from_secs(3600);
+        c.keys.retire_grace = Duration::from_secs(900);
     })
     .await
 }
@@ -130,10 +129,10 @@ async fn the_caching_verifier_does_catch_a_key_used_before_it_was_published() {
 async fn retired_key_stays_published_until_grace_ends_then_its_private_key_is_destroyed() {
     let app = short_policy_app().await;
     let first = app.kids_in("active").await;
-    // The successor is generated at 55 min and takes over at 60 min.
-    app.advance(3300).await;
+    // The successor is generated at 54 min and takes over at 60 min.
+    app.advance(3240).await;
     assert_eq!(app.kids_in("pending").await.len(), 2);
-    app.advance(300).await;
+    app.advance(360).await;
     let retired = app.kids_in("retired").await;
     assert_eq!(retired.len(), 2);
     assert!(retired.iter().all(|k| first.contains(k)));

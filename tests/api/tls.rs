@@ -69,8 +69,8 @@ async fn the_jwks_is_served_over_https_and_the_emulator_verifies_through_it() {
     .await;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = issuing_config(dir.path(), port, &upstream.base_url);
-    config.tls_cert = Some(cert);
-    config.tls_key = Some(key);
+    config.tls.cert = Some(cert);
+    config.tls.key = Some(key);
     let app = start(dir, ManualClock::starting_now(), config)
         .await
         .unwrap();
@@ -122,15 +122,15 @@ async fn a_certificate_without_its_key_is_refused_at_start() {
     let pki = tempfile::tempdir().unwrap();
     let (_, cert, _) = test_pki(pki.path());
     let mut config = crate::helpers::test_config(dir.path());
-    config.tls_cert = Some(cert.clone());
+    config.tls.cert = Some(cert.clone());
     let err = start(dir.clone(), ManualClock::starting_now(), config)
         .await
         .err()
         .expect("refused");
     assert!(format!("{err:#}").contains("KEYHOST_TLS_KEY"));
     let mut config = crate::helpers::test_config(dir.path());
-    config.tls_cert = Some(cert.clone());
-    config.tls_key = Some(cert);
+    config.tls.cert = Some(cert.clone());
+    config.tls.key = Some(cert);
     let err = start(dir, ManualClock::starting_now(), config)
         .await
         .err()
@@ -239,8 +239,8 @@ async fn the_doctor_names_an_untrusted_certificate_and_points_to_ca_file() {
     let (ca, cert, key) = test_pki(pki.path());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = crate::helpers::test_config(dir.path());
-    config.tls_cert = Some(cert);
-    config.tls_key = Some(key);
+    config.tls.cert = Some(cert);
+    config.tls.key = Some(key);
     let app = start(dir, ManualClock::starting_now(), config)
         .await
         .unwrap();

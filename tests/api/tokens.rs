@@ -219,7 +219,7 @@ async fn credentials_are_checked_before_the_body() {
 
 #[tokio::test]
 async fn without_a_partner_id_the_server_serves_the_jwks_but_explains_why_it_cannot_mint() {
-    let app = spawn_app_with(|c| c.partner_id = None).await;
+    let app = spawn_app_with(|c| c.tokens.partner_id = None).await;
     assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 2);
     let (_, key) = app.create_client(&["issue"]).await;
     let res = app.mint(&key, json!({"email": "a@example.com"})).await;
@@ -235,7 +235,7 @@ async fn without_a_partner_id_the_server_serves_the_jwks_but_explains_why_it_can
 
 #[tokio::test]
 async fn an_algorithm_that_is_not_enabled_cannot_be_requested() {
-    let app = spawn_app_with(|c| c.algorithms = vec![keyhost::keys::Alg::ES256]).await;
+    let app = spawn_app_with(|c| c.keys.algorithms = vec![keyhost::keys::Alg::ES256]).await;
     assert_eq!(app.jwks().await["keys"].as_array().unwrap().len(), 1);
     let (_, key) = app.create_client(&["issue"]).await;
     let res = app
@@ -254,7 +254,7 @@ async fn token_responses_are_not_cacheable() {
 
 #[tokio::test]
 async fn a_client_over_its_hourly_quota_gets_429_with_retry_after_and_others_are_unaffected() {
-    let app = spawn_app_with(|c| c.client_rate_limit = 3).await;
+    let app = spawn_app_with(|c| c.tokens.client_rate_limit = 3).await;
     let (_, busy) = app.create_client(&["issue"]).await;
     let (_, other) = app.create_client(&["issue"]).await;
     for _ in 0..3 {

@@ -181,8 +181,8 @@ async fn an_https_jwks_is_fetched_with_the_ca_given_by_ca_file() {
     let (ca, cert, tls_key) = crate::tls::test_pki(pki.path());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(dir.path());
-    config.tls_cert = Some(cert);
-    config.tls_key = Some(tls_key);
+    config.tls.cert = Some(cert);
+    config.tls.key = Some(tls_key);
     let app = start(dir, ManualClock::starting_now(), config)
         .await
         .unwrap();
