@@ -15,8 +15,9 @@ use crate::store::clients::ClientRow;
 use crate::store::{self, Store, StoreError};
 
 /// A client as the API shows it (never its secret or hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Client)]
 pub struct ClientView {
     /// Client id.
     pub id: String,
@@ -25,13 +26,16 @@ pub struct ClientView {
     /// Allowed scopes.
     pub scopes: Vec<String>,
     /// Creation time, RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Disabling time, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub disabled_at: Option<String>,
     /// `failed` when the row fails its integrity check: it was not written by keyhost and its
     /// key is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^failed$")]
     pub integrity: Option<&'static str>,
 }
 
