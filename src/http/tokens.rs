@@ -37,6 +37,7 @@ pub(crate) struct TokenRequest {
     #[schema(schema_with = crate::http::openapi::scope_or_null)]
     scope: Option<String>,
     /// Lifetime in seconds (default and most 300: AIR Kit recommends 5-minute tokens).
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     #[schema(minimum = 1, maximum = 300)]
     ttl_seconds: Option<i64>,
     /// The signing algorithm (default `KEYHOST_DEFAULT_ALG`); it must be enabled
