@@ -395,8 +395,25 @@ const SPACE: &str = r"\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029
 /// Control characters as `char::is_control` knows them (Unicode `Cc`).
 const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
 
-/// A name or scope: 1 to 100 characters, no control characters, no white space around it.
-pub fn label() -> ObjectBuilder {
+/// A client's name: 1 to 100 characters without control characters, once the white space
+/// around it is trimmed.
+pub fn name() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(100))
+        .pattern(Some(format!(
+            "^[{SPACE}]*[^{SPACE}{CONTROL}]([^{CONTROL}]*[^{SPACE}{CONTROL}])?[{SPACE}]*$"
+        )))
+        .description(Some(
+            "what the client is for: 1 to 100 characters without control characters once white \
+             space around it is trimmed",
+        ))
+}
+
+/// A scope (see [`crate::scope::validate_scope`]): 1 to 100 characters, no control characters,
+/// no white space around it.
+pub fn scope() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
@@ -404,13 +421,9 @@ pub fn label() -> ObjectBuilder {
         .pattern(Some(format!(
             "^[^{SPACE}{CONTROL}]([^{CONTROL}]*[^{SPACE}{CONTROL}])?$"
         )))
-}
-
-/// A scope (see [`crate::scope::validate_scope`]).
-pub fn scope() -> ObjectBuilder {
-    label().description(Some(
-        "1 to 100 characters, no control characters or surrounding space",
-    ))
+        .description(Some(
+            "1 to 100 characters, no control characters or surrounding white space",
+        ))
 }
 
 /// A scope, or `null` for the default.

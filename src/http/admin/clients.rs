@@ -29,7 +29,7 @@ impl From<ClientError> for ApiError {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateClientRequest {
     /// What the client is for.
-    #[schema(schema_with = crate::http::openapi::label, required = true)]
+    #[schema(schema_with = crate::http::openapi::name, required = true)]
     name: Option<String>,
     /// The scopes it may request, e.g. `["issue"]` (repeats are dropped).
     #[schema(
