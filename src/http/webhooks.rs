@@ -286,7 +286,7 @@ async fn kyc_complete(
         .kyc_level
         .ok_or_else(|| ApiError::missing_value("kycLevel is required"))?;
     let idempotency_key = match req.event_id {
-        Some(id) if id.is_empty() || id.len() > 200 => {
+        Some(id) if id.is_empty() || id.chars().count() > 200 => {
             return Err(ApiError::bad_value(
                 "eventId must be between 1 and 200 characters",
             ));
@@ -440,14 +440,16 @@ async fn idenfy(
     let hook: IdenfyWebhook = parse_json_object(&body)?;
     let scan_ref = hook
         .scan_ref
-        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .filter(|s| !s.is_empty() && s.chars().count() <= 200)
         .ok_or_else(|| ApiError::missing_value("scanRef is required"))?;
     let answer = state
         .kyc
         .idenfy(IdenfyDelivery {
             body_sha256: crate::auth::sha256(&body),
             scan_ref: scan_ref.clone(),
-            client_id: hook.client_id.filter(|c| !c.is_empty() && c.len() <= 200),
+            client_id: hook
+                .client_id
+                .filter(|c| !c.is_empty() && c.chars().count() <= 200),
             is_final: hook.is_final,
             overall: hook.status.and_then(|s| s.overall),
         })

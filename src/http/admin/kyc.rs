@@ -64,7 +64,7 @@ pub(super) async fn put_subject(
         .client_id
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::missing_value("clientId is required"))?;
-    if client_id.len() > 200 {
+    if client_id.chars().count() > 200 {
         return Err(ApiError::bad_value(
             "clientId must be at most 200 characters",
         ));
