@@ -108,8 +108,11 @@ impl ClientService {
         scopes: &[String],
         actor: &str,
     ) -> Result<(ClientView, SecretString), ClientError> {
+        // At most 100 characters as sent (as the API description says), white space around
+        // them trimmed.
+        let sent = name.chars().count();
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        if name.is_empty() || sent > 100 || name.chars().any(char::is_control) {
             return Err(ClientError::Invalid(
                 "name must be 1 to 100 printable characters".into(),
             ));
