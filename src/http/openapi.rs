@@ -184,7 +184,7 @@ fn finish(doc: &mut OpenApi) {
                        Partner JWT minting, issuance proxy. Every error body is \
                        {\"identifier\", \"message\"} with iDenfy's identifiers. An unknown path \
                        is answered 404 `NOT_FOUND` and a method a path does not list 405 \
-                       `METHOD_NOT_ALLOWED` (with `Allow`)."
+                       `METHOD_NOT_ALLOWED` (with `Allow`); HEAD is answered wherever GET is."
     ),
     tags(
         (name = "public", description = "The public listener: the JWKS and liveness"),
