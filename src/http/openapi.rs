@@ -444,6 +444,17 @@ pub fn email() -> ObjectBuilder {
         .max_length(Some(254))
 }
 
+/// A kid an operator chooses (see [`crate::keys::service::validate_kid`]), or `null` for the
+/// key's thumbprint.
+pub fn kid_or_null() -> ObjectBuilder {
+    or_null(
+        ObjectBuilder::new()
+            .min_length(Some(1))
+            .max_length(Some(128))
+            .pattern(Some(r#"^[!#-\[\]-~]+$"#)),
+    )
+}
+
 /// A string with something other than white space in it, or `null` for the default.
 pub fn not_blank_or_null() -> ObjectBuilder {
     or_null(ObjectBuilder::new().pattern(Some(format!("[^{SPACE}]"))))

@@ -192,7 +192,9 @@ pub(crate) struct ImportRequest {
     /// held in a redacting, zeroising type.
     #[schema(value_type = String, required = true)]
     pem: Option<secrecy::SecretString>,
-    /// The kid to publish it under (default: its RFC 7638 thumbprint).
+    /// The kid to publish it under (default: its RFC 7638 thumbprint): 1 to 128 visible ASCII
+    /// characters, no quotes or backslashes.
+    #[schema(schema_with = crate::http::openapi::kid_or_null)]
     kid: Option<String>,
 }
 
