@@ -8,11 +8,13 @@ use crate::clock::rfc3339;
 use crate::store::{self, Store, StoreError};
 
 /// An audit row as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEntry)]
 pub struct AuditView {
     /// Sequence number (pass it as `before` for the next page).
     pub id: i64,
     /// When, RFC 3339.
+    #[schema(format = DateTime)]
     pub at: String,
     /// Who: `admin-api`, `cli:<user>`, `client:<id>`, `scheduler`, `webhook`, `system`.
     pub actor: String,
@@ -21,6 +23,7 @@ pub struct AuditView {
     /// Which key (kid), client, issuance or provider.
     pub subject: String,
     /// Details (never secrets).
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
 

@@ -15,8 +15,9 @@ use crate::store::clients::ClientRow;
 use crate::store::{self, Store, StoreError};
 
 /// A client as the API shows it (never its secret or hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Client)]
 pub struct ClientView {
     /// Client id.
     pub id: String,
@@ -25,13 +26,16 @@ pub struct ClientView {
     /// Allowed scopes.
     pub scopes: Vec<String>,
     /// Creation time, RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Disabling time, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub disabled_at: Option<String>,
     /// `failed` when the row fails its integrity check: it was not written by keyhost and its
     /// key is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^failed$")]
     pub integrity: Option<&'static str>,
 }
 
@@ -104,8 +108,11 @@ impl ClientService {
         scopes: &[String],
         actor: &str,
     ) -> Result<(ClientView, SecretString), ClientError> {
+        // At most 100 characters as sent (as the API description says), white space around
+        // them trimmed.
+        let sent = name.chars().count();
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        if name.is_empty() || sent > 100 || name.chars().any(char::is_control) {
             return Err(ClientError::Invalid(
                 "name must be 1 to 100 printable characters".into(),
             ));

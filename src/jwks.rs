@@ -12,17 +12,20 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::keys::jwk::PublicJwk;
 use crate::keys::types::{Alg, KeyRecord, KeyState};
 
 /// One entry of the JWKS.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[schema(as = Jwk)]
 pub struct JwkEntry<'a> {
     /// Key id.
     pub kid: &'a str,
     /// Always `sig`.
     #[serde(rename = "use")]
+    #[schema(value_type = String, pattern = "^sig$")]
     pub use_: &'static str,
     /// Signing algorithm.
     pub alg: Alg,
@@ -31,8 +34,11 @@ pub struct JwkEntry<'a> {
     pub key: &'a PublicJwk,
 }
 
-#[derive(Serialize)]
-struct JwksBody<'a> {
+/// The JWKS document: every published key, active keys first.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Jwks)]
+pub struct JwksBody<'a> {
+    /// The published keys.
     keys: Vec<JwkEntry<'a>>,
 }
 

@@ -25,8 +25,9 @@ use crate::store::{self, Store, StoreError};
 const IDENFY: &str = "idenfy";
 
 /// What became of a KYC delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = KycOutcome)]
 pub enum Outcome {
     /// It started an issuance.
     Queued,
@@ -87,24 +88,28 @@ pub enum KycError {
 }
 
 /// A clientId → email mapping as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = KycSubjectMapping)]
 pub struct SubjectView {
     /// iDenfy's clientId.
     pub client_id: String,
     /// The email it maps to.
     pub email: String,
     /// When the mapping was first made, RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// `failed` when the row fails its integrity check: it was not written by keyhost and is
     /// not used.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^failed$")]
     pub integrity: Option<&'static str>,
 }
 
 /// A received KYC webhook as the admin API shows it: times in RFC 3339, like every other time.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = KycEvent)]
 pub struct KycEventView {
     /// Sequence number.
     pub id: i64,
@@ -125,10 +130,12 @@ pub struct KycEventView {
     /// The issuance it started.
     pub issuance_id: Option<String>,
     /// When it arrived.
+    #[schema(format = DateTime)]
     pub received_at: String,
     /// How many more times the same delivery (byte for byte) arrived.
     pub repeats: u32,
     /// When it last arrived, if more than once.
+    #[schema(format = DateTime)]
     pub last_received_at: Option<String>,
 }
 

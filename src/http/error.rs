@@ -10,6 +10,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::keys::KeyError;
 use crate::keys::material::ImportError;
@@ -25,14 +26,46 @@ pub struct ApiError {
     close: bool,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every identifier an error body may carry (the API description lists them).
+pub const IDENTIFIERS: [&str; 12] = [
+    "BAD_VALUE",
+    "MISSING_VALUE",
+    "JSON_ERROR",
+    "ENCODING_ERROR",
+    "VALIDATION_ERROR",
+    "UNAUTHORIZED",
+    "PERMISSIONS_ERROR",
+    "NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "CONFLICT",
+    "TOO_MANY_REQUESTS",
+    "INTERNAL_ERROR",
+];
+
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// What went wrong, with the identifiers of iDenfy's error reference (plus `NOT_FOUND` and
+    /// `CONFLICT`).
+    #[schema(schema_with = identifier_schema)]
     identifier: &'a str,
+    /// What went wrong and, where there is one, the fix.
     message: &'a str,
+}
+
+fn identifier_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(IDENTIFIERS))
 }
 
 impl ApiError {
     fn new(status: StatusCode, identifier: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            IDENTIFIERS.contains(&identifier),
+            "{identifier} is not among the documented identifiers"
+        );
         Self {
             status,
             identifier,
@@ -180,7 +213,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (
             self.status,
-            Json(Body {
+            Json(ErrorBody {
                 identifier: self.identifier,
                 message: &self.message,
             }),

@@ -15,6 +15,7 @@ use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
+use serde::Deserialize;
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor,
 };
@@ -273,6 +274,31 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             ApiError::bad_value(format!("{path}: {inner}"))
         }
     })
+}
+
+/// Reads an optional integer member by its value, as JSON means numbers: `188.0` is 188 (a
+/// client that holds the number as a float writes it so), a fraction or a value beyond `i64` is
+/// refused. For `#[serde(default, deserialize_with = "...")]` on an `Option<i64>`.
+pub fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        // Beyond ±2^53 every float is whole, and `as` would saturate: the bounds are exact
+        // powers of two, so the comparison is too.
+        Some(f)
+            if f.fract() == 0.0
+                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) =>
+        {
+            Ok(Some(f as i64))
+        }
+        _ => Err(de::Error::custom(format!(
+            "invalid value: {n}, expected a whole number of at most 64 bits"
+        ))),
+    }
 }
 
 /// Reads a request body within [`BODY_LIMIT`] and the configured body deadline
@@ -592,6 +618,32 @@ mod tests {
             Some("10e9223372036854775807")
         );
         parse_json_object::<serde_json::Value>(b"{\"n\": 0e9223372036854775807}").unwrap();
+    }
+
+    #[test]
+    fn a_whole_number_may_be_written_as_a_float_but_not_with_a_fraction() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Ttl {
+            #[serde(default, deserialize_with = "whole_number")]
+            ttl: Option<i64>,
+        }
+        let read = |body: &str| parse_json_object::<Ttl>(body.as_bytes()).map(|t| t.ttl);
+        assert_eq!(read(r#"{"ttl": 188}"#).unwrap(), Some(188));
+        assert_eq!(read(r#"{"ttl": 188.0}"#).unwrap(), Some(188));
+        assert_eq!(read(r#"{"ttl": -2e2}"#).unwrap(), Some(-200));
+        assert_eq!(read(r#"{"ttl": null}"#).unwrap(), None);
+        assert_eq!(read("{}").unwrap(), None);
+        for bad in [
+            r#"{"ttl": 188.5}"#,
+            r#"{"ttl": 9223372036854775808}"#,
+            r#"{"ttl": 1e19}"#,
+            r#"{"ttl": "188"}"#,
+        ] {
+            let err = read(bad).unwrap_err();
+            assert_eq!(err.identifier(), "BAD_VALUE", "{bad}: {}", err.message());
+            assert!(err.message().starts_with("ttl:"), "{}", err.message());
+        }
     }
 
     #[test]

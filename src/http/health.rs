@@ -1,42 +1,65 @@
 //! Liveness (`/healthz`, both listeners), readiness (`/readyz`), metrics (`/metrics`) and the API
 //! description (`/openapi.json`), the last three on the internal listener.
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{Routes, Unavailable};
 
 /// Public health route.
-pub fn public_routes() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+pub fn public_routes() -> Routes {
+    Routes::new().route(routes!(healthz))
 }
 
 /// Internal health and readiness routes.
-pub fn internal_routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+pub fn internal_routes() -> Routes {
+    Routes::new()
+        .route(routes!(healthz))
+        .route(routes!(readyz))
+        .route(routes!(metrics))
+        .route(routes!(openapi))
 }
 
-/// The API description, maintained beside the routes (a test checks that every documented
-/// operation is routed).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
+/// This document.
+///
+/// OpenAPI 3.1, generated from the handlers: every route of both listeners, the paths of the
+/// public listener with `servers` of their own.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object))
+)]
 async fn openapi() -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
+        super::openapi::json(),
     )
         .into_response()
 }
 
-/// Prometheus text exposition.
+/// Prometheus counters.
+///
+/// Tokens minted, AIR Kit answers, 401s per kid, issuance states, rejected webhooks, failed and
+/// throttled authentications, connections open/shed/refused per listener, rows failing their
+/// integrity check, clock skew, looks at the TLS certificate files.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((
+        status = 200,
+        description = "OpenMetrics text",
+        body = String,
+        content_type = "application/openmetrics-text"
+    ))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -48,12 +71,45 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// The answer of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Alive {
+    /// Always `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
+    status: &'static str,
 }
 
-/// Ready when the store answers, every enabled algorithm has a signing key, and keyhost's clock
-/// agrees with AIR Kit's (when it has been compared lately).
+/// Liveness (both listeners).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "public",
+    responses((status = 200, description = "alive", body = Alive))
+)]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// The answer of `/readyz` when ready.
+#[derive(Debug, Serialize, ToSchema)]
+struct Ready {
+    /// Always `ready`.
+    #[schema(value_type = String, pattern = "^ready$")]
+    status: &'static str,
+    /// The key ids in the JWKS, in its order.
+    kids: Vec<String>,
+}
+
+/// Readiness.
+///
+/// Ready when the database answers, every enabled algorithm has a signing key, and keyhost's
+/// clock agrees with AIR Kit's (when it has been compared lately).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, description = "ready", body = Ready), Unavailable)
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
     let db_ok = tokio::task::spawn_blocking(move || store.ping())
@@ -88,5 +144,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
         .into_response();
     }
-    Json(json!({"status": "ready", "kids": state.live.jwks().kids})).into_response()
+    Json(Ready {
+        status: "ready",
+        kids: state.live.jwks().kids.clone(),
+    })
+    .into_response()
 }

@@ -7,17 +7,22 @@
 //! `KEYHOST_AIRKIT_WAIT`; AIR's refusals come back as errors that carry AIR's status, message and
 //! the fix.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientAuth, JsonBody, QueryParams};
+use super::openapi::{
+    AuthErrors, BadGateway, BadRequest, Conflict, Forbidden, InternalError, JsonBodyErrors,
+    NotFound, Routes, Unavailable,
+};
 use crate::airkit::TransportError;
 use crate::auth::Client;
 use crate::email::Email;
@@ -28,11 +33,11 @@ use crate::issuance::{
 };
 
 /// The proxy's routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/credentials/issue-on-behalf", post(issue))
-        .route("/v1/credentials/status", get(status))
-        .route("/v1/issuances/{id}", get(one))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(issue))
+        .route(routes!(status))
+        .route(routes!(one))
 }
 
 impl From<IssuanceError> for ApiError {
@@ -59,14 +64,29 @@ fn require_issue_scope(state: &AppState, client: &Client) -> Result<(), ApiError
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A credential to issue on a user's behalf.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct IssueRequest {
+    /// The user's email.
+    #[schema(schema_with = crate::http::openapi::email, required = true)]
     email: Option<String>,
+    /// The credential data, as the program's schema wants it.
+    #[schema(schema_with = crate::http::openapi::json_object, required = true)]
     credential_subject: Option<Value>,
+    /// Issuer DID (default `KEYHOST_ISSUER_DID`).
+    #[schema(schema_with = crate::http::openapi::not_blank_or_null)]
     issuer_did: Option<String>,
+    /// Program id (default `KEYHOST_CREDENTIAL_ID`).
+    #[schema(schema_with = crate::http::openapi::not_blank_or_null)]
     credential_id: Option<String>,
+    /// What AIR Kit does when the user already holds the credential: `revoke` (the default)
+    /// revokes it and issues again, `ignore` keeps it (the answer is the existing issuance,
+    /// `"duplicate": true`).
+    #[schema(schema_with = crate::http::openapi::on_duplicate_or_null)]
     on_duplicate: Option<OnDuplicate>,
+    /// `true`: answer only once the credential is `ONCHAIN`, waiting up to `KEYHOST_AIRKIT_WAIT`
+    /// or a minute, whichever is longer.
     wait: Option<bool>,
 }
 
@@ -144,6 +164,50 @@ pub fn issuance_response(issuance: &Issuance) -> Response {
     }
 }
 
+/// Issue an AIR credential on a user's behalf.
+///
+/// Durable (written before the first upstream call, resumed after a restart), retried (429, 5xx,
+/// timeouts, with backoff, a fresh Partner JWT each time, up to `KEYHOST_AIRKIT_MAX_ATTEMPTS`;
+/// then `stalled`), idempotent with `Idempotency-Key` (the same key with another request is 409).
+/// AIR's refusals (400, 403, 404, 409) are never retried: the answer carries AIR's status, its
+/// message and the fix; AIR refusing keyhost's Partner JWT is 502 `UNAUTHORIZED`.
+#[utoipa::path(
+    post,
+    path = "/v1/credentials/issue-on-behalf",
+    tag = "issuance",
+    security(("clientKey" = [])),
+    params((
+        "Idempotency-Key" = Option<String>,
+        Header,
+        description = "Replaying a request with the same key returns the earlier issuance",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$"
+    )),
+    request_body = IssueRequest,
+    responses(
+        (
+            status = 200,
+            description = "AIR Kit accepted it (`submitted`, or `onchain` with `wait`)",
+            body = crate::issuance::IssuanceView,
+            headers(("Location" = String, description = "/v1/issuances/{issuanceId}"))
+        ),
+        (
+            status = 202,
+            description = "still retrying after `KEYHOST_AIRKIT_WAIT`; follow `Location`",
+            body = crate::issuance::IssuanceView,
+            headers(("Location" = String, description = "/v1/issuances/{issuanceId}"))
+        ),
+        JsonBodyErrors,
+        AuthErrors,
+        Forbidden,
+        NotFound,
+        Conflict,
+        InternalError,
+        BadGateway,
+        Unavailable,
+    )
+)]
 async fn issue(
     State(state): State<AppState>,
     ClientAuth(client): ClientAuth,
@@ -192,13 +256,37 @@ async fn issue(
     Ok(issuance_response(&row))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
+    /// AIR's issuance id.
+    #[param(required = true, value_type = String, min_length = 1, max_length = 256)]
     core_claim_hash: Option<String>,
+    /// The user's email, for a hash this client did not issue through keyhost (keyhost never
+    /// lends one client the email of another's issuance).
+    #[param(schema_with = crate::http::openapi::email)]
     email: Option<String>,
 }
 
+/// AIR Kit's status of a credential.
+#[utoipa::path(
+    get,
+    path = "/v1/credentials/status",
+    tag = "issuance",
+    security(("clientKey" = [])),
+    params(StatusQuery),
+    responses(
+        (status = 200, description = "AIR's status body", body = Object),
+        BadRequest,
+        AuthErrors,
+        Forbidden,
+        NotFound,
+        InternalError,
+        BadGateway,
+        Unavailable,
+    )
+)]
 async fn status(
     State(state): State<AppState>,
     ClientAuth(client): ClientAuth,
@@ -259,6 +347,20 @@ async fn status(
     Err(air_error(fault, message, retry_after))
 }
 
+/// One of the calling client's issuances.
+#[utoipa::path(
+    get,
+    path = "/v1/issuances/{id}",
+    tag = "issuance",
+    security(("clientKey" = [])),
+    params(("id" = String, Path, description = "issuance id")),
+    responses(
+        (status = 200, description = "the issuance", body = crate::issuance::IssuanceView),
+        AuthErrors,
+        NotFound,
+        InternalError,
+    )
+)]
 async fn one(
     State(state): State<AppState>,
     ClientAuth(client): ClientAuth,

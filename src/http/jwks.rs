@@ -1,16 +1,16 @@
 //! `GET /.well-known/jwks.json`: pre-serialised bytes, a strong ETag, `304` on a match.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::routes;
 
 use super::AppState;
+use super::openapi::Routes;
 
 /// The JWKS route.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/.well-known/jwks.json", get(jwks))
+pub fn routes() -> Routes {
+    Routes::new().route(routes!(jwks))
 }
 
 /// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110 requires here).
@@ -23,6 +23,41 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
     })
 }
 
+/// The JWKS (public listener).
+///
+/// Served from bytes prepared when the key set changes. `Cache-Control: public, max-age` (from
+/// `KEYHOST_JWKS_MAX_AGE`), a strong `ETag`, `304` on a matching `If-None-Match`, CORS `*`.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "public",
+    params((
+        "If-None-Match" = Option<String>,
+        Header,
+        description = "ETags of a copy the caller holds (`*`, lists and weak tags accepted)"
+    )),
+    responses(
+        (
+            status = 200,
+            description = "the key set",
+            body = crate::jwks::JwksBody,
+            headers(
+                ("Cache-Control" = String, description = "public, max-age=<KEYHOST_JWKS_MAX_AGE>"),
+                ("ETag" = String, description = "strong validator of these bytes"),
+                ("Access-Control-Allow-Origin" = String, description = "*"),
+            )
+        ),
+        (
+            status = 304,
+            description = "not modified: the caller's copy is current",
+            headers(
+                ("Cache-Control" = String, description = "public, max-age=<KEYHOST_JWKS_MAX_AGE>"),
+                ("ETag" = String, description = "strong validator of the current key set"),
+                ("Access-Control-Allow-Origin" = String, description = "*"),
+            )
+        ),
+    )
+)]
 async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let doc = state.live.jwks_now();
     let common = [

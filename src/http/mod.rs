@@ -5,7 +5,9 @@
 //!   `GET /readyz`.
 //!
 //! Both wrap their routes in the same layers: panics become 500s, any error response without
-//! the standard body gets one, and bodies are capped.
+//! the standard body gets one, and bodies are capped. A route is registered with its
+//! description ([`openapi::Routes`]), so the API description served at `/openapi.json` lists
+//! exactly what the listeners answer.
 
 pub mod admin;
 pub mod error;
@@ -13,6 +15,7 @@ pub mod extract;
 pub mod health;
 pub mod issuance;
 pub mod jwks;
+pub mod openapi;
 pub mod serve;
 pub mod throttle;
 pub mod tls;
@@ -41,6 +44,7 @@ use crate::live::LiveKeys;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use error::ApiError;
+use openapi::Routes;
 
 /// Everything a handler may need, behind one `Arc`: axum clones the state for every request, and
 /// one reference count is cheaper than a dozen on the hot paths.
@@ -140,7 +144,10 @@ pub fn client_rate_limiter(per_hour: u32) -> Option<Arc<ClientRateLimiter>> {
     )))
 }
 
-fn common_layers(router: Router<AppState>, state: AppState) -> Router {
+/// The router of `routes` (the only way in: every route a listener answers is one its
+/// description lists) with the layers both listeners share.
+fn common_layers(routes: Routes, state: AppState) -> Router {
+    let (router, _) = routes.split();
     router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -155,25 +162,33 @@ fn common_layers(router: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Routes of the public listener.
-pub fn public_router(state: AppState) -> Router {
-    let routes = Router::new()
+/// The routes of the public listener, with their description.
+pub fn public_routes() -> Routes {
+    Routes::new()
         .merge(jwks::routes())
-        .merge(health::public_routes());
-    common_layers(routes, state)
+        .merge(health::public_routes())
+}
+
+/// The routes of the internal listener, with their description.
+pub fn internal_routes() -> Routes {
+    Routes::new()
+        .merge(tokens::routes())
+        .merge(issuance::routes())
+        .merge(webhooks::routes())
+        .merge(admin::routes())
+        .merge(health::internal_routes())
+}
+
+/// The public listener's router.
+pub fn public_router(state: AppState) -> Router {
+    common_layers(public_routes(), state)
 }
 
 /// Routes of the internal listener. Every answer is `Cache-Control: no-store`, including those
 /// made outside the routes (unknown paths, wrong methods, panics), so the layer wraps the whole
 /// router rather than the routes alone.
 pub fn internal_router(state: AppState) -> Router {
-    let routes = Router::new()
-        .merge(tokens::routes())
-        .merge(issuance::routes())
-        .merge(webhooks::routes())
-        .merge(admin::routes())
-        .merge(health::internal_routes());
-    common_layers(routes, state).layer(SetResponseHeaderLayer::if_not_present(
+    common_layers(internal_routes(), state).layer(SetResponseHeaderLayer::if_not_present(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     ))

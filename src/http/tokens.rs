@@ -4,15 +4,17 @@
 //! algorithm, the clock. The key must be past its `signable_at` even if the lifecycle task is
 //! late, so no token is ever signed by a key a verifier may not have fetched.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientAuth, JsonBody};
+use super::openapi::{AuthErrors, Forbidden, InternalError, JsonBodyErrors, Routes, Unavailable};
 use crate::clock::rfc3339;
 use crate::email::Email;
 use crate::keys::Alg;
@@ -21,30 +23,69 @@ use crate::scope::DEFAULT_SCOPE;
 use crate::signer::MAX_TOKEN_TTL;
 
 /// The token route.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/tokens", post(mint))
+pub fn routes() -> Routes {
+    Routes::new().route(routes!(mint))
 }
 
-#[derive(Debug, Deserialize)]
+/// What to mint.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct TokenRequest {
+    /// The user's email: the token's `email` claim.
+    #[schema(schema_with = crate::http::openapi::email, required = true)]
     email: Option<String>,
+    /// The `scope` claim (default `issue`); the client must be allowed it.
+    #[schema(schema_with = crate::http::openapi::scope_or_null)]
     scope: Option<String>,
+    /// Lifetime in seconds (default and most 300: AIR Kit recommends 5-minute tokens).
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
+    #[schema(minimum = 1, maximum = 300)]
     ttl_seconds: Option<i64>,
+    /// The signing algorithm (default `KEYHOST_DEFAULT_ALG`); it must be enabled
+    /// (`KEYHOST_ALGORITHMS`).
+    #[schema(value_type = Option<Alg>)]
     alg: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A minted Partner JWT.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TokenResponse {
+    /// The JWT, for AIR Kit's `x-partner-auth`.
     token: String,
+    /// Always `JWT`.
+    #[schema(value_type = String, pattern = "^JWT$")]
     token_type: &'static str,
+    /// The algorithm that signed it.
     alg: Alg,
+    /// The key that signed it.
     kid: String,
+    /// Its `exp`, RFC 3339.
+    #[schema(format = DateTime)]
     expires_at: String,
+    /// Seconds from `iat` to `exp`.
     expires_in: i64,
 }
 
+/// Mint a Partner JWT.
+///
+/// Signed by the active key of the algorithm, never before that key has been in the JWKS for
+/// the publish lead. Counts against `KEYHOST_CLIENT_RATE_LIMIT`.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    security(("clientKey" = [])),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "the token", body = TokenResponse),
+        JsonBodyErrors,
+        AuthErrors,
+        Forbidden,
+        Unavailable,
+        InternalError,
+    )
+)]
 async fn mint(
     State(state): State<AppState>,
     ClientAuth(client): ClientAuth,

@@ -18,14 +18,15 @@
 //! Signatures are checked over the raw bytes, in constant time, before anything is parsed.
 
 use aws_lc_rs::hmac;
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use subtle::ConstantTimeEq;
 
@@ -33,15 +34,19 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{RawBody, parse_json_object};
 use super::issuance::issuance_response;
+use super::openapi::{
+    BadGateway, Conflict, Forbidden, InternalError, NotFound, RawBodyErrors, Routes,
+    TooManyRequests, Unauthorized, Unavailable,
+};
 use crate::clock::rfc3339;
 use crate::email::Email;
 use crate::kyc::{IdenfyAnswer, IdenfyDelivery, KycCompleteDelivery};
 
 /// Webhook routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/kyc-complete", post(kyc_complete))
-        .route("/webhooks/idenfy", post(idenfy))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(kyc_complete))
+        .route(routes!(idenfy))
 }
 
 /// A decoded HMAC-SHA256 webhook signature.
@@ -172,14 +177,70 @@ async fn authenticate<T>(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A KYC result (the Issue-on-Behalf reference's example); members it does not name are
+/// ignored.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct KycComplete {
+    /// The user to issue to.
+    #[schema(schema_with = super::openapi::email, required = true)]
     user_email: Option<String>,
+    /// Any value but `null`: it becomes the subject's `kycLevel`.
+    #[schema(schema_with = super::openapi::json_not_null, required = true)]
     kyc_level: Option<Value>,
+    /// The sender's event id: deliveries with the same id are one issuance (the same id for
+    /// another request is 409).
+    #[schema(min_length = 1, max_length = 200)]
     event_id: Option<String>,
 }
 
+/// What a kyc-complete delivery started.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct KycCompleteAnswer {
+    /// Always `true`.
+    success: bool,
+    /// The issuance it started (or the one a replay already started).
+    issuance_id: String,
+    /// Its state.
+    #[schema(value_type = super::openapi::IssuanceState)]
+    state: crate::issuance::IssuanceState,
+    /// AIR's issuance id, once AIR Kit has accepted it.
+    core_claim_hash: Option<String>,
+}
+
+/// A KYC result that triggers issuance.
+///
+/// `{userEmail, kycLevel, eventId?}` issues the subject `{kycVerified: true, kycLevel,
+/// verifiedAt}`. Signed with `X-Keyhost-Signature` under `KEYHOST_KYC_WEBHOOK_SECRET` and accepted
+/// within 5 minutes of its `t`; a replay within that window is answered with the issuance it
+/// already made. An `Idempotency-Key` header is refused (400): it is not covered by the
+/// signature. AIR's refusals are answered as for `POST /v1/credentials/issue-on-behalf`.
+#[utoipa::path(
+    post,
+    path = "/webhooks/kyc-complete",
+    tag = "webhooks",
+    params((
+        "X-Keyhost-Signature" = String,
+        Header,
+        description = "t=<unix seconds>,sha256=<hex HMAC-SHA256 of \"<t>.<raw body>\">",
+        pattern = "^t=[0-9]{1,12},sha256=[0-9a-fA-F]{64}$"
+    )),
+    request_body = KycComplete,
+    responses(
+        (status = 200, description = "issued", body = KycCompleteAnswer),
+        (status = 202, description = "accepted; the issuance is still queued", body = KycCompleteAnswer),
+        RawBodyErrors,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        TooManyRequests,
+        InternalError,
+        BadGateway,
+        Unavailable,
+    )
+)]
 async fn kyc_complete(
     State(state): State<AppState>,
     _: Enabled,
@@ -233,7 +294,7 @@ async fn kyc_complete(
         .kyc_level
         .ok_or_else(|| ApiError::missing_value("kycLevel is required"))?;
     let idempotency_key = match req.event_id {
-        Some(id) if id.is_empty() || id.len() > 200 => {
+        Some(id) if id.is_empty() || id.chars().count() > 200 => {
             return Err(ApiError::bad_value(
                 "eventId must be between 1 and 200 characters",
             ));
@@ -258,34 +319,105 @@ async fn kyc_complete(
     if res.status().is_success() {
         res = (
             res.status(),
-            Json(json!({
-                "success": true,
-                "issuanceId": row.id,
-                "state": row.state,
-                "coreClaimHash": row.core_claim_hash,
-            })),
+            Json(KycCompleteAnswer {
+                success: true,
+                issuance_id: row.id,
+                state: row.state,
+                core_claim_hash: row.core_claim_hash,
+            }),
         )
             .into_response();
     }
     Ok(res)
 }
 
-#[derive(Debug, Deserialize)]
+/// iDenfy's verdict.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct IdenfyStatus {
+    /// `APPROVED` is acted on; anything else is recorded and ignored.
     overall: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// iDenfy's verification result (the members keyhost reads; others are ignored).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct IdenfyWebhook {
+    /// Whether the result is final: only final results are acted on.
     #[serde(rename = "final")]
     is_final: Option<bool>,
+    /// The verdict.
     status: Option<IdenfyStatus>,
+    /// iDenfy's verification id: one issuance per scanRef.
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 200)]
     scan_ref: Option<String>,
+    /// Your id for the user: an email, or a clientId mapped with `POST /admin/kyc-subjects`.
     client_id: Option<String>,
 }
 
+/// What became of an iDenfy delivery.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum IdenfyAction {
+    /// An issuance was started.
+    Queued,
+    /// Approved, but no email is known for its clientId: recorded, nothing issued.
+    Unmatched,
+    /// Not final, or not approved: nothing to do.
+    Ignored,
+    /// The scanRef already started an issuance, or the same bytes arrived before.
+    Duplicate,
+}
+
+/// The answer to an iDenfy delivery.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct IdenfyReply {
+    /// Always `true`.
+    received: bool,
+    /// The delivery's scanRef.
+    scan_ref: String,
+    /// What became of it.
+    action: IdenfyAction,
+    /// A delivery received again byte for byte: how many more times it arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeats: Option<u32>,
+    /// A delivery received again byte for byte: when it first arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    first_received_at: Option<String>,
+    /// Ignored: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// Queued: the issuance it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuance_id: Option<String>,
+}
+
+/// iDenfy's verification webhook.
+///
+/// Verified by `Idenfy-Signature` under `KEYHOST_IDENFY_SIGNING_KEY`, answered at once; acts on
+/// final `APPROVED` results once per `scanRef`, issuing through the durable queue to the email
+/// its `clientId` maps to. Every delivery is recorded (`GET /admin/kyc-events`).
+#[utoipa::path(
+    post,
+    path = "/webhooks/idenfy",
+    tag = "webhooks",
+    params((
+        "Idenfy-Signature" = String,
+        Header,
+        description = "hex HMAC-SHA256 of the raw body",
+        pattern = "^[0-9a-fA-F]{64}$"
+    )),
+    request_body = IdenfyWebhook,
+    responses(
+        (status = 200, description = "received: queued, unmatched, ignored or duplicate", body = IdenfyReply),
+        RawBodyErrors,
+        Unauthorized,
+        InternalError,
+        Unavailable,
+    )
+)]
 async fn idenfy(
     State(state): State<AppState>,
     _: Enabled,
@@ -310,36 +442,49 @@ async fn idenfy(
     let hook: IdenfyWebhook = parse_json_object(&body)?;
     let scan_ref = hook
         .scan_ref
-        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .filter(|s| !s.is_empty() && s.chars().count() <= 200)
         .ok_or_else(|| ApiError::missing_value("scanRef is required"))?;
     let answer = state
         .kyc
         .idenfy(IdenfyDelivery {
             body_sha256: crate::auth::sha256(&body),
             scan_ref: scan_ref.clone(),
-            client_id: hook.client_id.filter(|c| !c.is_empty() && c.len() <= 200),
+            client_id: hook
+                .client_id
+                .filter(|c| !c.is_empty() && c.chars().count() <= 200),
             is_final: hook.is_final,
             overall: hook.status.and_then(|s| s.overall),
         })
         .await?;
-    let (action, extra) = match answer {
+    let mut reply = IdenfyReply {
+        received: true,
+        scan_ref,
+        action: IdenfyAction::Duplicate,
+        repeats: None,
+        first_received_at: None,
+        reason: None,
+        issuance_id: None,
+    };
+    match answer {
         IdenfyAnswer::Replay {
             repeats,
             first_received_at,
-        } => (
-            "duplicate",
-            json!({"repeats": repeats, "firstReceivedAt": rfc3339(first_received_at)}),
-        ),
-        IdenfyAnswer::Duplicate => ("duplicate", json!({})),
-        IdenfyAnswer::Ignored(reason) => ("ignored", json!({ "reason": reason })),
-        IdenfyAnswer::Unmatched => ("unmatched", json!({})),
-        IdenfyAnswer::Queued { issuance_id } => ("queued", json!({ "issuanceId": issuance_id })),
-    };
-    let mut body = json!({"received": true, "scanRef": scan_ref, "action": action});
-    if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
-        obj.extend(more);
+        } => {
+            reply.repeats = Some(repeats);
+            reply.first_received_at = Some(rfc3339(first_received_at));
+        }
+        IdenfyAnswer::Duplicate => {}
+        IdenfyAnswer::Ignored(reason) => {
+            reply.action = IdenfyAction::Ignored;
+            reply.reason = Some(reason);
+        }
+        IdenfyAnswer::Unmatched => reply.action = IdenfyAction::Unmatched,
+        IdenfyAnswer::Queued { issuance_id } => {
+            reply.action = IdenfyAction::Queued;
+            reply.issuance_id = Some(issuance_id);
+        }
     }
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok((StatusCode::OK, Json(reply)).into_response())
 }
 
 #[cfg(test)]

@@ -356,14 +356,17 @@ impl From<&Issuance> for IssuanceRow {
 }
 
 /// An issuance as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Issuance)]
 pub struct IssuanceView {
     /// keyhost's issuance id.
     pub issuance_id: String,
     /// State.
+    #[schema(value_type = String)]
     pub state: IssuanceState,
-    /// Who asked.
+    /// Who asked: the client id, or `webhook:kyc` / `webhook:idenfy`.
+    #[schema(value_type = String)]
     pub source: IssuanceSource,
     /// The user's email.
     pub email: String,
@@ -372,8 +375,10 @@ pub struct IssuanceView {
     /// Program id.
     pub credential_id: String,
     /// The credential data sent to AIR Kit.
+    #[schema(value_type = Object)]
     pub credential_subject: Value,
     /// `revoke` or `ignore`.
+    #[schema(value_type = String)]
     pub on_duplicate: OnDuplicate,
     /// Upstream attempts.
     pub attempts: u32,
@@ -402,10 +407,13 @@ pub struct IssuanceView {
     pub last_error: Option<String>,
     /// Next attempt or poll.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub next_attempt_at: Option<String>,
     /// Created.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Last changed.
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 

@@ -10,10 +10,13 @@ use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A JWS algorithm AIR Kit accepts.
 #[allow(clippy::upper_case_acronyms)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 pub enum Alg {
     /// ECDSA with P-256 and SHA-256.
     ES256,
@@ -57,7 +60,7 @@ impl FromStr for Alg {
 }
 
 /// The public parameters of a key, as JWK members (RFC 7518 §6).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kty", deny_unknown_fields)]
 pub enum PublicJwk {
     /// An elliptic-curve public key.

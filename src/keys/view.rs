@@ -8,26 +8,38 @@ use super::{Alg, KeyRecord, KeyState};
 use crate::clock::rfc3339;
 
 /// A key as the admin API shows it: state and timestamps, the public JWK, never private parts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Key)]
 pub struct KeyView {
+    /// Key id: the RFC 7638 thumbprint, or the kid given at import.
     kid: String,
     alg: Alg,
+    #[schema(value_type = KeyState)]
     state: &'static str,
+    #[schema(value_type = super::Origin)]
     origin: &'static str,
+    /// Key size: 256 for P-256, the modulus size for RSA.
     bits: u32,
+    #[schema(format = DateTime)]
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     published_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     signable_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     activated_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     retired_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     revoked_at: Option<String>,
     /// Pending: seconds of its publish lead a running server has still to serve (it signs only
     /// once this is 0 and `signableAt` has passed).
@@ -38,11 +50,13 @@ pub struct KeyView {
     grace_to_serve: Option<i64>,
     /// The latest expiry of a token it signed, as recorded (it stays published until then).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     last_token_expires_at: Option<String>,
     public_jwk: PublicJwk,
     /// `failed` when the row fails its integrity check: it was not written by keyhost, and is
     /// neither published nor used.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^failed$")]
     integrity: Option<&'static str>,
 }
 

@@ -240,6 +240,9 @@ async fn client_definitions_are_validated() {
         json!({"name": "a", "scopes": []}),
         json!({"name": "a", "scopes": [" issue"]}),
         json!({"name": "a", "scopes": ["is\nsue"]}),
+        // More than 100 characters as sent, although trimming would leave one (found by the
+        // schemathesis run: the description's maxLength counts what is sent).
+        json!({"name": format!("{}a", "\u{85}".repeat(100)), "scopes": ["issue"]}),
     ] {
         let res = app.admin_post("/admin/clients", body.clone()).await;
         assert_eq!(res.status(), 400, "{body}");
@@ -248,6 +251,15 @@ async fn client_definitions_are_validated() {
             "VALIDATION_ERROR"
         );
     }
+    // White space around a name is trimmed.
+    let res = app
+        .admin_post(
+            "/admin/clients",
+            json!({"name": "  billing app ", "scopes": ["issue"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.unwrap()["name"], "billing app");
 }
 
 #[tokio::test]

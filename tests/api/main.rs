@@ -17,6 +17,7 @@ mod integrity;
 mod issuance;
 mod jwks;
 mod lifecycle;
+mod openapi;
 mod process;
 mod storage;
 mod tls;

@@ -50,6 +50,22 @@ async fn es256_is_the_default_and_ttl_and_scope_can_be_chosen() {
 }
 
 #[tokio::test]
+async fn a_whole_ttl_written_as_a_float_is_that_many_seconds() {
+    // JSON numbers are values: a client that holds 60 as a float sends `60.0` (found by
+    // schemathesis, whose schema-valid `"ttlSeconds": 188.0` was refused).
+    let app = spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let body = app
+        .mint_ok(&key, json!({"email": "a@example.com", "ttlSeconds": 60.0}))
+        .await;
+    assert_eq!(body["expiresIn"], 60);
+    let res = app
+        .mint(&key, json!({"email": "a@example.com", "ttlSeconds": 60.5}))
+        .await;
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
 async fn every_token_has_a_unique_jti() {
     let app = spawn_app().await;
     let (_, key) = app.create_client(&["issue"]).await;

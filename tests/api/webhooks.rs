@@ -655,3 +655,34 @@ async fn kyc_complete_deliveries_are_listed_with_the_issuance_they_started_or_jo
             .all(|e| e["outcome"] == "queued")
     );
 }
+
+#[tokio::test]
+async fn identifier_limits_count_characters_not_bytes() {
+    // 200 characters of two bytes each: within the documented "1 to 200 characters", and
+    // refused before, when the limits counted bytes.
+    let long = "é".repeat(200);
+    let (app, _upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
+    let body = kyc_body("kyc@example.com", Some(&long));
+    let signature = kyc_signature(KYC_SECRET, app.clock.now(), &body);
+    let (status, answer) = post_kyc(&app, &body, Some(signature), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    let body = idenfy_body(&long, &long, true, "APPROVED");
+    let (status, answer) = signed_idenfy(&app, &body).await;
+    assert_eq!(
+        (status, &answer["action"]),
+        (200, &json!("unmatched")),
+        "{answer}"
+    );
+    let res = app
+        .admin_post(
+            "/admin/kyc-subjects",
+            json!({"clientId": long, "email": "mapped@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let too_long = "é".repeat(201);
+    let body = kyc_body("kyc@example.com", Some(&too_long));
+    let signature = kyc_signature(KYC_SECRET, app.clock.now(), &body);
+    let (status, answer) = post_kyc(&app, &body, Some(signature), &[]).await;
+    assert_eq!((status, &answer["identifier"]), (400, &json!("BAD_VALUE")));
+}

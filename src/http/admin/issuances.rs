@@ -2,19 +2,57 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{ACTOR, ListQuery, limit_of};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{AdminAuth, QueryParams};
+use crate::http::openapi::{
+    AuthErrors, BadRequest, Conflict, InternalError, NotFound, Unavailable,
+};
 use crate::issuance::IssuanceView;
 
+/// Issuance records.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct IssuanceList {
+    /// Newest first.
+    issuances: Vec<IssuanceView>,
+}
+
+/// Issuance records, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/issuances",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(
+        (
+            "state" = Option<crate::http::openapi::IssuanceState>,
+            Query,
+            description = "only issuances in this state"
+        ),
+        (
+            "limit" = Option<u32>,
+            Query,
+            description = "how many (default 100)",
+            minimum = 1,
+            maximum = 1000
+        ),
+    ),
+    responses(
+        (status = 200, description = "issuances", body = IssuanceList),
+        BadRequest,
+        AuthErrors,
+        InternalError,
+    )
+)]
 pub(super) async fn list(
     _: AdminAuth,
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IssuanceList>, ApiError> {
     let limit = limit_of(&q)?;
     let wanted = q
         .state
@@ -32,10 +70,24 @@ pub(super) async fn list(
         .list(wanted, limit)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let views: Vec<IssuanceView> = rows.iter().map(IssuanceView::from).collect();
-    Ok(Json(json!({ "issuances": views })))
+    let issuances = rows.iter().map(IssuanceView::from).collect();
+    Ok(Json(IssuanceList { issuances }))
 }
 
+/// One issuance.
+#[utoipa::path(
+    get,
+    path = "/admin/issuances/{id}",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "issuance id")),
+    responses(
+        (status = 200, description = "the issuance", body = IssuanceView),
+        AuthErrors,
+        NotFound,
+        InternalError,
+    )
+)]
 pub(super) async fn one(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -48,6 +100,22 @@ pub(super) async fn one(
     }
 }
 
+/// Resume a stalled or unconfirmed issuance: it goes back to work.
+#[utoipa::path(
+    post,
+    path = "/admin/issuances/{id}/resume",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "issuance id")),
+    responses(
+        (status = 200, description = "resumed", body = IssuanceView),
+        AuthErrors,
+        NotFound,
+        Conflict,
+        InternalError,
+        Unavailable,
+    )
+)]
 pub(super) async fn resume(
     _: AdminAuth,
     State(state): State<AppState>,

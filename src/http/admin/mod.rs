@@ -9,39 +9,35 @@ mod issuances;
 mod keys;
 mod kyc;
 
-use axum::Router;
-use axum::routing::{get, post};
 use serde::Deserialize;
+use utoipa_axum::routes;
 
 pub(crate) use clients::CreateClientRequest;
 pub(crate) use keys::{ImportRequest, RotateRequest};
 pub(crate) use kyc::KycSubject;
 
-use super::AppState;
 use super::error::ApiError;
+use super::openapi::Routes;
 
 /// The actor of every change made through the admin API.
 const ACTOR: &str = "admin-api";
 
 /// Admin routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/keys", get(keys::list))
-        .route("/admin/keys/rotate", post(keys::rotate))
-        .route("/admin/keys/import", post(keys::import))
-        .route("/admin/keys/{kid}/retire", post(keys::retire))
-        .route("/admin/keys/{kid}/revoke", post(keys::revoke))
-        .route("/admin/clients", get(clients::list).post(clients::create))
-        .route("/admin/clients/{id}/disable", post(clients::disable))
-        .route("/admin/audit", get(audit::list))
-        .route("/admin/issuances", get(issuances::list))
-        .route("/admin/issuances/{id}", get(issuances::one))
-        .route("/admin/issuances/{id}/resume", post(issuances::resume))
-        .route(
-            "/admin/kyc-subjects",
-            get(kyc::subjects).post(kyc::put_subject),
-        )
-        .route("/admin/kyc-events", get(kyc::events))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(keys::list))
+        .route(routes!(keys::rotate))
+        .route(routes!(keys::import))
+        .route(routes!(keys::retire))
+        .route(routes!(keys::revoke))
+        .route(routes!(clients::list, clients::create))
+        .route(routes!(clients::disable))
+        .route(routes!(audit::list))
+        .route(routes!(issuances::list))
+        .route(routes!(issuances::one))
+        .route(routes!(issuances::resume))
+        .route(routes!(kyc::subjects, kyc::put_subject))
+        .route(routes!(kyc::events))
 }
 
 #[derive(Debug, Deserialize)]
