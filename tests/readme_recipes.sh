@@ -7,7 +7,7 @@
 #   bash tests/readme_recipes.sh [path/to/keyhost]     (default: target/debug/keyhost, built if missing)
 #
 # The rules are the reader's:
-#   - `cargo install --path .` is the one line not run: the binary given is what it would install;
+#   - `cargo run --release` starts the binary given (what it would build and run);
 #   - a command whose program is `keyhost` alone (or `keyhost serve`) or `keyhost airkit-emulator`
 #     keeps running, as in a shell of its own: it is started in the background and waited for.
 #     Starting a keyhost server first stops the running one with Ctrl-C (SIGINT), as the README
@@ -170,6 +170,10 @@ while IFS= read -r -d '' cmd; do
             await_http "$port" "$pid" "the emulator"
             echo "(running in the background, log $logs/emulator.log)"
             ;;
+        "cargo run")
+            # What it builds and runs is the binary given: the server, as `keyhost` would start it.
+            cmd=keyhost
+            ;&
         "keyhost " | "keyhost serve")
             if [ -n "$keyhost_pid" ]; then
                 echo "(Ctrl-C to the running server)"
