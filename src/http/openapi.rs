@@ -267,7 +267,10 @@ impl ErrorAnswer {
 }
 
 macro_rules! error_answers {
-    ($( $(#[$doc:meta])* $name:ident = $status:literal, $description:literal $(, $header:expr)*; )*) => {
+    (
+        $( $(#[$doc:meta])* $name:ident = $status:literal, $description:literal
+           $(, $header:expr)*; )*
+    ) => {
         $(
             $(#[$doc])*
             pub struct $name;
