@@ -1,7 +1,8 @@
 //! The fuzz targets' seed corpus and past crashes, run on every `cargo test`.
 //!
 //! The fuzzer itself needs cargo-fuzz and minutes (`.ci/fuzz`); this test needs neither. It feeds
-//! every file in `fuzz/corpus/<target>/` (hand-made valid and near-valid inputs) and in
+//! every seed of a target (`fuzz/corpus/<target>/`, hand-made valid and near-valid inputs; for
+//! `pem_import` the labelled test keys and refused PEMs of `tests/fixtures/`) and every file in
 //! `fuzz/regressions/<target>/` (inputs that once made a target panic, one file each) through the
 //! same `keyhost::fuzzing` function the fuzzer calls, so a fixed crash stays fixed and a seed
 //! that starts to panic is caught without fuzzing. It fails when a target has no seeds, when a
@@ -25,6 +26,19 @@ const TARGETS: &[(&str, EntryPoint)] = &[
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// The target whose seeds are the test fixtures: key material lives with the tests, labelled,
+/// not in `fuzz/` (`.ci/fuzz` reads the same directory).
+const SEEDED_BY_FIXTURES: &str = "pem_import";
+
+/// Where the seeds of `target` are.
+fn seeds_of(target: &str) -> PathBuf {
+    if target == SEEDED_BY_FIXTURES {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    } else {
+        fuzz_dir().join("corpus").join(target)
+    }
 }
 
 /// The regular files in `dir`, sorted; a missing directory is an error.
@@ -76,9 +90,11 @@ fn check(target: &str) {
         .iter()
         .find(|(name, _)| *name == target)
         .unwrap_or_else(|| panic!("no entry point for {target}"));
-    let corpus = fuzz_dir().join("corpus").join(target);
+    let corpus = seeds_of(target);
     assert!(
-        !files(&corpus).is_empty(),
+        files(&corpus)
+            .iter()
+            .any(|f| f.file_name().is_some_and(|n| n != "README.md")),
         "{} has no seed: add valid and near-valid inputs",
         corpus.display()
     );
@@ -131,6 +147,7 @@ fn config_toml_seeds_and_past_crashes() {
 
 /// A fuzz target, a corpus or a regression directory that the tests above would not cover is a
 /// mistake: every one must name a target of [`TARGETS`], and every target must have its corpus.
+/// No key material in `fuzz/`: a PEM there belongs in `tests/fixtures/`, labelled.
 #[test]
 fn every_fuzz_target_has_an_entry_point_and_every_directory_a_target() {
     let known: Vec<&str> = TARGETS.iter().map(|(name, _)| *name).collect();
@@ -148,10 +165,26 @@ fn every_fuzz_target_has_an_entry_point_and_every_directory_a_target() {
     );
     let mut corpora = subdirectories(&fuzz_dir().join("corpus"));
     corpora.sort();
+    let in_corpus: Vec<String> = expected
+        .iter()
+        .filter(|t| *t != SEEDED_BY_FIXTURES)
+        .cloned()
+        .collect();
     assert_eq!(
-        corpora, expected,
-        "fuzz/corpus/ needs exactly one directory per target"
+        corpora, in_corpus,
+        "fuzz/corpus/ needs exactly one directory per target but {SEEDED_BY_FIXTURES} (seeded by \
+         tests/fixtures/)"
     );
+    for dir in subdirectories(&fuzz_dir().join("corpus")) {
+        for file in files(&fuzz_dir().join("corpus").join(&dir)) {
+            let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+            assert!(
+                !text.contains("-----BEGIN"),
+                "{} holds PEM armour: put key material in tests/fixtures/ and label it",
+                file.display()
+            );
+        }
+    }
     for dir in subdirectories(&fuzz_dir().join("regressions")) {
         assert!(
             known.contains(&dir.as_str()),
