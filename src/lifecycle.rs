@@ -20,7 +20,7 @@ use crate::keys::service::Rotated;
 use crate::keys::service::TickReport;
 use crate::keys::{Alg, KeyError, KeyRecord, KeyService};
 use crate::live::LiveKeys;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, off_thread};
 
 /// Longest sleep between looks at the store for changes made by other processes.
 const EXTERNAL_POLL: Duration = Duration::from_secs(1);
@@ -29,21 +29,6 @@ const EXTERNAL_POLL: Duration = Duration::from_secs(1);
 /// counted (and persisted) at least this often: a crash loses at most this much of it, which
 /// only delays a switch.
 const SERVED_TIME_ROUND: i64 = 60;
-
-/// Runs `f` on a blocking thread in the current tracing span.
-async fn off_thread<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
-) -> Result<T, KeyError> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
-        .await
-        .map_err(interrupted)?
-}
-
-/// A key task that panicked or was cancelled: an internal failure, never a conflict.
-fn interrupted(e: tokio::task::JoinError) -> KeyError {
-    KeyError::Store(StoreError::Interrupted(format!("key task: {e}")))
-}
 
 /// Drives the key lifecycle and the in-memory views; the admin API's and the server's way to
 /// change keys (each change is followed by a round, so the JWKS and signers reflect it at once).
@@ -85,7 +70,7 @@ impl Lifecycle {
             self.clients.clone(),
             self.store.clone(),
         );
-        tokio::task::spawn_blocking(move || {
+        off_thread(move || {
             // Clients first and regardless of the key steps: a client disabled from the CLI must
             // stop minting even while the key lifecycle is failing.
             let clients_result = clients.reload(&store);
@@ -104,7 +89,6 @@ impl Lifecycle {
             Ok(report)
         })
         .await
-        .map_err(interrupted)?
     }
 
     /// Applies what a change made due, rebuilds the views, and has the background task plan

@@ -285,8 +285,11 @@ impl Store {
 }
 
 /// Runs `f` on a blocking thread in the current tracing span; a panic there is an
-/// [`StoreError::Interrupted`] (its transaction rolled back), never a value.
-async fn off_thread<R, E>(f: impl FnOnce() -> Result<R, E> + Send + 'static) -> Result<R, E>
+/// [`StoreError::Interrupted`] (a transaction it had open rolled back), never a value. For the
+/// store's own calls and for services whose blocking work holds transactions (the key lifecycle).
+pub(crate) async fn off_thread<R, E>(
+    f: impl FnOnce() -> Result<R, E> + Send + 'static,
+) -> Result<R, E>
 where
     R: Send + 'static,
     E: From<StoreError> + Send + 'static,

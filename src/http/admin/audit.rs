@@ -53,10 +53,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_value("limit must be between 1 and 1000"));
-    }
+    let limit = super::limit_of(q.limit)?;
     let entries = state.audit.entries(limit, q.before).await?;
     Ok(Json(AuditPage { entries }))
 }

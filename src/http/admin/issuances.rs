@@ -53,7 +53,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<IssuanceList>, ApiError> {
-    let limit = limit_of(&q)?;
+    let limit = limit_of(q.limit)?;
     let wanted = q
         .state
         .as_deref()

@@ -152,7 +152,7 @@ pub(super) async fn events(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    let limit = limit_of(&q)?;
+    let limit = limit_of(q.limit)?;
     let outcome = q
         .outcome
         .as_deref()

@@ -40,6 +40,7 @@ pub fn routes() -> Routes {
         .route(routes!(kyc::events))
 }
 
+/// The query of the issuance and KYC-event listings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
@@ -48,8 +49,9 @@ pub(super) struct ListQuery {
     limit: Option<u32>,
 }
 
-pub(super) fn limit_of(q: &ListQuery) -> Result<u32, ApiError> {
-    let limit = q.limit.unwrap_or(100);
+/// A listing's `limit`: 1 to 1000, 100 when absent.
+pub(super) fn limit_of(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(100);
     if (1..=1000).contains(&limit) {
         Ok(limit)
     } else {
