@@ -198,40 +198,37 @@ async fn a_second_server_reaching_the_same_database_by_another_path_refuses_to_s
     );
 }
 
-/// The columns of `issuances`, each as SQL quotes it (so that the type a value is stored as
-/// shows), with its rowid, row by row.
+/// The KYC deliveries, column by column as SQLite quotes them (so types show).
 fn kyc_rows(db: &rusqlite::Connection) -> Vec<String> {
-    let columns = "id, provider, scan_ref, client_id, final, status, outcome, detail, \
-                   issuance_id, received_at, delivery_hash, repeats, last_received_at";
-    let quoted: Vec<String> = columns
-        .split(", ")
-        .map(|c| format!("quote({})", c.trim()))
-        .collect();
-    let mut stmt = db
-        .prepare(&format!(
-            "SELECT {} FROM kyc_events ORDER BY id",
-            quoted.join(" || ' ' || ")
-        ))
-        .unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    quoted_rows(
+        db,
+        "kyc_events",
+        "id, provider, scan_ref, client_id, final, status, outcome, detail, issuance_id, \
+         received_at, delivery_hash, repeats, last_received_at",
+    )
 }
 
+/// The issuances with their rowids, column by column as SQLite quotes them.
 fn issuance_rows(db: &rusqlite::Connection) -> Vec<String> {
-    let columns = "rowid, id, source, idempotency_key, request_hash, email, issuer_did, \
-                   credential_id, credential_subject, on_duplicate, state, attempts, \
-                   next_attempt_at, core_claim_hash, user_uuid, duplicate, vc_status, vc_id, \
-                   issuance_date, polls, last_status, last_error, created_at, updated_at, \
-                   submitted_at, completed_at, mac";
+    quoted_rows(
+        db,
+        "issuances",
+        "rowid, id, source, idempotency_key, request_hash, email, issuer_did, credential_id, \
+         credential_subject, on_duplicate, state, attempts, next_attempt_at, core_claim_hash, \
+         user_uuid, duplicate, vc_status, vc_id, issuance_date, polls, last_status, last_error, \
+         created_at, updated_at, submitted_at, completed_at, mac",
+    )
+}
+
+/// Every row of `table` as SQLite quotes its `columns` (so types show), in rowid order.
+fn quoted_rows(db: &rusqlite::Connection, table: &str, columns: &str) -> Vec<String> {
     let quoted: Vec<String> = columns
         .split(", ")
         .map(|c| format!("quote({})", c.trim()))
         .collect();
     let mut stmt = db
         .prepare(&format!(
-            "SELECT {} FROM issuances ORDER BY rowid",
+            "SELECT {} FROM {table} ORDER BY rowid",
             quoted.join(" || ' ' || ")
         ))
         .unwrap();
