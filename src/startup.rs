@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use aws_lc_rs::rand::SystemRandom;
 use axum::http::HeaderValue;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -93,9 +94,7 @@ fn agree_on_policy(
 /// Opens the store, finds the master key and checks that it opens every stored private key.
 /// `serving` is true for the server (see [`KeyService::new`]).
 pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Result<Opened> {
-    let db = config.database_path();
-    let store =
-        Store::open(&db).with_context(|| format!("opening the key store {}", db.display()))?;
+    let store = open_store(config)?;
     // The master key the store was sealed under, as keyhost recorded it. Key rows name one too,
     // but a row keyhost did not write could name anything: they decide only for a store older
     // than the setting.
@@ -156,6 +155,23 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
     })
 }
 
+/// Opens the store the configuration names: PostgreSQL when `database.url` is set, else the
+/// SQLite file in the data directory. Either is migrated to the latest schema.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<Store>> {
+    match &config.database.url {
+        Some(url) => Store::open_postgres(&crate::store::PgOptions {
+            url: url.expose_secret().to_owned(),
+            ca_file: config.database.ca_file.clone(),
+            pool_size: config.database.pool_size,
+        })
+        .context("opening the key store on PostgreSQL (KEYHOST_DATABASE_URL)"),
+        None => {
+            let db = config.database_path();
+            Store::open(&db).with_context(|| format!("opening the key store {}", db.display()))
+        }
+    }
+}
+
 /// Takes an exclusive lock on `keyhost.lock` beside the database file itself (its real path, so
 /// that a second data directory reaching the same database through a link is refused too): two
 /// servers never drive the same store (both would count served time and resume the same
@@ -206,8 +222,9 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
 /// A built server, listening but not yet serving.
 pub struct Application {
     state: AppState,
-    /// Held while serving: one server per data directory.
-    _instance_lock: std::fs::File,
+    /// Held while serving: one server per SQLite database (none on PostgreSQL, which several
+    /// replicas share).
+    _instance_lock: Option<std::fs::File>,
     public: http::serve::Server,
     internal: http::serve::Server,
     /// Whether the public listener speaks HTTPS.
@@ -223,7 +240,10 @@ impl Application {
     /// Builds the server on `clock` (tests use a manual clock).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         config.validate()?;
-        let instance_lock = lock_data_dir(&config)?;
+        let instance_lock = match config.database.url {
+            None => Some(lock_data_dir(&config)?),
+            Some(_) => None,
+        };
         let config = Arc::new(config);
         let (cfg, clk) = (config.clone(), clock.clone());
         let (opened, admin) = tokio::task::spawn_blocking(move || {

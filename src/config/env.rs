@@ -29,7 +29,7 @@ pub(super) fn apply_verbatim(config: &mut Config) -> Result<(), ConfigError> {
                     *slot(config) = Some(value);
                 }
             }
-            Read::Secret(slot) => {
+            Read::Secret(slot) | Read::Credential(slot) => {
                 if let Some(secret) = secret(setting.name)? {
                     *slot(config) = Some(secret.into());
                 }
@@ -46,7 +46,7 @@ pub(super) fn unknown_vars() -> Vec<String> {
         .filter(|k| {
             k.strip_prefix("KEYHOST_").is_some_and(|name| {
                 let name = name.to_ascii_lowercase();
-                let secret = |n: &str| names::by_name(n).is_some_and(|s| s.is_secret());
+                let secret = |n: &str| names::by_name(n).is_some_and(|s| s.has_file_form());
                 !(k == CONFIG_FILE_VAR
                     || names::by_name(&name).is_some()
                     || name.strip_suffix("_file").is_some_and(secret))

@@ -33,8 +33,8 @@ use crate::keys::planner::Policy;
 
 pub use self::names::{SETTINGS, Setting};
 pub use self::sections::{
-    AirKitEnv, AirKitSettings, HttpSettings, KeySettings, LogFormat, TlsSettings, TokenSettings,
-    WebhookSettings,
+    AirKitEnv, AirKitSettings, DatabaseSettings, HttpSettings, KeySettings, LogFormat, TlsSettings,
+    TokenSettings, WebhookSettings,
 };
 
 /// Environment variable naming an optional TOML configuration file.
@@ -70,6 +70,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// `[airkit]`: AIR Kit and the issuance proxy.
     pub airkit: AirKitSettings,
+    /// `[database]`: the store's engine, and how replicas keep current.
+    pub database: DatabaseSettings,
     /// `[webhooks]`: the webhook secrets.
     pub webhooks: WebhookSettings,
 }
@@ -87,6 +89,7 @@ impl Default for Config {
             keys: KeySettings::default(),
             tokens: TokenSettings::default(),
             airkit: AirKitSettings::default(),
+            database: DatabaseSettings::default(),
             webhooks: WebhookSettings::default(),
         }
     }
@@ -185,6 +188,17 @@ impl Config {
             retire_grace: secs(keys.retire_grace),
             rsa_bits: keys.rsa_bits,
         }
+    }
+
+    /// How long a server cut off from the database serves its last JWKS: the configured limit,
+    /// but never so long that the copy could lack a key already signing elsewhere (a key signs
+    /// `publish_lead` after it appears, and verifiers may cache the copy for `jwks_max_age`).
+    pub fn jwks_stale_limit(&self) -> Duration {
+        self.database.jwks_stale_limit.min(
+            self.keys
+                .publish_lead
+                .saturating_sub(self.keys.jwks_max_age),
+        )
     }
 
     /// Path of the SQLite database.

@@ -29,6 +29,10 @@ pub(super) enum Read {
     /// value), and never from the TOML file, which is meant to be shared and is refused if it
     /// holds one.
     Secret(SecretSlot),
+    /// As a secret from the environment (`KEYHOST_<NAME>` or `KEYHOST_<NAME>_FILE`), but also
+    /// accepted in the TOML file: a setting that holds a secret only sometimes (a database URL
+    /// with a password in it).
+    Credential(SecretSlot),
 }
 
 /// One setting.
@@ -51,6 +55,11 @@ impl Setting {
     /// Whether it is a secret (environment only).
     pub fn is_secret(&self) -> bool {
         matches!(self.read, Read::Secret(_))
+    }
+
+    /// Whether it may also be read from the file `KEYHOST_<NAME>_FILE` names.
+    pub fn has_file_form(&self) -> bool {
+        matches!(self.read, Read::Secret(_) | Read::Credential(_))
     }
 
     /// Whether its flat name differs from its path (so the flat TOML key is an alias).
@@ -129,6 +138,17 @@ pub const SETTINGS: &[Setting] = &[
     parsed("airkit_wait", "airkit.wait"),
     parsed("airkit_poll_interval", "airkit.poll_interval"),
     parsed("airkit_poll_deadline", "airkit.poll_deadline"),
+    // [database]
+    Setting {
+        name: "database_url",
+        path: "database.url",
+        read: Read::Credential(|c| &mut c.database.url),
+    },
+    parsed("database_ca_file", "database.ca_file"),
+    parsed("database_pool_size", "database.pool_size"),
+    parsed("refresh_interval", "database.refresh_interval"),
+    parsed("signing_lease", "database.signing_lease"),
+    parsed("jwks_stale_limit", "database.jwks_stale_limit"),
     // [webhooks]
     secret("kyc_webhook_secret", "webhooks.kyc_secret", |c| {
         &mut c.webhooks.kyc_secret
@@ -139,7 +159,9 @@ pub const SETTINGS: &[Setting] = &[
 ];
 
 /// The sections of the nested form, as TOML tables.
-pub const SECTIONS: &[&str] = &["http", "tls", "keys", "tokens", "airkit", "webhooks"];
+pub const SECTIONS: &[&str] = &[
+    "http", "tls", "keys", "tokens", "airkit", "database", "webhooks",
+];
 
 /// The setting whose flat name is `name` (lower case).
 pub(super) fn by_name(name: &str) -> Option<&'static Setting> {
@@ -155,7 +177,7 @@ pub(super) fn by_path(path: &str) -> Option<&'static Setting> {
 pub(super) fn secrets() -> impl Iterator<Item = (&'static Setting, SecretSlot)> {
     SETTINGS.iter().filter_map(|s| match s.read {
         Read::Secret(slot) => Some((s, slot)),
-        Read::Parsed | Read::Verbatim(_) => None,
+        Read::Parsed | Read::Verbatim(_) | Read::Credential(_) => None,
     })
 }
 

@@ -245,6 +245,46 @@ impl AirKitSettings {
     }
 }
 
+/// `[database]`: where the store lives, and how replicas sharing a PostgreSQL database keep
+/// their in-memory views current.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` selects PostgreSQL (several replicas may share it); unset, the store is
+    /// the SQLite file in `data_dir`. It may hold a password: prefer
+    /// `KEYHOST_DATABASE_URL_FILE` to the configuration file.
+    pub url: Option<SecretString>,
+    /// PEM file of the certificate authorities that sign the PostgreSQL server's certificate
+    /// (`sslmode=verify-ca` or `verify-full`).
+    pub ca_file: Option<PathBuf>,
+    /// Connections to PostgreSQL each server keeps at most.
+    pub pool_size: usize,
+    /// How often a server re-reads the key set and clients even without a change announced
+    /// (changes normally arrive within a second by LISTEN/NOTIFY).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// How old a server's view of the key set may grow (the database unreachable) before it
+    /// stops signing and reports itself not ready (PostgreSQL only).
+    #[serde(with = "humantime_serde")]
+    pub signing_lease: Duration,
+    /// How long a server cut off from the database keeps serving its last JWKS.
+    #[serde(with = "humantime_serde")]
+    pub jwks_stale_limit: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            ca_file: None,
+            pool_size: 8,
+            refresh_interval: Duration::from_secs(2),
+            signing_lease: Duration::from_secs(10),
+            jwks_stale_limit: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 /// `[webhooks]`: the secrets that authenticate deliveries, from the environment only (a webhook
 /// whose secret is unset is off). The table exists in the file only to be refused there.
 #[derive(Debug, Clone, Default, Deserialize)]

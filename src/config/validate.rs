@@ -31,7 +31,53 @@ impl Config {
         self.check_tokens()?;
         self.check_http()?;
         self.check_airkit()?;
+        self.check_database()?;
         self.check_webhooks()
+    }
+
+    fn check_database(&self) -> Checked {
+        let db = &self.database;
+        if let Some(url) = &db.url {
+            use secrecy::ExposeSecret;
+            let url = url.expose_secret();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return invalid(
+                    "KEYHOST_DATABASE_URL must be a postgres:// (or postgresql://) URL; unset it \
+                     to keep the store in the SQLite file of KEYHOST_DATA_DIR",
+                );
+            }
+        }
+        if !(2..=1000).contains(&db.pool_size) {
+            return invalid(format!(
+                "KEYHOST_DATABASE_POOL_SIZE is {}; use 2 to 1000 connections",
+                db.pool_size
+            ));
+        }
+        let refresh = db.refresh_interval;
+        if refresh < Duration::from_millis(100) || refresh > Duration::from_secs(60) {
+            return invalid(format!(
+                "KEYHOST_REFRESH_INTERVAL is {}; use 100ms to 60s",
+                human(refresh)
+            ));
+        }
+        if db.signing_lease <= refresh {
+            return invalid(format!(
+                "KEYHOST_SIGNING_LEASE ({}) must be longer than KEYHOST_REFRESH_INTERVAL ({}): a \
+                 server renews its view of the key set once per interval, so a shorter lease \
+                 would stop it signing between two refreshes",
+                human(db.signing_lease),
+                human(refresh)
+            ));
+        }
+        if db.jwks_stale_limit < db.signing_lease {
+            return invalid(format!(
+                "KEYHOST_JWKS_STALE_LIMIT ({}) is shorter than KEYHOST_SIGNING_LEASE ({}): a \
+                 server would stop publishing keys it still signs with",
+                human(db.jwks_stale_limit),
+                human(db.signing_lease),
+            ));
+        }
+        Ok(())
     }
 
     fn check_keys(&self) -> Checked {

@@ -1,8 +1,8 @@
 //! The audit trail: who changed which key or client, and when.
 
-use rusqlite::params;
 use serde::Serialize;
 
+use super::sql::args;
 use super::{StoreError, Tx};
 use crate::clock::UnixTime;
 
@@ -33,10 +33,9 @@ pub fn record(
     subject: &str,
     detail: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.execute(
         "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![at, actor, action, subject, detail.to_string()],
+        &args![at, actor, action, subject, detail.to_string()],
     )?;
     Ok(())
 }
@@ -44,20 +43,19 @@ pub fn record(
 /// The newest rows first, at most `limit`, with ids below `before` when given.
 #[tracing::instrument(skip_all)]
 pub fn list(tx: &Tx<'_>, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(
+    tx.query_map(
         "SELECT id, at, actor, action, subject, detail FROM audit
          WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
-        Ok(AuditEntry {
-            id: r.get(0)?,
-            at: r.get(1)?,
-            actor: r.get(2)?,
-            action: r.get(3)?,
-            subject: r.get(4)?,
-            detail: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        &args![before.unwrap_or(i64::MAX), limit],
+        |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                subject: r.get(4)?,
+                detail: serde_json::from_str(&r.get::<String>(5)?).unwrap_or_default(),
+            })
+        },
+    )
 }

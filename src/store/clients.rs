@@ -1,8 +1,7 @@
 //! API client rows. Only a hash of each client's secret is stored.
 
-use rusqlite::{OptionalExtension, Row, params};
-
-use super::{Rows, StoreError, Tx, read_rows};
+use super::sql::{ReadError, Row, args};
+use super::{Rows, StoreError, Topic, Tx};
 use crate::clock::UnixTime;
 
 /// A client as stored.
@@ -24,14 +23,12 @@ pub struct ClientRow {
     pub mac: Option<Vec<u8>>,
 }
 
-fn row(r: &Row<'_>) -> Result<ClientRow, rusqlite::Error> {
+fn row(r: &Row) -> Result<ClientRow, ReadError> {
     let scopes: String = r.get(2)?;
     Ok(ClientRow {
         id: r.get(0)?,
         name: r.get(1)?,
-        scopes: serde_json::from_str(&scopes).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
-        })?,
+        scopes: serde_json::from_str(&scopes).map_err(|e| ReadError::invalid(2, e))?,
         secret_hash: r.get(3)?,
         created_at: r.get(4)?,
         disabled_at: r.get(5)?,
@@ -42,11 +39,11 @@ fn row(r: &Row<'_>) -> Result<ClientRow, rusqlite::Error> {
 /// Inserts a client.
 #[tracing::instrument(skip_all)]
 pub fn insert(tx: &Tx<'_>, c: &ClientRow) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.announce(Topic::Clients);
+    tx.execute(
         "INSERT INTO clients (id, name, scopes, secret_hash, created_at, disabled_at, mac)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+        &args![
             c.id,
             c.name,
             serde_json::to_string(&c.scopes).expect("strings serialise"),
@@ -62,35 +59,32 @@ pub fn insert(tx: &Tx<'_>, c: &ClientRow) -> Result<(), StoreError> {
 /// Every client, oldest first (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
 pub fn list(tx: &Tx<'_>) -> Result<Rows<ClientRow>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(
+    tx.read_rows(
         "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
          ORDER BY created_at, id",
-    )?;
-    read_rows(&mut stmt, [], row)
+        &args![],
+        row,
+    )
 }
 
 /// One client.
 #[tracing::instrument(skip_all)]
 pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<ClientRow>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
-            "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
+    tx.query_opt(
+        "SELECT id, name, scopes, secret_hash, created_at, disabled_at, mac FROM clients
              WHERE id = ?1",
-            [id],
-            row,
-        )
-        .optional()?)
+        &args![id],
+        row,
+    )
 }
 
 /// Disables a client; returns false if it was already disabled.
 #[tracing::instrument(skip_all)]
 pub fn disable(tx: &Tx<'_>, id: &str, now: UnixTime) -> Result<bool, StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
+    tx.announce(Topic::Clients);
+    let n = tx.execute(
         "UPDATE clients SET disabled_at = ?2 WHERE id = ?1 AND disabled_at IS NULL",
-        params![id, now],
+        &args![id, now],
     )?;
     Ok(n == 1)
 }
@@ -98,10 +92,7 @@ pub fn disable(tx: &Tx<'_>, id: &str, now: UnixTime) -> Result<bool, StoreError>
 /// Stores a client row's MAC.
 #[tracing::instrument(skip_all)]
 pub fn set_mac(tx: &Tx<'_>, id: &str, mac: &[u8]) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
-        "UPDATE clients SET mac = ?2 WHERE id = ?1",
-        params![id, mac],
-    )?;
+    tx.announce(Topic::Clients);
+    tx.execute("UPDATE clients SET mac = ?2 WHERE id = ?1", &args![id, mac])?;
     Ok(())
 }

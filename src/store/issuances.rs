@@ -1,10 +1,10 @@
 //! Issuance rows: every request to AIR Kit is recorded before the first upstream call and
 //! updated after each, so a crash or an outage loses nothing.
 
-use rusqlite::{OptionalExtension, Row, params};
 use serde_json::Value;
 
-use super::{Rows, StoreError, Tx, read_rows};
+use super::sql::{ReadError, Row, args};
+use super::{Rows, StoreError, Tx};
 use crate::clock::UnixTime;
 
 /// An issuance as stored.
@@ -70,7 +70,7 @@ const COLUMNS: &str = "id, source, idempotency_key, request_hash, email, issuer_
                        issuance_date, polls, last_status, last_error, created_at, updated_at, \
                        submitted_at, completed_at, mac";
 
-fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
+fn row(r: &Row) -> Result<IssuanceRow, ReadError> {
     let subject: String = r.get(7)?;
     Ok(IssuanceRow {
         id: r.get(0)?,
@@ -105,13 +105,12 @@ fn row(r: &Row<'_>) -> Result<IssuanceRow, rusqlite::Error> {
 /// Inserts a new issuance.
 #[tracing::instrument(skip_all)]
 pub fn insert(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.execute(
         &format!(
             "INSERT INTO issuances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
              ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
         ),
-        params![
+        &args![
             i.id,
             i.source,
             i.idempotency_key,
@@ -146,8 +145,7 @@ pub fn insert(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
 /// Writes the mutable part of an issuance.
 #[tracing::instrument(skip_all)]
 pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.execute(
         "UPDATE issuances SET state = ?2, attempts = ?3, next_attempt_at = ?4, core_claim_hash = \
          ?5,
              user_uuid = ?6, duplicate = ?7, vc_status = ?8, vc_id = ?9, issuance_date = ?10, \
@@ -155,7 +153,7 @@ pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
              last_status = ?12, last_error = ?13, updated_at = ?14, submitted_at = ?15, \
          completed_at = ?16
          WHERE id = ?1",
-        params![
+        &args![
             i.id,
             i.state,
             i.attempts,
@@ -180,14 +178,11 @@ pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
 /// One issuance.
 #[tracing::instrument(skip_all)]
 pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<IssuanceRow>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM issuances WHERE id = ?1"),
-            [id],
-            row,
-        )
-        .optional()?)
+    tx.query_opt(
+        &format!("SELECT {COLUMNS} FROM issuances WHERE id = ?1"),
+        &args![id],
+        row,
+    )
 }
 
 /// The issuance a source recorded under an idempotency key.
@@ -197,72 +192,71 @@ pub fn by_idempotency_key(
     source: &str,
     key: &str,
 ) -> Result<Option<IssuanceRow>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM issuances WHERE source = ?1 AND idempotency_key = ?2"),
-            params![source, key],
-            row,
-        )
-        .optional()?)
+    tx.query_opt(
+        &format!("SELECT {COLUMNS} FROM issuances WHERE source = ?1 AND idempotency_key = ?2"),
+        &args![source, key],
+        row,
+    )
 }
 
 /// The latest issuance AIR identified by `hash`.
 #[tracing::instrument(skip_all)]
 pub fn by_core_claim_hash(tx: &Tx<'_>, hash: &str) -> Result<Option<IssuanceRow>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
-            &format!(
-                "SELECT {COLUMNS} FROM issuances WHERE core_claim_hash = ?1 ORDER BY created_at \
+    tx.query_opt(
+        &format!(
+            "SELECT {COLUMNS} FROM issuances WHERE core_claim_hash = ?1 ORDER BY created_at \
                  DESC LIMIT 1"
-            ),
-            [hash],
-            row,
-        )
-        .optional()?)
+        ),
+        &args![hash],
+        row,
+    )
 }
 
 /// Issuances, newest first, optionally in one state (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
 pub fn list(tx: &Tx<'_>, state: Option<&str>, limit: u32) -> Result<Rows<IssuanceRow>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM issuances WHERE (?1 IS NULL OR state = ?1)
-         ORDER BY created_at DESC, id DESC LIMIT ?2"
-    ))?;
-    read_rows(&mut stmt, params![state, limit], row)
+    tx.read_rows(
+        &format!(
+            "SELECT {COLUMNS} FROM issuances WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1)
+             ORDER BY created_at DESC, id DESC LIMIT ?2"
+        ),
+        &args![state, limit],
+        row,
+    )
 }
 
 /// Issuances a server must carry on with: queued, or submitted and not yet ONCHAIN (rows that
 /// cannot be read apart).
 #[tracing::instrument(skip_all)]
 pub fn unfinished(tx: &Tx<'_>) -> Result<Rows<IssuanceRow>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY \
+    tx.read_rows(
+        &format!(
+            "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY \
          created_at"
-    ))?;
-    read_rows(&mut stmt, [], row)
+        ),
+        &args![],
+        row,
+    )
 }
 
 /// Readable issuances without a MAC.
 #[tracing::instrument(skip_all)]
 pub fn without_mac(tx: &Tx<'_>) -> Result<Vec<IssuanceRow>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM issuances WHERE mac IS NULL ORDER BY created_at"
-    ))?;
-    Ok(read_rows(&mut stmt, [], row)?.rows)
+    Ok(tx
+        .read_rows(
+            &format!("SELECT {COLUMNS} FROM issuances WHERE mac IS NULL ORDER BY created_at"),
+            &args![],
+            row,
+        )?
+        .rows)
 }
 
 /// Stores an issuance's MAC.
 #[tracing::instrument(skip_all)]
 pub fn set_mac(tx: &Tx<'_>, id: &str, mac: &[u8]) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.execute(
         "UPDATE issuances SET mac = ?2 WHERE id = ?1",
-        params![id, mac],
+        &args![id, mac],
     )?;
     Ok(())
 }

@@ -1,9 +1,8 @@
 //! Key rows. Private keys enter and leave only as sealed blobs; destroying one nulls the column
 //! (with `secure_delete` on, SQLite overwrites the freed bytes).
 
-use rusqlite::{Row, params};
-
-use super::{Rows, StoreError, Tx, read_rows};
+use super::sql::{ReadError, Row, args};
+use super::{Rows, StoreError, Topic, Tx};
 use crate::clock::UnixTime;
 use crate::keys::types::{Alg, KeyRecord, KeyState, Origin};
 
@@ -74,17 +73,7 @@ pub struct SealedKey {
     pub master_key_id: String,
 }
 
-fn parse<T>(s: String) -> Result<T, rusqlite::Error>
-where
-    T: std::str::FromStr,
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    s.parse().map_err(|e: T::Err| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn stored(r: &Row<'_>) -> Result<StoredKey, rusqlite::Error> {
+fn stored(r: &Row) -> Result<StoredKey, ReadError> {
     Ok(StoredKey {
         record: record(r)?,
         master_key_id: r.get(16)?,
@@ -93,23 +82,21 @@ fn stored(r: &Row<'_>) -> Result<StoredKey, rusqlite::Error> {
     })
 }
 
-fn record(r: &Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
+fn record(r: &Row) -> Result<KeyRecord, ReadError> {
     let jwk: String = r.get(6)?;
     let origin: String = r.get(4)?;
     Ok(KeyRecord {
         id: r.get(0)?,
         kid: r.get(1)?,
-        alg: parse(r.get(2)?)?,
-        state: parse(r.get(3)?)?,
+        alg: r.parse(2)?,
+        state: r.parse(3)?,
         origin: if origin == "imported" {
             Origin::Imported
         } else {
             Origin::Generated
         },
         bits: r.get(5)?,
-        public_jwk: serde_json::from_str(&jwk).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, e.into())
-        })?,
+        public_jwk: serde_json::from_str(&jwk).map_err(|e| ReadError::invalid(6, e))?,
         created_at: r.get(7)?,
         published_at: r.get(8)?,
         signable_at: r.get(9)?,
@@ -126,63 +113,67 @@ fn record(r: &Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
 /// Every key row, oldest first (rows that cannot be read apart).
 #[tracing::instrument(skip_all)]
 pub fn list(tx: &Tx<'_>) -> Result<Rows<StoredKey>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM keys ORDER BY id"))?;
-    read_rows(&mut stmt, [], stored)
+    tx.read_rows(
+        &format!("SELECT {COLUMNS} FROM keys ORDER BY id"),
+        &args![],
+        stored,
+    )
 }
 
 /// The readable rows named `kid`: live ones first, then the most recent.
 #[tracing::instrument(skip_all)]
 pub fn find_by_kid(tx: &Tx<'_>, kid: &str) -> Result<Vec<StoredKey>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM keys WHERE kid = ?1
-         ORDER BY state IN ('pending', 'active', 'retired') DESC, id DESC"
-    ))?;
-    Ok(read_rows(&mut stmt, [kid], stored)?.rows)
+    Ok(tx
+        .read_rows(
+            &format!(
+                "SELECT {COLUMNS} FROM keys WHERE kid = ?1
+                 ORDER BY state IN ('pending', 'active', 'retired') DESC, id DESC"
+            ),
+            &args![kid],
+            stored,
+        )?
+        .rows)
 }
 
 /// One key row by id.
 #[tracing::instrument(skip_all)]
 pub fn get(tx: &Tx<'_>, id: i64) -> Result<StoredKey, StoreError> {
-    let conn = tx.sql();
-    Ok(conn.query_row(
+    tx.query_one(
         &format!("SELECT {COLUMNS} FROM keys WHERE id = ?1"),
-        [id],
+        &args![id],
         stored,
-    )?)
+    )
 }
 
 /// Stores the MAC of key row `id`.
 #[tracing::instrument(skip_all)]
 pub fn set_mac(tx: &Tx<'_>, id: i64, mac: &[u8]) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute("UPDATE keys SET mac = ?2 WHERE id = ?1", params![id, mac])?;
+    let n = tx.execute("UPDATE keys SET mac = ?2 WHERE id = ?1", &args![id, mac])?;
     changed(n, id, "a MAC")
 }
 
 /// Sealed private keys of the given states.
 #[tracing::instrument(skip_all)]
 pub fn sealed(tx: &Tx<'_>, states: &[KeyState]) -> Result<Vec<SealedKey>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(
+    let rows = tx.read_rows(
         "SELECT id, kid, alg, created_at, private_key_enc, master_key_id, state FROM keys
          WHERE private_key_enc IS NOT NULL ORDER BY id",
+        &args![],
+        |r| {
+            let state: KeyState = r.parse(6)?;
+            Ok((
+                state,
+                SealedKey {
+                    id: r.get(0)?,
+                    kid: r.get(1)?,
+                    alg: r.parse(2)?,
+                    created_at: r.get(3)?,
+                    sealed: r.get(4)?,
+                    master_key_id: r.get(5)?,
+                },
+            ))
+        },
     )?;
-    let rows = read_rows(&mut stmt, [], |r| {
-        let state: KeyState = parse(r.get(6)?)?;
-        Ok((
-            state,
-            SealedKey {
-                id: r.get(0)?,
-                kid: r.get(1)?,
-                alg: parse(r.get(2)?)?,
-                created_at: r.get(3)?,
-                sealed: r.get(4)?,
-                master_key_id: r.get(5)?,
-            },
-        ))
-    })?;
     // Unreadable rows are reported by the listing of key rows; they are never opened.
     Ok(rows
         .rows
@@ -195,13 +186,13 @@ pub fn sealed(tx: &Tx<'_>, states: &[KeyState]) -> Result<Vec<SealedKey>, StoreE
 /// Inserts a key and returns its row id.
 #[tracing::instrument(skip_all)]
 pub fn insert(tx: &Tx<'_>, k: &NewKey<'_>) -> Result<i64, StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.announce(Topic::Keys);
+    tx.query_one(
         "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc, \
          master_key_id,
                            created_at, published_at, signable_at, activated_at, lead_remaining)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING id",
+        &args![
             k.kid,
             k.alg.as_str(),
             k.state.as_str(),
@@ -216,8 +207,8 @@ pub fn insert(tx: &Tx<'_>, k: &NewKey<'_>) -> Result<i64, StoreError> {
             k.activated_at,
             k.lead_remaining
         ],
-    )?;
-    Ok(conn.last_insert_rowid())
+        |r| r.get(0),
+    )
 }
 
 fn changed(n: usize, id: i64, what: &str) -> Result<(), StoreError> {
@@ -239,11 +230,14 @@ pub fn publish(
     now: UnixTime,
     signable_at: UnixTime,
 ) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
-        "UPDATE keys SET published_at = ?2, signable_at = ?3, lead_remaining = MAX(0, ?3 - ?2)
-         WHERE id = ?1 AND state = 'pending' AND published_at IS NULL",
-        params![id, now, signable_at],
+    tx.announce(Topic::Keys);
+    let n = tx.execute(
+        &format!(
+            "UPDATE keys SET published_at = ?2, signable_at = ?3, lead_remaining = {}
+             WHERE id = ?1 AND state = 'pending' AND published_at IS NULL",
+            tx.dialect("MAX(0, ?3 - ?2)", "GREATEST(0, $3::BIGINT - $2::BIGINT)")
+        ),
+        &args![id, now, signable_at],
     )?;
     changed(n, id, "publication")
 }
@@ -251,11 +245,11 @@ pub fn publish(
 /// pending → active, once its lead has been served.
 #[tracing::instrument(skip_all)]
 pub fn activate(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
+    tx.announce(Topic::Keys);
+    let n = tx.execute(
         "UPDATE keys SET state = 'active', activated_at = ?2
          WHERE id = ?1 AND state = 'pending' AND signable_at IS NOT NULL AND lead_remaining = 0",
-        params![id, now],
+        &args![id, now],
     )?;
     changed(n, id, "activation")
 }
@@ -264,12 +258,15 @@ pub fn activate(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
 /// time.
 #[tracing::instrument(skip_all)]
 pub fn retire(tx: &Tx<'_>, id: i64, now: UnixTime, expires_at: UnixTime) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
-        "UPDATE keys SET state = 'retired', retired_at = ?2, expires_at = ?3,
-                         grace_remaining = MAX(0, ?3 - ?2), lead_remaining = 0
-         WHERE id = ?1 AND state IN ('pending', 'active')",
-        params![id, now, expires_at],
+    tx.announce(Topic::Keys);
+    let n = tx.execute(
+        &format!(
+            "UPDATE keys SET state = 'retired', retired_at = ?2, expires_at = ?3,
+                             grace_remaining = {}, lead_remaining = 0
+             WHERE id = ?1 AND state IN ('pending', 'active')",
+            tx.dialect("MAX(0, ?3 - ?2)", "GREATEST(0, $3::BIGINT - $2::BIGINT)")
+        ),
+        &args![id, now, expires_at],
     )?;
     changed(n, id, "retirement")
 }
@@ -277,11 +274,11 @@ pub fn retire(tx: &Tx<'_>, id: i64, now: UnixTime, expires_at: UnixTime) -> Resu
 /// retired → expired, once its grace has been served; the private key is destroyed.
 #[tracing::instrument(skip_all)]
 pub fn expire(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
+    tx.announce(Topic::Keys);
+    let n = tx.execute(
         "UPDATE keys SET state = 'expired', private_key_enc = NULL, destroyed_at = ?2
          WHERE id = ?1 AND state = 'retired' AND grace_remaining = 0",
-        params![id, now],
+        &args![id, now],
     )?;
     changed(n, id, "expiry")
 }
@@ -289,12 +286,12 @@ pub fn expire(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
 /// any live state → revoked; the private key is destroyed.
 #[tracing::instrument(skip_all)]
 pub fn revoke(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
+    tx.announce(Topic::Keys);
+    let n = tx.execute(
         "UPDATE keys SET state = 'revoked', revoked_at = ?2, private_key_enc = NULL, destroyed_at \
          = ?2
          WHERE id = ?1 AND state IN ('pending', 'active', 'retired')",
-        params![id, now],
+        &args![id, now],
     )?;
     changed(n, id, "revocation")
 }
@@ -302,21 +299,21 @@ pub fn revoke(tx: &Tx<'_>, id: i64, now: UnixTime) -> Result<(), StoreError> {
 /// Distinct master key ids that sealed the keys still held.
 #[tracing::instrument(skip_all)]
 pub fn master_key_ids(tx: &Tx<'_>) -> Result<Vec<String>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt =
-        conn.prepare("SELECT DISTINCT master_key_id FROM keys WHERE private_key_enc IS NOT NULL")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    tx.query_map(
+        "SELECT DISTINCT master_key_id FROM keys WHERE private_key_enc IS NOT NULL",
+        &args![],
+        |r| r.get(0),
+    )
 }
 
 /// Moves a pending or active key's earliest signing time (the wall clock moved).
 #[tracing::instrument(skip_all)]
 pub fn reschedule(tx: &Tx<'_>, id: i64, signable_at: UnixTime) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
+    tx.announce(Topic::Keys);
+    let n = tx.execute(
         "UPDATE keys SET signable_at = ?2
          WHERE id = ?1 AND state IN ('pending', 'active') AND signable_at IS NOT NULL",
-        params![id, signable_at],
+        &args![id, signable_at],
     )?;
     changed(n, id, "rescheduling")
 }
@@ -324,10 +321,9 @@ pub fn reschedule(tx: &Tx<'_>, id: i64, signable_at: UnixTime) -> Result<(), Sto
 /// Records that key `id` signed a token expiring at `exp`; false if it already had a later one.
 #[tracing::instrument(skip_all)]
 pub fn note_exp(tx: &Tx<'_>, id: i64, exp: UnixTime) -> Result<bool, StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
+    let n = tx.execute(
         "UPDATE keys SET last_exp = ?2 WHERE id = ?1 AND (last_exp IS NULL OR last_exp < ?2)",
-        params![id, exp],
+        &args![id, exp],
     )?;
     Ok(n == 1)
 }
@@ -336,16 +332,18 @@ pub fn note_exp(tx: &Tx<'_>, id: i64, exp: UnixTime) -> Result<bool, StoreError>
 /// grace; false for a key in another state.
 #[tracing::instrument(skip_all)]
 pub fn serve(tx: &Tx<'_>, id: i64, seconds: i64) -> Result<bool, StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
-        "UPDATE keys SET
-             lead_remaining = CASE WHEN state = 'pending' THEN MAX(0, lead_remaining - ?2)
+    let n = tx.execute(
+        &format!(
+            "UPDATE keys SET
+             lead_remaining = CASE WHEN state = 'pending' THEN {max}(0, lead_remaining - ?2)
                                    ELSE lead_remaining END,
-             grace_remaining = CASE WHEN state = 'retired' THEN MAX(0, grace_remaining - ?2)
+             grace_remaining = CASE WHEN state = 'retired' THEN {max}(0, grace_remaining - ?2)
                                     ELSE grace_remaining END
          WHERE id = ?1 AND ((state = 'pending' AND published_at IS NOT NULL AND lead_remaining > 0)
                             OR (state = 'retired' AND grace_remaining > 0))",
-        params![id, seconds],
+            max = tx.dialect("MAX", "GREATEST")
+        ),
+        &args![id, seconds],
     )?;
     Ok(n == 1)
 }

@@ -1,8 +1,8 @@
 //! KYC webhook events and the clientId → email mapping.
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use super::sql::{ReadError, Row, args};
 use super::{StoreError, Tx};
 use crate::clock::UnixTime;
 
@@ -62,7 +62,7 @@ pub struct NewKycEvent<'a> {
 const EVENT_COLUMNS: &str = "id, provider, scan_ref, client_id, final, status, outcome, detail, \
                              issuance_id, received_at, repeats, last_received_at";
 
-fn event(r: &rusqlite::Row<'_>) -> Result<KycEvent, rusqlite::Error> {
+fn event(r: &Row) -> Result<KycEvent, ReadError> {
     Ok(KycEvent {
         id: r.get(0)?,
         provider: r.get(1)?,
@@ -83,12 +83,11 @@ fn event(r: &rusqlite::Row<'_>) -> Result<KycEvent, rusqlite::Error> {
 /// scanRef, or a second row for the same delivery.
 #[tracing::instrument(skip_all)]
 pub fn record(tx: &Tx<'_>, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i64, StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.query_one(
         "INSERT INTO kyc_events (provider, scan_ref, client_id, final, status, outcome, detail,
                                  issuance_id, received_at, delivery_hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+        &args![
             e.provider,
             e.scan_ref,
             e.client_id,
@@ -100,8 +99,8 @@ pub fn record(tx: &Tx<'_>, e: &NewKycEvent<'_>, now: UnixTime) -> Result<i64, St
             now,
             e.delivery_hash
         ],
-    )?;
-    Ok(conn.last_insert_rowid())
+        |r| r.get(0),
+    )
 }
 
 /// Counts one more arrival of the delivery `delivery_hash` on its row and returns the row, or
@@ -113,28 +112,24 @@ pub fn count_repeat(
     delivery_hash: &str,
     now: UnixTime,
 ) -> Result<Option<KycEvent>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
-            &format!(
-                "UPDATE kyc_events SET repeats = repeats + 1, last_received_at = ?3
+    tx.query_opt(
+        &format!(
+            "UPDATE kyc_events SET repeats = repeats + 1, last_received_at = ?3
                  WHERE provider = ?1 AND delivery_hash = ?2 RETURNING {EVENT_COLUMNS}"
-            ),
-            params![provider, delivery_hash, now],
-            event,
-        )
-        .optional()?)
+        ),
+        &args![provider, delivery_hash, now],
+        event,
+    )
 }
 
 /// Turns the unmatched event `id` into the one that queued `issuance_id` (its clientId has been
 /// mapped since it first arrived). False if another delivery got there first.
 #[tracing::instrument(skip_all)]
 pub fn mark_queued(tx: &Tx<'_>, id: i64, issuance_id: &str) -> Result<bool, StoreError> {
-    let conn = tx.sql();
-    let n = conn.execute(
+    let n = tx.execute(
         "UPDATE kyc_events SET outcome = 'queued', detail = NULL, issuance_id = ?2
          WHERE id = ?1 AND outcome = 'unmatched'",
-        params![id, issuance_id],
+        &args![id, issuance_id],
     )?;
     Ok(n == 1)
 }
@@ -142,27 +137,26 @@ pub fn mark_queued(tx: &Tx<'_>, id: i64, issuance_id: &str) -> Result<bool, Stor
 /// Whether this scanRef already started an issuance.
 #[tracing::instrument(skip_all)]
 pub fn seen_scan_ref(tx: &Tx<'_>, provider: &str, scan_ref: &str) -> Result<bool, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
+    Ok(tx
+        .query_opt(
             "SELECT 1 FROM kyc_events WHERE provider = ?1 AND scan_ref = ?2 AND outcome = 'queued'",
-            params![provider, scan_ref],
+            &args![provider, scan_ref],
             |_| Ok(()),
-        )
-        .optional()?
+        )?
         .is_some())
 }
 
 /// Events, newest first, optionally with one outcome.
 #[tracing::instrument(skip_all)]
 pub fn list(tx: &Tx<'_>, outcome: Option<&str>, limit: u32) -> Result<Vec<KycEvent>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {EVENT_COLUMNS} FROM kyc_events WHERE (?1 IS NULL OR outcome = ?1)
-         ORDER BY id DESC LIMIT ?2"
-    ))?;
-    let rows = stmt.query_map(params![outcome, limit], event)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    tx.query_map(
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM kyc_events WHERE (CAST(?1 AS TEXT) IS NULL OR outcome = ?1)
+             ORDER BY id DESC LIMIT ?2"
+        ),
+        &args![outcome, limit],
+        event,
+    )
 }
 
 /// A clientId → email mapping as stored.
@@ -187,11 +181,10 @@ pub fn put_subject(
     now: UnixTime,
     mac: &[u8],
 ) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.execute(
         "INSERT INTO kyc_subjects (client_id, email, created_at, mac) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (client_id) DO UPDATE SET email = excluded.email, mac = excluded.mac",
-        params![client_id, email, now, mac],
+        &args![client_id, email, now, mac],
     )?;
     Ok(())
 }
@@ -199,17 +192,14 @@ pub fn put_subject(
 /// The mapping of an iDenfy clientId.
 #[tracing::instrument(skip_all)]
 pub fn subject(tx: &Tx<'_>, client_id: &str) -> Result<Option<Subject>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
-            "SELECT client_id, email, created_at, mac FROM kyc_subjects WHERE client_id = ?1",
-            [client_id],
-            subject_row,
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT client_id, email, created_at, mac FROM kyc_subjects WHERE client_id = ?1",
+        &args![client_id],
+        subject_row,
+    )
 }
 
-fn subject_row(r: &rusqlite::Row<'_>) -> Result<Subject, rusqlite::Error> {
+fn subject_row(r: &Row) -> Result<Subject, ReadError> {
     Ok(Subject {
         client_id: r.get(0)?,
         email: r.get(1)?,
@@ -221,20 +211,19 @@ fn subject_row(r: &rusqlite::Row<'_>) -> Result<Subject, rusqlite::Error> {
 /// Every mapping.
 #[tracing::instrument(skip_all)]
 pub fn subjects(tx: &Tx<'_>) -> Result<Vec<Subject>, StoreError> {
-    let conn = tx.sql();
-    let mut stmt = conn
-        .prepare("SELECT client_id, email, created_at, mac FROM kyc_subjects ORDER BY client_id")?;
-    let rows = stmt.query_map([], subject_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    tx.query_map(
+        "SELECT client_id, email, created_at, mac FROM kyc_subjects ORDER BY client_id",
+        &args![],
+        subject_row,
+    )
 }
 
 /// Stores a mapping's MAC.
 #[tracing::instrument(skip_all)]
 pub fn set_subject_mac(tx: &Tx<'_>, client_id: &str, mac: &[u8]) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.execute(
         "UPDATE kyc_subjects SET mac = ?2 WHERE client_id = ?1",
-        params![client_id, mac],
+        &args![client_id, mac],
     )?;
     Ok(())
 }

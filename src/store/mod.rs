@@ -4,40 +4,38 @@
 //! opens, commits and rolls back itself: [`Store::read`] and [`Store::write`] from async code
 //! (on a blocking thread, in the caller's tracing span), [`Store::blocking_read`] and
 //! [`Store::blocking_write`] from code already on one. The operations in the submodules take a
-//! `&Tx` and are named for what they do; nothing outside `store` sees the engine's types, so a
-//! second engine is a second arm of [`Tx`] and of each operation, not a change to its callers.
+//! `&Tx` and are named for what they do; they are written once, against the engine-neutral
+//! vocabulary of [`sql`], and nothing outside `store` sees an engine's types.
 //!
-//! The embedded engine is SQLite: one connection, guarded by a mutex and used from blocking
-//! threads; WAL journaling so readers (the CLI, backups) never block the server; `secure_delete`
-//! so destroyed private keys are overwritten on disk rather than left in free pages. Migrations
-//! in `migrations/` are embedded and applied at open; the store never downgrades.
+//! Two engines:
+//! - **SQLite** (the embedded default, [`sqlite`]): one connection, guarded by a mutex and used
+//!   from blocking threads; WAL journaling so readers (the CLI, backups) never block the server;
+//!   `secure_delete` so destroyed private keys are overwritten on disk. Migrations in
+//!   `migrations/`.
+//! - **PostgreSQL** (several replicas, [`postgres`]): a connection pool; migrations in
+//!   `migrations/postgres/`, applied under an advisory lock; writes serialised across replicas
+//!   by a transaction-scoped advisory lock, as SQLite's `BEGIN IMMEDIATE` serialises them, so a
+//!   service's read-decide-write is one transaction on either engine with the same meaning.
+//!
+//! Both refuse a schema newer than the binary; neither ever downgrades.
 
 pub mod audit;
 pub mod clients;
 pub mod issuances;
 pub mod keys;
 pub mod kyc;
+pub mod postgres;
+pub mod replicas;
 pub mod settings;
+pub mod sql;
+mod sqlite;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use rusqlite::{Connection, TransactionBehavior};
-use rusqlite_migration::{M, Migrations};
+use sql::{ReadError, Row, Value};
 
-use crate::files::create_private_dir;
-
-const MIGRATIONS: &[M<'static>] = &[
-    M::up(include_str!("../../migrations/0001_initial.sql")),
-    M::up(include_str!("../../migrations/0002_issuance.sql")),
-    M::up(include_str!("../../migrations/0003_kyc_repeats.sql")),
-    M::up(include_str!(
-        "../../migrations/0004_integrity_and_served_time.sql"
-    )),
-    M::up(include_str!("../../migrations/0005_issuance_checks.sql")).foreign_key_check(),
-    M::up(include_str!("../../migrations/0006_kyc_checks.sql")).foreign_key_check(),
-];
+pub use postgres::PgOptions;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,31 +43,74 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error (or the connection to it failed).
+    #[error("database error: {}", postgres::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to PostgreSQL could be had.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     /// A migration could not be applied.
     #[error("database migration failed: {0}")]
-    Migrate(#[from] rusqlite_migration::Error),
+    Migrate(String),
     /// The database file or its directory is unusable.
     #[error("cannot open the database at {0}: {1}")]
     Io(PathBuf, std::io::Error),
     /// A row holds a value this version cannot read.
     #[error("database holds an unreadable value: {0}")]
     Corrupt(String),
+    /// A query that must find a row found none.
+    #[error("no such row")]
+    NotFound,
     /// The operation panicked or its thread was cancelled; its transaction was rolled back.
     #[error("a store operation was interrupted: {0}")]
     Interrupted(String),
     /// The database was written by a newer keyhost.
     #[error(
-        "the database at {path} has schema version {found}, newer than this keyhost knows \
+        "the database at {location} has schema version {found}, newer than this keyhost knows \
          ({known}); run a newer keyhost"
     )]
     TooNew {
-        /// Database file.
-        path: PathBuf,
+        /// Database file, or PostgreSQL database and schema.
+        location: String,
         /// Version found.
         found: usize,
         /// Latest version known here.
         known: usize,
     },
+}
+
+impl From<rusqlite_migration::Error> for StoreError {
+    fn from(e: rusqlite_migration::Error) -> Self {
+        StoreError::Migrate(e.to_string())
+    }
+}
+
+impl From<ReadError> for StoreError {
+    fn from(e: ReadError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+impl StoreError {
+    /// Whether this is a uniqueness or check constraint violation.
+    pub fn is_constraint(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            StoreError::Postgres(e) => postgres::is_constraint(e),
+            _ => false,
+        }
+    }
+
+    /// Whether the database could not be reached (as opposed to refusing what was asked).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
 }
 
 /// A row that cannot be read as its type: a value this version cannot read (text where a number
@@ -101,107 +142,112 @@ impl<T> Default for Rows<T> {
     }
 }
 
-/// Runs `stmt` and reads each row with `read`, setting aside the rows it cannot read (their key
-/// read from column 0 as text).
-pub(crate) fn read_rows<T, P: rusqlite::Params>(
-    stmt: &mut rusqlite::Statement<'_>,
-    params: P,
-    read: impl Fn(&rusqlite::Row<'_>) -> Result<T, rusqlite::Error>,
-) -> Result<Rows<T>, StoreError> {
-    let mut out = Rows::default();
-    let mut rows = stmt.query(params)?;
-    while let Some(row) = rows.next()? {
-        match read(row) {
-            Ok(value) => out.rows.push(value),
-            Err(e) => out.unreadable.push(Unreadable {
-                id: row
-                    .get_ref(0)
-                    .map(|v| match v {
-                        rusqlite::types::ValueRef::Integer(i) => i.to_string(),
-                        rusqlite::types::ValueRef::Text(t) => {
-                            String::from_utf8_lossy(t).into_owned()
-                        }
-                        _ => "?".to_owned(),
-                    })
-                    .unwrap_or_else(|_| "?".to_owned()),
-                why: e.to_string(),
-            }),
-        }
-    }
-    Ok(out)
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The embedded SQLite file.
+    Sqlite,
+    /// A shared PostgreSQL database.
+    Postgres,
 }
 
-impl StoreError {
-    /// Whether this is a uniqueness or check constraint violation.
-    pub fn is_constraint(&self) -> bool {
-        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation)
+/// What changed in a write transaction, announced to the other replicas when it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// The key set.
+    Keys,
+    /// API clients.
+    Clients,
+    /// Server settings (the recorded policy, the admin token).
+    Settings,
+}
+
+impl Topic {
+    fn as_str(self) -> &'static str {
+        match self {
+            Topic::Keys => "keys",
+            Topic::Clients => "clients",
+            Topic::Settings => "settings",
+        }
     }
 }
 
 /// The key store database.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    engine: Engine,
+}
+
+#[derive(Debug)]
+enum Engine {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
 }
 
 impl Store {
-    /// Opens (creating if needed) `data_dir/keyhost.db` and migrates it to the latest schema.
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it to the latest
+    /// schema.
     pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
-        if let Some(dir) = path.parent() {
-            create_private_dir(dir).map_err(|e| StoreError::Io(dir.to_owned(), e))?;
-        }
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
-        let migrations = Migrations::from_slice(MIGRATIONS);
-        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let found = usize::try_from(found).unwrap_or(0);
-        if found > MIGRATIONS.len() {
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found,
-                known: MIGRATIONS.len(),
-            });
-        }
-        migrations.to_latest(&mut conn)?;
         Ok(Arc::new(Self {
-            conn: Mutex::new(conn),
-            path: path.to_owned(),
+            engine: Engine::Sqlite(sqlite::Sqlite::open(path)?),
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Connects to PostgreSQL and migrates its schema to the latest (once, whoever else starts
+    /// at the same time).
+    pub fn open_postgres(options: &PgOptions) -> Result<Arc<Self>, StoreError> {
+        Ok(Arc::new(Self {
+            engine: Engine::Postgres(postgres::Postgres::open(options)?),
+        }))
+    }
+
+    /// Which engine this store runs on.
+    pub fn engine(&self) -> EngineKind {
+        match &self.engine {
+            Engine::Sqlite(_) => EngineKind::Sqlite,
+            Engine::Postgres(_) => EngineKind::Postgres,
+        }
+    }
+
+    /// Where the store is, for messages (the file, or the PostgreSQL server, database and
+    /// schema, without credentials).
+    pub fn location(&self) -> String {
+        match &self.engine {
+            Engine::Sqlite(s) => s.path().display().to_string(),
+            Engine::Postgres(p) => p.location(),
+        }
+    }
+
+    /// The SQLite database file (`None` on PostgreSQL).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.engine {
+            Engine::Sqlite(s) => Some(s.path()),
+            Engine::Postgres(_) => None,
+        }
     }
 
     fn transact<R, E: From<StoreError>>(
         &self,
-        behavior: TransactionBehavior,
+        write: bool,
         f: impl FnOnce(&Tx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut conn = self.lock();
-        let tx = Tx {
-            engine: TxEngine::Sqlite(
-                conn.transaction_with_behavior(behavior)
-                    .map_err(StoreError::from)?,
-            ),
-        };
-        // An error (or a panic, which unwinds through the drop) rolls the transaction back.
-        let value = f(&tx)?;
-        match tx.engine {
-            TxEngine::Sqlite(t) => t.commit().map_err(StoreError::from)?,
+        match &self.engine {
+            Engine::Sqlite(s) => s.transact(write, |t| {
+                let tx = Tx {
+                    engine: TxEngine::Sqlite(t),
+                    topics: Default::default(),
+                };
+                f(&tx)
+            }),
+            Engine::Postgres(p) => p.transact(write, |t| {
+                let tx = Tx {
+                    engine: TxEngine::Postgres(t),
+                    topics: Default::default(),
+                };
+                let value = f(&tx)?;
+                Ok((value, tx.topics()))
+            }),
         }
-        Ok(value)
     }
 
     /// Runs `f` in a read transaction (one consistent snapshot), on the calling thread: for
@@ -210,17 +256,18 @@ impl Store {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
-        self.transact(TransactionBehavior::Deferred, f)
+        self.transact(false, f)
     }
 
-    /// Runs `f` in a write transaction, taken before the first read (`BEGIN IMMEDIATE`), so
-    /// that what `f` reads cannot change before it writes: committed if `f` returns `Ok`,
+    /// Runs `f` in a write transaction, taken before the first read, so that what `f` reads
+    /// cannot change before it writes (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction
+    /// advisory lock every writer takes, on every replica): committed if `f` returns `Ok`,
     /// rolled back otherwise. On the calling thread, like [`Store::blocking_read`].
     pub fn blocking_write<R, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
-        self.transact(TransactionBehavior::Immediate, f)
+        self.transact(true, f)
     }
 
     /// [`Store::blocking_read`] on a blocking thread, in the caller's tracing span.
@@ -249,38 +296,49 @@ impl Store {
         off_thread(move || store.blocking_write(f)).await
     }
 
-    /// Changes whenever another connection (another process) commits; cheap to poll.
+    /// Changes whenever another connection (another process, another replica) commits a change
+    /// to keys, clients or settings; cheap to poll.
     pub fn data_version(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .lock()
-            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+        match &self.engine {
+            Engine::Sqlite(s) => s.data_version(),
+            Engine::Postgres(p) => Ok(p.changes()),
+        }
     }
 
-    /// Moves the write-ahead log into the database file and truncates it, so that bytes
-    /// overwritten since (destroyed private keys) do not linger in old WAL frames. Best effort:
-    /// a reader can hold it back, and a later one completes it.
+    /// Resolves when another replica announces a change (never on SQLite, whose other writers
+    /// are found by polling [`Store::data_version`]).
+    pub async fn changed(&self) {
+        match &self.engine {
+            Engine::Sqlite(_) => std::future::pending().await,
+            Engine::Postgres(p) => p.changed().await,
+        }
+    }
+
+    /// Moves SQLite's write-ahead log into the database file and truncates it, so that bytes
+    /// overwritten since (destroyed private keys) do not linger in old WAL frames. Best effort.
+    /// Nothing to do on PostgreSQL, whose files keyhost does not manage.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        Ok(self
-            .lock()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?)
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        match &self.engine {
+            Engine::Sqlite(s) => s.checkpoint(),
+            Engine::Postgres(_) => Ok(()),
+        }
     }
 
     /// Whether the database answers a trivial query (readiness).
     pub fn ping(&self) -> bool {
-        self.lock()
-            .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-            .is_ok()
+        match &self.engine {
+            Engine::Sqlite(s) => s.ping(),
+            Engine::Postgres(p) => p.ping(),
+        }
     }
 
     /// Runs raw SQL outside any transaction (tests that break the schema on purpose).
     #[cfg(test)]
     pub(crate) fn execute_batch(&self, sql: &str) -> Result<(), StoreError> {
-        Ok(self.lock().execute_batch(sql)?)
+        match &self.engine {
+            Engine::Sqlite(s) => s.execute_batch(sql),
+            Engine::Postgres(p) => p.execute_batch(sql),
+        }
     }
 }
 
@@ -309,19 +367,19 @@ where
 /// A transaction on the store, opened by [`Store::read`] or [`Store::write`] (and their
 /// blocking forms) and committed or rolled back by them. Every store operation takes one.
 ///
-/// The engine is an arm of [`TxEngine`], private to this module: an operation reaches its SQL
-/// through the arm of its engine, so a second engine adds an arm here and in the operations
-/// (with its own SQL where the dialects differ), and nothing outside `store` changes. The
-/// operations stay synchronous functions run on the store's blocking thread, so that a
-/// service's read-decide-write sequence is one transaction whatever the engine.
+/// Operations speak through [`Tx::execute`] and the query methods, with `?N` placeholders and
+/// [`Value`]s; where the dialects differ, [`Tx::dialect`] picks the statement of the engine.
+/// The operations stay synchronous functions run on a blocking thread, so that a service's
+/// read-decide-write sequence is one transaction whatever the engine.
 pub struct Tx<'c> {
     engine: TxEngine<'c>,
+    topics: std::cell::Cell<u8>,
 }
 
 /// The engine-specific transaction inside a [`Tx`].
 enum TxEngine<'c> {
-    /// The embedded engine.
-    Sqlite(rusqlite::Transaction<'c>),
+    Sqlite(&'c rusqlite::Transaction<'c>),
+    Postgres(&'c postgres::PgTx),
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -331,11 +389,100 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl Tx<'_> {
-    /// The SQLite connection of this transaction (store operations only).
-    fn sql(&self) -> &Connection {
-        match &self.engine {
-            TxEngine::Sqlite(t) => t,
+    /// `sqlite` or `postgres`, whichever this transaction's engine speaks.
+    pub(crate) fn dialect<'s>(&self, sqlite: &'s str, postgres: &'s str) -> &'s str {
+        match self.engine {
+            TxEngine::Sqlite(_) => sqlite,
+            TxEngine::Postgres(_) => postgres,
         }
+    }
+
+    /// Runs a statement; the number of rows it changed.
+    pub(crate) fn execute(&self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
+        match self.engine {
+            TxEngine::Sqlite(t) => sqlite::execute(t, sql, args),
+            TxEngine::Postgres(t) => t.execute(sql, args),
+        }
+    }
+
+    /// Runs a query; its rows.
+    pub(crate) fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
+        match self.engine {
+            TxEngine::Sqlite(t) => sqlite::query(t, sql, args),
+            TxEngine::Postgres(t) => t.query(sql, args),
+        }
+    }
+
+    /// Runs a query and reads each row with `read`; the first unreadable row is an error.
+    pub(crate) fn query_map<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        read: impl Fn(&Row) -> Result<T, ReadError>,
+    ) -> Result<Vec<T>, StoreError> {
+        Ok(self
+            .query(sql, args)?
+            .iter()
+            .map(read)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The first row of a query read with `read`, or `None`.
+    pub(crate) fn query_opt<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        read: impl Fn(&Row) -> Result<T, ReadError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.query(sql, args)?.first() {
+            Some(row) => Ok(Some(read(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The first row of a query read with `read`; [`StoreError::NotFound`] if there is none.
+    pub(crate) fn query_one<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        read: impl Fn(&Row) -> Result<T, ReadError>,
+    ) -> Result<T, StoreError> {
+        self.query_opt(sql, args, read)?.ok_or(StoreError::NotFound)
+    }
+
+    /// Runs a query and reads each row with `read`, setting aside the rows it cannot read (their
+    /// key read from column 0).
+    pub(crate) fn read_rows<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        read: impl Fn(&Row) -> Result<T, ReadError>,
+    ) -> Result<Rows<T>, StoreError> {
+        let mut out = Rows::default();
+        for row in self.query(sql, args)? {
+            match read(&row) {
+                Ok(value) => out.rows.push(value),
+                Err(e) => out.unreadable.push(Unreadable {
+                    id: row.key(),
+                    why: e.to_string(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Announces, when this transaction commits, that `topic` changed (other replicas re-read
+    /// it at once). Nothing to announce on SQLite: its one server learns of another process's
+    /// writes from the database's version.
+    pub(crate) fn announce(&self, topic: Topic) {
+        self.topics.set(self.topics.get() | 1 << topic as u8);
+    }
+
+    fn topics(&self) -> Vec<Topic> {
+        [Topic::Keys, Topic::Clients, Topic::Settings]
+            .into_iter()
+            .filter(|t| self.topics.get() & (1 << *t as u8) != 0)
+            .collect()
     }
 }
 
@@ -345,7 +492,7 @@ mod tests {
 
     #[test]
     fn migrations_are_valid_and_idempotent() {
-        Migrations::from_slice(MIGRATIONS).validate().unwrap();
+        sqlite::validate_migrations();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data/keyhost.db");
         drop(Store::open(&path).unwrap());
@@ -358,7 +505,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyhost.db");
         drop(Store::open(&path).unwrap());
-        Connection::open(&path)
+        rusqlite::Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();

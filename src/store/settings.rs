@@ -1,8 +1,7 @@
 //! Named settings the server keeps between starts (master key id, admin token hash, ...).
 
-use rusqlite::{OptionalExtension, params};
-
-use super::{StoreError, Tx};
+use super::sql::args;
+use super::{StoreError, Topic, Tx};
 
 /// Setting: id of the master key that sealed the stored keys.
 pub const MASTER_KEY_ID: &str = "master_key_id";
@@ -20,22 +19,21 @@ pub const ROW_MACS_SINCE: &str = "row_macs_since";
 /// Reads a setting.
 #[tracing::instrument(skip_all)]
 pub fn get(tx: &Tx<'_>, name: &str) -> Result<Option<String>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?)
+    tx.query_opt(
+        "SELECT value FROM settings WHERE name = ?1",
+        &args![name],
+        |r| r.get(0),
+    )
 }
 
 /// Writes a setting (without a MAC: only for settings nothing trusts blindly).
 #[tracing::instrument(skip_all)]
 pub fn set(tx: &Tx<'_>, name: &str, value: &str) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.announce(Topic::Settings);
+    tx.execute(
         "INSERT INTO settings (name, value) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET value = excluded.value, mac = NULL",
-        params![name, value],
+        &args![name, value],
     )?;
     Ok(())
 }
@@ -52,29 +50,26 @@ pub struct Authenticated {
 /// Reads a setting with its MAC.
 #[tracing::instrument(skip_all)]
 pub fn get_with_mac(tx: &Tx<'_>, name: &str) -> Result<Option<Authenticated>, StoreError> {
-    let conn = tx.sql();
-    Ok(conn
-        .query_row(
-            "SELECT value, mac FROM settings WHERE name = ?1",
-            [name],
-            |r| {
-                Ok(Authenticated {
-                    value: r.get(0)?,
-                    mac: r.get(1)?,
-                })
-            },
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT value, mac FROM settings WHERE name = ?1",
+        &args![name],
+        |r| {
+            Ok(Authenticated {
+                value: r.get(0)?,
+                mac: r.get(1)?,
+            })
+        },
+    )
 }
 
 /// Writes a setting with its MAC.
 #[tracing::instrument(skip_all)]
 pub fn set_with_mac(tx: &Tx<'_>, name: &str, value: &str, mac: &[u8]) -> Result<(), StoreError> {
-    let conn = tx.sql();
-    conn.execute(
+    tx.announce(Topic::Settings);
+    tx.execute(
         "INSERT INTO settings (name, value, mac) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET value = excluded.value, mac = excluded.mac",
-        params![name, value, mac],
+        &args![name, value, mac],
     )?;
     Ok(())
 }

@@ -293,7 +293,7 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     assert_eq!(
         issuance_rows(&db),
         before,
@@ -334,7 +334,12 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
     indexes.sort();
     assert_eq!(
         indexes,
-        ["issuances_hash", "issuances_idempotency", "issuances_state"]
+        [
+            "issuances_claim",
+            "issuances_hash",
+            "issuances_idempotency",
+            "issuances_state"
+        ]
     );
     let insert = |id: &str, source: &str| {
         db.execute(

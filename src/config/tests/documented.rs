@@ -70,6 +70,15 @@ const SAMPLES: &[(&str, &str)] = &[
     ("airkit_wait", "5s"),
     ("airkit_poll_interval", "2s"),
     ("airkit_poll_deadline", "1h"),
+    (
+        "database_url",
+        "postgres://keyhost@db.internal:5432/keyhost?sslmode=verify-full",
+    ),
+    ("database_ca_file", "/etc/keyhost/db-ca.pem"),
+    ("database_pool_size", "4"),
+    ("refresh_interval", "1s"),
+    ("signing_lease", "6s"),
+    ("jwks_stale_limit", "30m"),
     ("kyc_webhook_secret", "kyc-webhook-secret-0123456789"),
     ("idenfy_signing_key", "idenfy-signing-key-0123456789"),
 ];
