@@ -22,7 +22,7 @@ use crate::live::LiveKeys;
 use crate::mint::{MintRequest, Minter};
 use crate::signer::MAX_TOKEN_TTL;
 use crate::startup::{self, Application};
-use crate::store::{self, Store};
+use crate::store;
 
 /// keyhost: partner keys, JWKS and Partner JWTs for AIR Kit.
 #[derive(Debug, Parser)]
@@ -56,8 +56,15 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Create or upgrade the database schema, then exit.
-    Migrate,
+    /// Create or upgrade the database schema, then exit; with `--to`, copy the SQLite store
+    /// into an empty PostgreSQL database instead.
+    Migrate {
+        /// `postgres://…` URL of an empty database (or schema, through its search_path) to copy
+        /// the SQLite store of KEYHOST_DATA_DIR into: keys (still sealed), clients, settings,
+        /// the audit trail, issuances and KYC records. The server must be stopped.
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+    },
     /// The MACs that authenticate the rows keyhost trusts.
     Integrity {
         /// Integrity command.
@@ -215,13 +222,60 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// Copies the SQLite store into the empty PostgreSQL database at `url`, then opens the copy as
+/// a server would (the master key, every row's MAC, every private key) and checks that it
+/// serves the same kids.
+fn migrate_to(config: &Config, clock: Arc<dyn Clock>, url: String) -> anyhow::Result<()> {
+    if config.database.url.is_some() {
+        bail!(
+            "`keyhost migrate --to` copies the SQLite store of KEYHOST_DATA_DIR into PostgreSQL; \
+             unset KEYHOST_DATABASE_URL (the source is the SQLite file)"
+        );
+    }
+    let db = config.database_path();
+    if !db.is_file() {
+        bail!("there is no SQLite store at {} to copy", db.display());
+    }
+    // No server may write the source meanwhile.
+    let _lock =
+        startup::lock_data_dir(config).context("stop the server before copying its store")?;
+    // The source opens with this master key (and its rows check) before anything is copied.
+    let source = startup::open(config, clock.clone(), false)?;
+    let served_before = crate::jwks::JwksDocument::build(&source.keys.list()?).kids;
+    let mut target_config = config.clone();
+    target_config.database.url = Some(url.into());
+    target_config.validate()?;
+    let target = startup::open_store(&target_config)?;
+    let copied = store::copy::copy_all(&source.store, &target)
+        .with_context(|| format!("copying into {}", target.location()))?;
+    let location = target.location();
+    drop(target);
+    let copy = startup::open(&target_config, clock, false)
+        .context("the copy does not open as the original did")?;
+    let served_after = crate::jwks::JwksDocument::build(&copy.keys.list()?).kids;
+    if served_after != served_before {
+        bail!("the copy would serve {served_after:?}, not {served_before:?}; do not switch to it");
+    }
+    print(&json!({
+        "from": db,
+        "to": location,
+        "copied": copied.tables.into_iter().map(|(t, n)| (t, json!(n))).collect::<serde_json::Map<_, _>>(),
+        "servedKids": served_after,
+        "next": "start the servers with KEYHOST_DATABASE_URL set to the new database and the same \
+                 master key; keep the SQLite file as a backup",
+    }))
+}
+
 fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    if let Command::Migrate = command {
-        let db = config.database_path();
-        Store::open(&db).with_context(|| format!("migrating {}", db.display()))?;
-        print(&json!({"database": db, "migrated": true}))?;
-        return Ok(());
+    if let Command::Migrate { to } = command {
+        return match to {
+            None => {
+                let store = startup::open_store(&config)?;
+                print(&json!({"database": store.location(), "migrated": true}))
+            }
+            Some(url) => migrate_to(&config, clock, url),
+        };
     }
     let opened = startup::open(&config, clock.clone(), false)?;
     let (store, keys, legacy, partner_id) =
@@ -260,7 +314,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     let actor = actor();
     match command {
         Command::Serve
-        | Command::Migrate
+        | Command::Migrate { .. }
         | Command::Integrity { .. }
         | Command::AirkitEmulator(_)
         | Command::Doctor(_) => {

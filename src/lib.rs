@@ -31,6 +31,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod mint;
 pub mod partner_jwt;
+pub mod replicas;
 pub mod scope;
 pub mod signer;
 pub mod startup;

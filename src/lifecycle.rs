@@ -5,11 +5,17 @@
 //! and retired keys is counted as it accrues), waking early when an admin action or a clock jump
 //! changes the picture, and once a second to notice writes by another process (the CLI) through
 //! SQLite's `data_version`. Clock jumps need no detection of their own: the planner keeps every
-//! key's wall-clock schedule in line with the time actually served. Every path that changes keys goes through [`Lifecycle::settle`], which is
-//! serialised, so the views are always rebuilt from the latest committed state.
+//! key's wall-clock schedule in line with the time actually served. Every path that changes keys
+//! goes through [`Lifecycle::settle`], which is serialised, so the views are always rebuilt from
+//! the latest committed state.
+//!
+//! On a store shared by several servers (PostgreSQL), only the holder of the planner's lease
+//! applies transitions and counts served time (see [`crate::replicas`]); every server rebuilds
+//! its views when another announces a change (LISTEN/NOTIFY) and at least every
+//! `KEYHOST_REFRESH_INTERVAL`, and each successful rebuild renews its signing lease.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, Notify, watch};
@@ -20,6 +26,7 @@ use crate::keys::service::Rotated;
 use crate::keys::service::TickReport;
 use crate::keys::{Alg, KeyError, KeyRecord, KeyService};
 use crate::live::LiveKeys;
+use crate::replicas::Replicas;
 use crate::store::{Store, off_thread};
 
 /// Longest sleep between looks at the store for changes made by other processes.
@@ -38,39 +45,56 @@ pub struct Lifecycle {
     live: Arc<LiveKeys>,
     clients: Arc<ClientRegistry>,
     store: Arc<Store>,
+    replicas: Arc<Replicas>,
+    refresh_interval: Duration,
     serial: Mutex<()>,
     wake: Notify,
 }
 
 impl Lifecycle {
-    /// A lifecycle over the given parts.
+    /// A lifecycle over the given parts; on a shared store it re-reads the store at least
+    /// every `refresh_interval`.
     pub fn new(
         keys: Arc<KeyService>,
         live: Arc<LiveKeys>,
         clients: Arc<ClientRegistry>,
         store: Arc<Store>,
+        replicas: Arc<Replicas>,
+        refresh_interval: Duration,
     ) -> Self {
         Self {
             keys,
             live,
             clients,
             store,
+            replicas,
+            refresh_interval,
             serial: Mutex::new(()),
             wake: Notify::new(),
         }
+    }
+
+    /// This server among those sharing its store.
+    pub fn replicas(&self) -> &Arc<Replicas> {
+        &self.replicas
     }
 
     /// Applies every due transition, then rebuilds the JWKS, signing keys and clients from the
     /// store. Returns what was applied and when to look again.
     pub async fn settle(&self, actor: &'static str) -> Result<TickReport, KeyError> {
         let _serial = self.serial.lock().await;
-        let (keys, live, clients, store) = (
+        let (keys, live, clients, store, replicas) = (
             self.keys.clone(),
             self.live.clone(),
             self.clients.clone(),
             self.store.clone(),
+            self.replicas.clone(),
         );
         off_thread(move || {
+            let started = Instant::now();
+            // Only one server sharing the store plans (and counts served time); the others
+            // follow what it wrote. A server that cannot renew its lease does not plan.
+            let plans = replicas.round();
             // Clients first and regardless of the key steps: a client disabled from the CLI must
             // stop minting even while the key lifecycle is failing.
             let clients_result = clients.reload(&store);
@@ -79,12 +103,22 @@ impl Lifecycle {
             // The in-memory keys follow the store even when planning failed: the store is
             // consistent either way (each plan is one transaction), and a key revoked meanwhile
             // must stop signing.
-            let report = keys.tick(actor);
+            let report = match plans {
+                Ok(true) => keys.tick(actor),
+                Ok(false) => Ok(TickReport::default()),
+                Err(e) => Err(e.into()),
+            };
             let refreshed = live.refresh(&keys);
+            if refreshed.is_ok() && clients_result.is_ok() {
+                // The view is as recent as this read: the signing lease runs from here.
+                live.mark_read(started);
+            }
             let report = report?;
             refreshed?;
             noted?;
-            keys.mark_served()?;
+            if replicas.plans() {
+                keys.mark_served()?;
+            }
             clients_result?;
             Ok(report)
         })
@@ -178,16 +212,39 @@ impl Lifecycle {
         let clock = self.keys.clock().clone();
         let jumps = clock.jumps().unwrap_or_else(|| Arc::new(Notify::new()));
         let mut seen_version = self.data_version().await;
+        let shared = self.replicas.shared();
+        let mut failing = false;
         loop {
             let seconds_to_due = match self.settle("scheduler").await {
-                Ok(report) => report.next_due.map_or(SERVED_TIME_ROUND, |due| {
-                    (due - clock.now()).min(SERVED_TIME_ROUND)
-                }),
+                Ok(report) => {
+                    if failing {
+                        tracing::info!("key lifecycle rounds succeed again");
+                        failing = false;
+                    }
+                    report.next_due.map_or(SERVED_TIME_ROUND, |due| {
+                        (due - clock.now()).min(SERVED_TIME_ROUND)
+                    })
+                }
+                Err(e) if shared => {
+                    // Every refresh interval while the database is away: say so once.
+                    if !failing {
+                        tracing::error!(
+                            error = %e,
+                            "key lifecycle round failed; retrying every refresh interval (this \
+                             server stops signing once its view is older than the signing lease)"
+                        );
+                        failing = true;
+                    }
+                    5
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "key lifecycle round failed; retrying in 5s");
                     5
                 }
             };
+            // On a shared store, a round at least every refresh interval: it renews the planner's
+            // lease, this server's place in the roll and its signing lease.
+            let refresh_at = shared.then(|| tokio::time::Instant::now() + self.refresh_interval);
             // The wait is measured on the monotonic clock, and the wall clock watched: when it
             // moves other than with real time (set back or ahead, and the system clock says
             // nothing of it), plan again at once, so that the schedule follows and an active key
@@ -216,6 +273,16 @@ impl Lifecycle {
                     }
                     _ = jumps.notified() => break,
                     _ = self.wake.notified() => break,
+                    _ = self.store.changed() => {
+                        tracing::debug!("another server changed the store");
+                        break;
+                    }
+                    _ = async {
+                        match refresh_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => break,
                     _ = shutdown.changed() => return,
                 }
                 if *shutdown.borrow() {

@@ -5,7 +5,9 @@
 //! `Arc`. Pending keys are opened ahead of time so that activation costs nothing at the switch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -28,6 +30,45 @@ pub struct LiveKeys {
     jwks: ArcSwap<JwksDocument>,
     signers: ArcSwap<SignerSet>,
     opened: Mutex<HashMap<i64, Arc<SigningKey>>>,
+    freshness: Freshness,
+}
+
+/// How current the view is, for a server that shares its store with others: the view is as old
+/// as the last successful read of the key set started, and past its bounds it may neither sign
+/// (a key revoked through another server would still sign here) nor, later, publish.
+struct Freshness {
+    /// The process's reference instant.
+    base: Instant,
+    /// Milliseconds after `base` at which the last successful read of the store started.
+    read_at: AtomicU64,
+    /// Signing lease in milliseconds; 0: unbounded (the store is this server's alone).
+    signing_lease: AtomicU64,
+    /// How long the JWKS may be served from an old view, in milliseconds; 0: unbounded.
+    jwks_limit: AtomicU64,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            read_at: AtomicU64::new(0),
+            signing_lease: AtomicU64::new(0),
+            jwks_limit: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Why the view may not be used: it is older than a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stale {
+    /// Age of the view.
+    pub age: Duration,
+    /// The bound it passed.
+    pub bound: Duration,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl std::fmt::Debug for LiveKeys {
@@ -44,11 +85,62 @@ impl Default for LiveKeys {
             jwks: ArcSwap::from_pointee(JwksDocument::build(&[])),
             signers: ArcSwap::from_pointee(SignerSet::default()),
             opened: Mutex::default(),
+            freshness: Freshness::default(),
         }
     }
 }
 
 impl LiveKeys {
+    /// Bounds the view's age (a server sharing its store with other replicas): past
+    /// `signing_lease` it signs nothing, past `jwks_limit` it publishes nothing.
+    pub fn bound_age(&self, signing_lease: Duration, jwks_limit: Duration) {
+        let f = &self.freshness;
+        f.signing_lease
+            .store(millis(signing_lease).max(1), Ordering::SeqCst);
+        f.jwks_limit
+            .store(millis(jwks_limit).max(1), Ordering::SeqCst);
+    }
+
+    /// Records a successful read of the store that started at `started`.
+    pub fn mark_read(&self, started: Instant) {
+        let f = &self.freshness;
+        let at = millis(started.saturating_duration_since(f.base));
+        f.read_at.fetch_max(at, Ordering::SeqCst);
+    }
+
+    /// How old the view is (since the start of its last successful read).
+    pub fn age(&self) -> Duration {
+        let f = &self.freshness;
+        let now = millis(f.base.elapsed());
+        Duration::from_millis(now.saturating_sub(f.read_at.load(Ordering::SeqCst)))
+    }
+
+    fn past(&self, bound: &AtomicU64) -> Result<(), Stale> {
+        let bound = bound.load(Ordering::Relaxed);
+        if bound == 0 {
+            return Ok(());
+        }
+        let age = self.age();
+        if millis(age) > bound {
+            Err(Stale {
+                age,
+                bound: Duration::from_millis(bound),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the view is recent enough to sign with.
+    pub fn may_sign(&self) -> Result<(), Stale> {
+        self.past(&self.freshness.signing_lease)
+    }
+
+    /// Whether the view is recent enough to publish.
+    pub fn may_publish(&self) -> Result<(), Stale> {
+        self.past(&self.freshness.jwks_limit)
+    }
+
     /// The current JWKS.
     pub fn jwks(&self) -> Arc<JwksDocument> {
         self.jwks.load_full()

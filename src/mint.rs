@@ -65,6 +65,15 @@ pub enum MintError {
         /// When one becomes signable, if known.
         next: Option<UnixTime>,
     },
+    /// This server has not been able to read the key set lately (its store is shared and
+    /// unreachable): a key revoked elsewhere might still be used.
+    #[error(
+        "this server cannot reach the database and its view of the key set is {} s old (over \
+         the {} s signing lease), so it signs nothing until it reconnects; another replica can",
+        .0.age.as_secs(),
+        .0.bound.as_secs()
+    )]
+    Stale(crate::live::Stale),
     /// Signing failed.
     #[error(transparent)]
     Signing(#[from] KeyMaterialError),
@@ -128,6 +137,7 @@ impl Minter {
         if !(1..=MAX_TOKEN_TTL).contains(&req.ttl) {
             return Err(MintError::Ttl);
         }
+        self.live.may_sign().map_err(MintError::Stale)?;
         let now = self.clock.now();
         let signers = self.live.signers_now();
         let key = match signers.active.get(&req.alg) {

@@ -176,7 +176,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<Store>> {
 /// that a second data directory reaching the same database through a link is refused too): two
 /// servers never drive the same store (both would count served time and resume the same
 /// issuances). CLI commands do not take it: they are safe beside a running server.
-fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+pub fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
     create_private_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let db = config.database_path();
@@ -332,6 +332,21 @@ impl Application {
             })?;
 
         let live = Arc::new(LiveKeys::default());
+        let replicas = Arc::new(crate::replicas::Replicas::new(
+            opened.store.clone(),
+            clock.now(),
+            config.database.refresh_interval,
+        ));
+        if replicas.shared() {
+            // Other servers change the store too: this one's view is only as good as its last
+            // read of it.
+            live.bound_age(config.database.signing_lease, config.jwks_stale_limit());
+            tracing::info!(
+                replica = %replicas.id(),
+                store = %opened.store.location(),
+                "sharing the store with any other replicas"
+            );
+        }
         let row_auth = opened.keys.row_auth().clone();
         let clients = Arc::new(ClientRegistry::new(row_auth.clone()));
         let lifecycle = Arc::new(Lifecycle::new(
@@ -339,6 +354,8 @@ impl Application {
             live.clone(),
             clients.clone(),
             opened.store.clone(),
+            replicas.clone(),
+            config.database.refresh_interval,
         ));
         lifecycle
             .settle("scheduler")
@@ -392,6 +409,9 @@ impl Application {
             metrics.clone(),
             config.airkit.clone(),
         );
+        if replicas.shared() {
+            issuance.share_with_replicas(replicas.id(), config.database.refresh_interval);
+        }
         let kyc = Arc::new(crate::kyc::KycService::new(
             opened.store.clone(),
             row_auth.clone(),
@@ -484,6 +504,7 @@ impl Application {
             self.state.clock.clone(),
             stop_rx.clone(),
         ));
+        let claims = tokio::spawn(self.state.issuance.clone().keep_claims(stop_rx.clone()));
         let resumed = self.state.issuance.resume_all().await?;
         if resumed > 0 {
             tracing::info!(resumed, "unfinished issuances resumed");
@@ -503,6 +524,9 @@ impl Application {
         internal.await??;
         lifecycle.await?;
         ledger.await?;
+        claims.await?;
+        let replicas = self.state.lifecycle.replicas().clone();
+        let _ = tokio::task::spawn_blocking(move || replicas.leave()).await;
         Ok(())
     }
 

@@ -111,6 +111,18 @@ struct Ready {
     responses((status = 200, description = "ready", body = Ready), Unavailable)
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let Err(stale) = state.live.may_sign() {
+        return ApiError::unavailable(
+            format!(
+                "the view of the key set is {} s old (over the {} s signing lease): the database \
+                 has not answered lately, and this server signs nothing until it does",
+                stale.age.as_secs(),
+                stale.bound.as_secs()
+            ),
+            2,
+        )
+        .into_response();
+    }
     let store = state.store.clone();
     let db_ok = tokio::task::spawn_blocking(move || store.ping())
         .await

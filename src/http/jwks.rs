@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::openapi::Routes;
+use super::error::ApiError;
+use super::openapi::{Routes, Unavailable};
 
 /// The JWKS route.
 pub fn routes() -> Routes {
@@ -27,6 +28,8 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
 ///
 /// Served from bytes prepared when the key set changes. `Cache-Control: public, max-age` (from
 /// `KEYHOST_JWKS_MAX_AGE`), a strong `ETag`, `304` on a matching `If-None-Match`, CORS `*`.
+/// `503` only from a replica that has not reached its shared database for longer than
+/// `KEYHOST_JWKS_STALE_LIMIT`.
 #[utoipa::path(
     get,
     path = "/.well-known/jwks.json",
@@ -56,9 +59,22 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
                 ("Access-Control-Allow-Origin" = String, description = "*"),
             )
         ),
+        Unavailable,
     )
 )]
 async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(stale) = state.live.may_publish() {
+        return ApiError::unavailable(
+            format!(
+                "this server has not reached the database for {} s (over its {} s limit), so \
+                 its copy of the key set may be out of date",
+                stale.age.as_secs(),
+                stale.bound.as_secs()
+            ),
+            5,
+        )
+        .into_response();
+    }
     let doc = state.live.jwks_now();
     let common = [
         (header::CACHE_CONTROL, state.jwks_cache_control.clone()),

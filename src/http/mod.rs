@@ -121,7 +121,15 @@ pub fn check_client_rate(state: &AppState, client: &Client) -> Result<(), ApiErr
     let Some(limiter) = &state.rate_limit else {
         return Ok(());
     };
-    limiter.check_key(&client.id).map_err(|not_until| {
+    // The limit is the client's across every server sharing the store: each enforces its share
+    // by charging a request as many cells as there are live servers (no database on this path).
+    let share = std::num::NonZeroU32::new(state.lifecycle.replicas().live()).unwrap_or(NONZERO_ONE);
+    let checked = match limiter.check_key_n(&client.id, share) {
+        Ok(checked) => checked,
+        // More servers than the whole quota: each may still pass one request per quota period.
+        Err(_) => limiter.check_key(&client.id),
+    };
+    checked.map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
@@ -135,6 +143,8 @@ pub fn check_client_rate(state: &AppState, client: &Client) -> Result<(), ApiErr
         )
     })
 }
+
+const NONZERO_ONE: std::num::NonZeroU32 = std::num::NonZeroU32::MIN;
 
 /// The limiter for `per_hour` requests per client, or `None` for 0 (unlimited).
 pub fn client_rate_limiter(per_hour: u32) -> Option<Arc<ClientRateLimiter>> {

@@ -151,6 +151,7 @@ async fn mint(
 pub(crate) fn mint_error(state: &AppState, e: MintError) -> ApiError {
     match e {
         MintError::NoPartnerId => ApiError::unavailable(e.to_string(), 60),
+        MintError::Stale(_) => ApiError::unavailable(e.to_string(), 2),
         MintError::Ttl => ApiError::bad_value(e.to_string()),
         MintError::NotYet { next, .. } => {
             let now = state.clock.now();

@@ -30,6 +30,7 @@
 //! calls to AIR Kit, `idempotency` hashes requests, and `records` is the only way to the store. Every wait goes through the injected
 //! [`Clock`], so tests drive retries and polls by advancing a manual clock.
 
+mod claims;
 mod idempotency;
 pub mod policy;
 mod records;
@@ -173,6 +174,7 @@ pub struct IssuanceService {
     updates: broadcast::Sender<String>,
     in_flight: Semaphore,
     driving: Mutex<HashSet<String>>,
+    claims: std::sync::OnceLock<claims::Claims>,
 }
 
 impl std::fmt::Debug for IssuanceService {
@@ -214,6 +216,7 @@ impl IssuanceService {
             updates: broadcast::channel(1024).0,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             driving: Mutex::default(),
+            claims: std::sync::OnceLock::new(),
         })
     }
 
@@ -352,6 +355,14 @@ impl IssuanceService {
             loop {
                 tokio::select! {
                     () = &mut deadline => return Ok(issuance),
+                    // Another server may be driving it: look at the record now and then.
+                    () = async {
+                        if self.claims.get().is_some() {
+                            tokio::time::sleep(Duration::from_millis(250)).await
+                        } else {
+                            std::future::pending().await
+                        }
+                    } => break,
                     changed = updates.recv() => match changed {
                         Ok(changed) if changed == id => break,
                         Ok(_) => continue,

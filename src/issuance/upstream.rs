@@ -62,9 +62,10 @@ impl IssuanceService {
             })
             .map_err(|e| match e {
                 MintError::NotYet { alg, next } => NoToken::NotYet(alg, next),
-                e @ (MintError::NoPartnerId | MintError::Ttl | MintError::Signing(_)) => {
-                    NoToken::Unavailable(e.to_string())
-                }
+                e @ (MintError::NoPartnerId
+                | MintError::Ttl
+                | MintError::Stale(_)
+                | MintError::Signing(_)) => NoToken::Unavailable(e.to_string()),
             })?;
         Ok((minted.token, minted.kid))
     }

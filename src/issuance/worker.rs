@@ -44,6 +44,17 @@ impl IssuanceService {
         let running = Running(self.clone(), id);
         tokio::spawn(async move {
             let (me, id) = (&running.0, &running.1);
+            // On a shared store, only the server holding the issuance's claim drives it.
+            loop {
+                match me.claim(id).await {
+                    Ok(true) => break,
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(issuance = %id, error = %e, "cannot claim the issuance yet; retrying in 5 s");
+                        me.clock.sleep(STORE_RETRY).await;
+                    }
+                }
+            }
             // A store error (a busy database, a full disk) must not strand the issuance: the row
             // is the truth, so wait and carry on from it.
             while let Err(e) = me.drive(id).await {
@@ -83,6 +94,9 @@ impl IssuanceService {
         }
         self.sleep_until_due(&issuance).await;
         while issuance.state == IssuanceState::Queued {
+            if !self.holds(id) {
+                return Ok(());
+            }
             if let Some(delay) = self.attempt(&mut issuance).await? {
                 self.clock.sleep(delay).await;
             }
@@ -90,6 +104,9 @@ impl IssuanceService {
         let polls = self.settings.polls();
         while issuance.state == IssuanceState::Submitted {
             self.clock.sleep(polls.delay_after(issuance.polls)).await;
+            if !self.holds(id) {
+                return Ok(());
+            }
             self.poll(&mut issuance).await?;
         }
         Ok(())

@@ -260,3 +260,47 @@ pub fn set_mac(tx: &Tx<'_>, id: &str, mac: &[u8]) -> Result<(), StoreError> {
     )?;
     Ok(())
 }
+
+/// Claims the unfinished issuance `id` for the server `holder` for `ttl` seconds of the
+/// database's clock, unless another server's claim on it is still running; whether it is now
+/// `holder`'s. Writers are serialised, so two servers never both win the same claim.
+#[tracing::instrument(skip_all)]
+pub fn claim(tx: &Tx<'_>, id: &str, holder: &str, ttl: i64) -> Result<bool, StoreError> {
+    let now = super::replicas::db_now(tx)?;
+    let n = tx.execute(
+        "UPDATE issuances SET claimed_by = ?2, claimed_until = ?4
+         WHERE id = ?1 AND state IN ('queued', 'submitted')
+           AND (claimed_by IS NULL OR claimed_by = ?2 OR claimed_until IS NULL
+                OR claimed_until < ?3)",
+        &args![id, holder, now, now + ttl],
+    )?;
+    Ok(n == 1)
+}
+
+/// Renews `holder`'s claim on the issuance `id` for `ttl` more seconds; false if the claim is no
+/// longer `holder`'s (it ran out and another server took it) or the issuance is finished.
+#[tracing::instrument(skip_all)]
+pub fn renew_claim(tx: &Tx<'_>, id: &str, holder: &str, ttl: i64) -> Result<bool, StoreError> {
+    let now = super::replicas::db_now(tx)?;
+    let n = tx.execute(
+        "UPDATE issuances SET claimed_until = ?3
+         WHERE id = ?1 AND claimed_by = ?2 AND state IN ('queued', 'submitted')",
+        &args![id, holder, now + ttl],
+    )?;
+    Ok(n == 1)
+}
+
+/// Unfinished issuances no server's claim covers (their server died or lost the database), at
+/// most `limit`, oldest first.
+#[tracing::instrument(skip_all)]
+pub fn unclaimed(tx: &Tx<'_>, limit: u32) -> Result<Vec<String>, StoreError> {
+    let now = super::replicas::db_now(tx)?;
+    tx.query_map(
+        "SELECT id FROM issuances
+         WHERE state IN ('queued', 'submitted')
+           AND (claimed_until IS NULL OR claimed_until < ?1)
+         ORDER BY created_at LIMIT ?2",
+        &args![now, limit],
+        |r| r.get(0),
+    )
+}

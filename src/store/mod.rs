@@ -21,6 +21,7 @@
 
 pub mod audit;
 pub mod clients;
+pub mod copy;
 pub mod issuances;
 pub mod keys;
 pub mod kyc;
