@@ -17,6 +17,117 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The store engine a test binary runs its servers on: `tests/api` on SQLite,
+/// `tests/api_postgres` (the same tests) on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The embedded SQLite file in the test's directory.
+    Sqlite,
+    /// A schema of its own in the test PostgreSQL database.
+    Postgres,
+}
+
+/// Whether this binary's servers run on PostgreSQL.
+pub fn on_postgres() -> bool {
+    crate::ENGINE == Engine::Postgres
+}
+
+/// Ends a test that only means something on SQLite (its file, its lock, its migrations), saying
+/// so, when the servers run on PostgreSQL.
+#[macro_export]
+macro_rules! sqlite_only {
+    ($why:expr) => {
+        if $crate::helpers::on_postgres() {
+            eprintln!("not run on PostgreSQL: {}", $why);
+            return;
+        }
+    };
+}
+
+/// The environment a keyhost process needs, beside its directories, to reach the test's store.
+pub fn store_env(dir: &Path) -> Vec<(String, String)> {
+    if on_postgres() {
+        vec![(
+            "KEYHOST_DATABASE_URL".to_owned(),
+            crate::pg::url_for(dir),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+/// A connection of the test's own to a test store, to inspect it or tamper with it behind
+/// keyhost's back, on either engine. Statements use `?N` placeholders.
+pub enum RawDb {
+    /// The SQLite file.
+    Sqlite(rusqlite::Connection),
+    /// The test's PostgreSQL schema.
+    Postgres(crate::pg::Raw),
+}
+
+impl RawDb {
+    /// Opens the store of the test directory `dir`.
+    pub fn open(dir: &Path) -> Self {
+        if on_postgres() {
+            RawDb::Postgres(crate::pg::raw_for(dir))
+        } else {
+            RawDb::Sqlite(rusqlite::Connection::open(dir.join("data/keyhost.db")).unwrap())
+        }
+    }
+
+    /// Runs statements without parameters.
+    pub fn batch(&self, sql: &str) {
+        match self {
+            RawDb::Sqlite(c) => c.execute_batch(sql).unwrap(),
+            RawDb::Postgres(c) => c.batch(sql).unwrap(),
+        }
+    }
+
+    /// Runs one statement; the rows it changed, or its error as text.
+    pub fn try_execute(
+        &self,
+        sql: &str,
+        params: &[keyhost::store::sql::Value],
+    ) -> Result<u64, String> {
+        match self {
+            RawDb::Sqlite(c) => c
+                .execute(sql, rusqlite::params_from_iter(params))
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string()),
+            RawDb::Postgres(c) => c.execute(sql, params).map_err(|e| {
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+            }),
+        }
+    }
+
+    /// Runs one statement that must succeed; the rows it changed.
+    pub fn execute(&self, sql: &str, params: &[keyhost::store::sql::Value]) -> u64 {
+        self.try_execute(sql, params)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The integer in the first column of the first row.
+    pub fn query_i64(&self, sql: &str, params: &[keyhost::store::sql::Value]) -> i64 {
+        match self {
+            RawDb::Sqlite(c) => c
+                .query_row(sql, rusqlite::params_from_iter(params), |r| r.get(0))
+                .unwrap(),
+            RawDb::Postgres(c) => c.query(sql, params).unwrap()[0].get(0),
+        }
+    }
+
+    /// The text in the first column of the first row.
+    pub fn query_string(&self, sql: &str, params: &[keyhost::store::sql::Value]) -> String {
+        match self {
+            RawDb::Sqlite(c) => c
+                .query_row(sql, rusqlite::params_from_iter(params), |r| r.get(0))
+                .unwrap(),
+            RawDb::Postgres(c) => c.query(sql, params).unwrap()[0].get(0),
+        }
+    }
+}
+
 /// The admin token every test server uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token-not-for-production";
 /// The partner id every test server uses.
@@ -49,6 +160,10 @@ pub fn test_config(dir: &Path) -> Config {
         ..Config::rooted_at(dir)
     };
     config.tokens.partner_id = Some(PARTNER_ID.into());
+    if on_postgres() {
+        config.database.url = Some(crate::pg::url_for(dir).into());
+        config.database.pool_size = 4;
+    }
     config
 }
 
@@ -112,6 +227,15 @@ pub async fn start(
         shutdown: Some(tx),
         handle: Some(handle),
     })
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // The last holder of the directory is done with its store.
+        if on_postgres() && Arc::strong_count(&self.dir) == 1 {
+            crate::pg::drop_schema(self.dir.path());
+        }
+    }
 }
 
 impl TestApp {

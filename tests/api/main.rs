@@ -18,8 +18,12 @@ mod issuance;
 mod jwks;
 mod lifecycle;
 mod openapi;
+mod pg;
 mod process;
 mod storage;
 mod tls;
 mod tokens;
 mod webhooks;
+
+/// The engine of this binary's servers (`tests/api_postgres` runs the same tests on PostgreSQL).
+pub const ENGINE: helpers::Engine = helpers::Engine::Sqlite;

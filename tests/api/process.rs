@@ -37,6 +37,7 @@ pub fn base_env(dir: &Path) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(crate::helpers::store_env(dir))
     .collect()
 }
 
