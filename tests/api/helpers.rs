@@ -47,10 +47,7 @@ macro_rules! sqlite_only {
 /// The environment a keyhost process needs, beside its directories, to reach the test's store.
 pub fn store_env(dir: &Path) -> Vec<(String, String)> {
     if on_postgres() {
-        vec![(
-            "KEYHOST_DATABASE_URL".to_owned(),
-            crate::pg::url_for(dir),
-        )]
+        vec![("KEYHOST_DATABASE_URL".to_owned(), crate::pg::url_for(dir))]
     } else {
         Vec::new()
     }
@@ -114,6 +111,20 @@ impl RawDb {
                 .query_row(sql, rusqlite::params_from_iter(params), |r| r.get(0))
                 .unwrap(),
             RawDb::Postgres(c) => c.query(sql, params).unwrap()[0].get(0),
+        }
+    }
+
+    /// The text in the first column of the first row, if there is a row.
+    pub fn try_query_string(
+        &self,
+        sql: &str,
+        params: &[keyhost::store::sql::Value],
+    ) -> Option<String> {
+        match self {
+            RawDb::Sqlite(c) => c
+                .query_row(sql, rusqlite::params_from_iter(params), |r| r.get(0))
+                .ok(),
+            RawDb::Postgres(c) => c.query(sql, params).ok()?.first().map(|r| r.get(0)),
         }
     }
 

@@ -20,6 +20,7 @@ mod lifecycle;
 mod openapi;
 mod pg;
 mod process;
+mod replicas;
 mod storage;
 mod tls;
 mod tokens;

@@ -40,6 +40,8 @@ mod openapi;
 mod pg;
 #[path = "../api/process.rs"]
 mod process;
+#[path = "../api/replicas.rs"]
+mod replicas;
 #[path = "../api/storage.rs"]
 mod storage;
 #[path = "../api/tls.rs"]
