@@ -19,6 +19,7 @@ mod jwks;
 mod lifecycle;
 mod openapi;
 mod pg;
+mod postgres;
 mod process;
 mod replicas;
 mod storage;

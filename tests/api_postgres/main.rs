@@ -38,6 +38,8 @@ mod lifecycle;
 mod openapi;
 #[path = "../api/pg.rs"]
 mod pg;
+#[path = "../api/postgres.rs"]
+mod postgres;
 #[path = "../api/process.rs"]
 mod process;
 #[path = "../api/replicas.rs"]
