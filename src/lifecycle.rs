@@ -95,6 +95,7 @@ impl Lifecycle {
             // Only one server sharing the store plans (and counts served time); the others
             // follow what it wrote. A server that cannot renew its lease does not plan.
             let plans = replicas.round();
+            keys.set_counting(matches!(plans, Ok(true)));
             // Clients first and regardless of the key steps: a client disabled from the CLI must
             // stop minting even while the key lifecycle is failing.
             let clients_result = clients.reload(&store);

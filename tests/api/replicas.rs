@@ -714,3 +714,47 @@ async fn a_crash_loop_leaves_every_token_verifiable_and_none_signed_early() {
         tokens.len()
     );
 }
+
+#[tokio::test]
+async fn only_the_planner_counts_served_time_so_a_lead_is_never_credited_twice() {
+    postgres_only!();
+    let clock = ManualClock::new(T0);
+    let (_dir, apps) = replicas(2, clock.clone(), |_| {}).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    assert!(
+        a.state.lifecycle.replicas().plans(),
+        "the first replica plans"
+    );
+    assert!(!b.state.lifecycle.replicas().plans());
+    let lead = a.state.config.keys.publish_lead.as_secs() as i64;
+
+    // A successor published through B, the replica that does not plan.
+    let pending = b.rotate("ES256", false).await["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Half the lead passes; the planner counts it.
+    clock.advance(lead / 2);
+    a.settle().await;
+    b.settle().await;
+    // Another change through B, which counts served time before it starts a lead: B must not
+    // count the same half again.
+    b.rotate("RS256", false).await;
+    a.settle().await;
+    let keys = a.keys().await;
+    let key = keys.iter().find(|k| k["kid"] == pending.as_str()).unwrap();
+    assert_eq!(key["state"], "pending", "{key}");
+    // Just before the whole lead has passed it still may not sign; once it has, it does.
+    clock.advance(lead / 2 - 5);
+    a.settle().await;
+    assert!(a.kids_in("pending").await.contains(&pending));
+    clock.advance(10);
+    a.settle().await;
+    b.settle().await;
+    eventually(
+        Duration::from_secs(5),
+        "the successor activated",
+        || async { b.kids_in("active").await.contains(&pending) },
+    )
+    .await;
+}

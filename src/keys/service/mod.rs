@@ -83,6 +83,9 @@ pub struct KeyService {
     served: std::sync::atomic::AtomicBool,
     /// Monotonic time up to which served time has been counted (a server only).
     counted_to: Mutex<Option<Duration>>,
+    /// Whether this server counts served time: the one server of an SQLite store, the planner
+    /// of a shared one (two counting at once would credit the same seconds twice).
+    counting: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -148,6 +151,7 @@ impl KeyService {
             serving,
             served: std::sync::atomic::AtomicBool::new(false),
             counted_to: Mutex::new(None),
+            counting: std::sync::atomic::AtomicBool::new(true),
         }
     }
 

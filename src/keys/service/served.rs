@@ -41,6 +41,12 @@ impl KeyService {
         }
         let now = self.clock.monotonic();
         let mut counted_to = self.counted_to.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.counting.load(std::sync::atomic::Ordering::SeqCst) {
+            // Another server counts. Should this one count again later, it starts from then:
+            // the seconds in between were that server's to count.
+            *counted_to = None;
+            return Ok(());
+        }
         let served = counted_to.map_or(0, |before| now.saturating_sub(before).as_secs() as i64);
         if served > 0 {
             for k in keys {
@@ -63,6 +69,18 @@ impl KeyService {
             None => now,
         });
         Ok(())
+    }
+
+    /// Whether this server counts served time from now on: on a store shared by several
+    /// servers, only the planner does. A server that starts counting again credits nothing from
+    /// before.
+    pub fn set_counting(&self, counting: bool) {
+        let was = self
+            .counting
+            .swap(counting, std::sync::atomic::Ordering::SeqCst);
+        if was != counting {
+            *self.counted_to.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 
     /// Records the latest `exp` each key signed (key row id, exp), where it is later than what is
