@@ -124,9 +124,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .into_response();
     }
     let store = state.store.clone();
-    let db_ok = tokio::task::spawn_blocking(move || store.ping())
-        .await
-        .unwrap_or(false);
+    // A database that does not answer within a few seconds is as good as down (a PostgreSQL
+    // behind a cut network would hold the probe for the pool's whole timeout).
+    let db_ok = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::task::spawn_blocking(move || store.ping()),
+    )
+    .await
+    .is_ok_and(|answered| answered.unwrap_or(false));
     if !db_ok {
         return ApiError::unavailable("the database does not answer", 5).into_response();
     }
