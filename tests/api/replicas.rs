@@ -758,3 +758,44 @@ async fn only_the_planner_counts_served_time_so_a_lead_is_never_credited_twice()
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_clients_rate_limit_holds_for_the_whole_deployment_not_per_replica() {
+    postgres_only!();
+    let (_dir, apps) = replicas(2, ManualClock::new(T0), |c| {
+        c.tokens.client_rate_limit = 10;
+    })
+    .await;
+    // Each replica learns of the other at its next round.
+    for app in &apps {
+        app.settle().await;
+    }
+    let (_, key) = apps[0].create_client(&["issue"]).await;
+    eventually(Duration::from_secs(5), "the client reached B", || async {
+        apps[1]
+            .mint(&key, json!({"email": "u@example.com"}))
+            .await
+            .status()
+            != 401
+    })
+    .await;
+    // B admitted one already; a round robin over both from here.
+    let mut admitted = 1;
+    let mut refused = 0;
+    for i in 0..20 {
+        let status = apps[i % 2]
+            .mint(&key, json!({"email": "u@example.com"}))
+            .await
+            .status();
+        match status.as_u16() {
+            200 => admitted += 1,
+            429 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        admitted, 10,
+        "the limit is the client's across both replicas"
+    );
+    assert_eq!(refused, 11);
+}
