@@ -119,6 +119,8 @@ pub enum AuthError {
 pub struct ClientRegistry {
     clients: ArcSwap<HashMap<String, Arc<Client>>>,
     auth: Arc<RowAuth>,
+    /// Orders reloads and withdrawals (see [`ClientRegistry::reload`]).
+    ordered: std::sync::Mutex<()>,
 }
 
 impl ClientRegistry {
@@ -127,12 +129,18 @@ impl ClientRegistry {
         Self {
             clients: ArcSwap::default(),
             auth,
+            ordered: std::sync::Mutex::new(()),
         }
     }
 
     /// Reloads every client from the store; a row failing its integrity check is left out and
     /// reported.
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        // Read and load under one lock, so that the list loaded last is the one read last: two
+        // reloads at once (the background round's, a client change's) could otherwise load a
+        // list read before the change after the one read after it, and a client just created
+        // (or just disabled) would be refused (or accepted again) until the next round.
+        let _ordered = self.ordered.lock().unwrap_or_else(|p| p.into_inner());
         self.load(store.blocking_read(store::clients::list)?);
         Ok(())
     }
@@ -182,6 +190,8 @@ impl ClientRegistry {
     /// Stops the client `id` from authenticating at once, without reading the store (a disabling
     /// takes effect even if the reload that follows it fails).
     pub fn withdraw(&self, id: &str) {
+        // After any reload in progress, which may have read the client before it was disabled.
+        let _ordered = self.ordered.lock().unwrap_or_else(|p| p.into_inner());
         self.clients.rcu(|map| {
             let mut map = (**map).clone();
             map.remove(id);

@@ -209,8 +209,9 @@ impl ClientService {
 
     /// Rebuilds the server's registry from the store (nothing in the CLI).
     pub async fn reload(&self) -> Result<(), ClientError> {
-        if let Some(registry) = &self.registry {
-            registry.load(self.store.read(store::clients::list).await?);
+        if let Some(registry) = self.registry.clone() {
+            let store = self.store.clone();
+            crate::store::off_thread(move || registry.reload(&store)).await?;
         }
         Ok(())
     }
