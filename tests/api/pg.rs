@@ -22,7 +22,16 @@ pub fn server_url() -> String {
 /// A connection of the tests' own (not keyhost's), waited on from any thread.
 pub struct Raw {
     client: tokio_postgres::Client,
-    _runtime: tokio::runtime::Runtime,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        // Dropped from async tests too, where a runtime may not block to stop.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Raw {
@@ -35,20 +44,18 @@ impl Raw {
             .map_err(|e| e.to_string())?;
         let url = url.to_owned();
         let connected = futures_executor::block_on(runtime.spawn(async move {
-            let (client, connection) = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio_postgres::connect(&url, NoTls),
-            )
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+            let (client, connection) =
+                tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls))
+                    .await
+                    .map_err(|_| "timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
             tokio::spawn(connection);
             Ok::<_, String>(client)
         }))
         .map_err(|e| e.to_string())??;
         Ok(Self {
             client: connected,
-            _runtime: runtime,
+            runtime: Some(runtime),
         })
     }
 
