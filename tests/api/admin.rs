@@ -420,7 +420,7 @@ async fn without_a_configured_token_one_is_generated_once_into_a_private_file() 
             .send()
     };
     assert_eq!(admin_keys(&app, token.clone()).await.unwrap().status(), 200);
-    let db = std::fs::read(app.dir.path().join("data/keyhost.db")).unwrap();
+    let db = crate::helpers::stored_bytes(app.dir.path());
     assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
 
     // A restart neither rewrites the file nor changes the token.

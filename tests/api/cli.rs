@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PARTNER_ID, eventually, spawn_app, verify};
+use crate::helpers::{
+    PARTNER_ID, RawDb, StoreCleanup, eventually, on_postgres, spawn_app, store_env, verify,
+};
 use crate::import::fixture;
 
 /// The CLI on `dir`, with nothing of a server's configuration in its environment.
@@ -14,7 +16,8 @@ fn bare(dir: &Path, args: &[&str]) -> Command {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KEYHOST_DATA_DIR", dir.join("data"))
-        .env("KEYHOST_KEYS_DIR", dir.join("keys"));
+        .env("KEYHOST_KEYS_DIR", dir.join("keys"))
+        .envs(store_env(dir));
     cmd
 }
 
@@ -40,6 +43,7 @@ fn json_of(out: &Output) -> Value {
 #[test]
 fn importing_before_the_first_start_gives_an_active_key_under_the_chosen_kid() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     let pem = dir.path().join("partner.pem");
     std::fs::write(&pem, fixture("p256.sec1.pem")).unwrap();
     let out = keyhost(
@@ -110,6 +114,7 @@ fn importing_before_the_first_start_gives_an_active_key_under_the_chosen_kid() {
 #[test]
 fn cli_errors_are_clear_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     let out = keyhost(dir.path(), &["keys", "revoke", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key with kid"));
@@ -117,6 +122,7 @@ fn cli_errors_are_clear_and_exit_non_zero() {
         .args(["keys", "list"])
         .env("KEYHOST_DATA_DIR", dir.path().join("data"))
         .env("KEYHOST_KEYS_DIR", dir.path().join("keys"))
+        .envs(store_env(dir.path()))
         .env("KEYHOST_PUBLISH_LEAD", "10s")
         .output()
         .unwrap();
@@ -129,6 +135,7 @@ fn output_into_a_pipe_whose_reader_has_gone_ends_quietly() {
     // `keyhost keys list | head -c 10`, with head gone before keyhost writes: the read end is
     // closed before the process starts, so every write meets a closed pipe.
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     json_of(&keyhost(dir.path(), &["keys", "rotate", "--alg", "ES256"]));
     for args in [&["keys", "list"][..], &["clients", "list"]] {
         let (reader, writer) = std::io::pipe().unwrap();
@@ -139,6 +146,7 @@ fn output_into_a_pipe_whose_reader_has_gone_ends_quietly() {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KEYHOST_DATA_DIR", dir.path().join("data"))
             .env("KEYHOST_KEYS_DIR", dir.path().join("keys"))
+            .envs(store_env(dir.path()))
             .stdout(writer)
             .output()
             .expect("runs the binary");
@@ -168,19 +176,40 @@ fn output_into_a_pipe_whose_reader_has_gone_ends_quietly() {
 #[test]
 fn migrate_creates_the_schema() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     let body = json_of(&keyhost(dir.path(), &["migrate"]));
     assert_eq!(body["migrated"], true);
-    assert!(dir.path().join("data/keyhost.db").exists());
+    assert_eq!(
+        dir.path().join("data/keyhost.db").exists(),
+        !on_postgres(),
+        "the SQLite file, and only on SQLite"
+    );
+    // Every table is there, and empty: migrating makes no key.
+    let db = RawDb::open(dir.path());
+    let tables = db.tables();
+    for table in [
+        "keys",
+        "clients",
+        "settings",
+        "audit",
+        "issuances",
+        "kyc_events",
+    ] {
+        assert!(tables.iter().any(|t| t == table), "{table}: {tables:?}");
+    }
+    assert_eq!(db.query_i64("SELECT COUNT(*) FROM keys", &[]), 0);
 }
 
 #[test]
 fn serve_refuses_to_start_with_a_wrong_master_key() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     json_of(&keyhost(dir.path(), &["keys", "rotate", "--alg", "ES256"]));
     let out = Command::new(env!("CARGO_BIN_EXE_keyhost"))
         .arg("serve")
         .env("KEYHOST_DATA_DIR", dir.path().join("data"))
         .env("KEYHOST_KEYS_DIR", dir.path().join("keys"))
+        .envs(store_env(dir.path()))
         .env(
             "KEYHOST_MASTER_KEY",
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::helpers::{ADMIN_TOKEN, verify};
+use crate::helpers::{ADMIN_TOKEN, RawDb, StoreCleanup, verify};
 use crate::issuance::{ISSUER, PROGRAM, free_port, start_emulator};
 use crate::process::{Process, base_env};
 
@@ -163,23 +163,22 @@ impl Harness {
             Self::check_tokens(&mut ledger, &keys, &jwks, figures);
             ledger.issued.values().flatten().cloned().collect()
         };
-        let db = rusqlite::Connection::open(dir.join("data/keyhost.db")).unwrap();
-        let twice: i64 = db
-            .query_row(
-                "SELECT COUNT(*) FROM (SELECT idempotency_key FROM issuances
-                 WHERE idempotency_key IS NOT NULL GROUP BY source, idempotency_key
-                 HAVING COUNT(*) > 1)",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let db = RawDb::open(dir);
+        let twice = db.query_i64(
+            "SELECT COUNT(*) FROM (SELECT idempotency_key FROM issuances
+             WHERE idempotency_key IS NOT NULL GROUP BY source, idempotency_key
+             HAVING COUNT(*) > 1) AS repeated",
+            &[],
+        );
         assert_eq!(twice, 0, "an idempotency key has two issuances");
-        let mut stmt = db.prepare("SELECT id FROM issuances").unwrap();
-        let stored: std::collections::HashSet<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let stored: std::collections::HashSet<String> = db
+            .query_rows("SELECT id FROM issuances", &[])
+            .into_iter()
+            .map(|r| match &r[0] {
+                keyhost::store::sql::Value::Text(id) => id.clone(),
+                other => panic!("issuance id {other:?}"),
+            })
+            .collect();
         for id in issued {
             assert!(stored.contains(&id), "issuance {id} was lost");
         }
@@ -388,6 +387,7 @@ async fn killed_at_random_moments_keyhost_restarts_consistent() {
     let (public, internal) = (free_port(), free_port());
     let upstream = start_emulator(public, |e| e.onchain_delay = Duration::from_millis(100)).await;
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     let mut env = base_env(dir.path());
     env.retain(|(k, _)| !k.ends_with("_ADDR"));
     for (k, v) in [

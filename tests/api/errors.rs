@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{ADMIN_TOKEN, eventually, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, RawDb, StoreCleanup, eventually, spawn_app};
 use crate::process::{Process, base_env};
 
 async fn expect_error(res: reqwest::Response, status: u16, identifier: &str) -> Value {
@@ -77,6 +77,7 @@ async fn answers_the_internal_listener_makes_outside_its_routes_are_not_stored_e
 #[tokio::test]
 async fn an_expected_503_is_logged_as_a_warning_and_a_500_as_an_error() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     let process = Process::start(&base_env(dir.path()), &[]);
     let http = reqwest::Client::new();
     // No KEYHOST_KYC_WEBHOOK_SECRET: the webhook answers 503, as it means to.
@@ -88,10 +89,7 @@ async fn an_expected_503_is_logged_as_a_warning_and_a_500_as_an_error() {
         .await
         .unwrap();
     assert_eq!(res.status(), 503);
-    rusqlite::Connection::open(dir.path().join("data/keyhost.db"))
-        .unwrap()
-        .execute_batch("DROP TABLE audit;")
-        .unwrap();
+    RawDb::open(dir.path()).batch("DROP TABLE audit;");
     let res = http
         .get(format!("{}/admin/audit", process.internal))
         .bearer_auth(ADMIN_TOKEN)
@@ -209,9 +207,7 @@ async fn bad_query_parameters_get_bad_value() {
 #[tokio::test]
 async fn a_broken_database_gives_500_internal_error_without_details() {
     let app = spawn_app().await;
-    let db = app.dir.path().join("data/keyhost.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TABLE audit;").unwrap();
+    RawDb::open(app.dir.path()).batch("DROP TABLE audit;");
     let res = app.admin_get("/admin/audit").await;
     let body = expect_error(res, 500, "INTERNAL_ERROR").await;
     let message = body["message"].as_str().unwrap();

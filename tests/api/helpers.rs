@@ -44,6 +44,18 @@ macro_rules! sqlite_only {
     };
 }
 
+/// Ends a test that only means something on PostgreSQL (several servers on one database),
+/// saying so, when the servers run on SQLite.
+#[macro_export]
+macro_rules! postgres_only {
+    ($why:expr) => {
+        if !$crate::helpers::on_postgres() {
+            eprintln!("not run on SQLite: {}", $why);
+            return;
+        }
+    };
+}
+
 /// The environment a keyhost process needs, beside its directories, to reach the test's store.
 pub fn store_env(dir: &Path) -> Vec<(String, String)> {
     if on_postgres() {
@@ -135,6 +147,238 @@ impl RawDb {
                 .query_row(sql, rusqlite::params_from_iter(params), |r| r.get(0))
                 .unwrap(),
             RawDb::Postgres(c) => c.query(sql, params).unwrap()[0].get(0),
+        }
+    }
+
+    /// The bytes in the first column of the first row.
+    pub fn query_bytes(&self, sql: &str, params: &[keyhost::store::sql::Value]) -> Vec<u8> {
+        match self.query_rows(sql, params).first().and_then(|r| r.first()) {
+            Some(keyhost::store::sql::Value::Blob(b)) => b.clone(),
+            other => panic!("{sql}: bytes expected, got {other:?}"),
+        }
+    }
+
+    /// Every row of a query, each as its column values. Only integers, text and bytes (and
+    /// NULL) are read: what keyhost stores.
+    pub fn query_rows(
+        &self,
+        sql: &str,
+        params: &[keyhost::store::sql::Value],
+    ) -> Vec<Vec<keyhost::store::sql::Value>> {
+        use keyhost::store::sql::Value;
+        match self {
+            RawDb::Sqlite(c) => {
+                let mut stmt = c.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let columns = stmt.column_count();
+                stmt.query_map(rusqlite::params_from_iter(params), |r| {
+                    (0..columns)
+                        .map(|i| {
+                            Ok(match r.get_ref(i)? {
+                                rusqlite::types::ValueRef::Null => Value::Null,
+                                rusqlite::types::ValueRef::Integer(i) => Value::Int(i),
+                                // keyhost stores no REAL; a tampered one reads as its text.
+                                rusqlite::types::ValueRef::Real(f) => Value::Text(f.to_string()),
+                                rusqlite::types::ValueRef::Text(t) => {
+                                    Value::Text(String::from_utf8_lossy(t).into_owned())
+                                }
+                                rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+            RawDb::Postgres(c) => {
+                use tokio_postgres::types::Type;
+                let rows = c
+                    .query(sql, params)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .map(|r| {
+                        r.columns()
+                            .iter()
+                            .enumerate()
+                            .map(|(i, column)| {
+                                let ty = column.type_();
+                                let v = if *ty == Type::INT8 {
+                                    r.get::<_, Option<i64>>(i).map(Value::Int)
+                                } else if *ty == Type::INT4 {
+                                    r.get::<_, Option<i32>>(i).map(|v| Value::Int(v.into()))
+                                } else if *ty == Type::INT2 {
+                                    r.get::<_, Option<i16>>(i).map(|v| Value::Int(v.into()))
+                                } else if *ty == Type::BOOL {
+                                    r.get::<_, Option<bool>>(i).map(|v| Value::Int(v.into()))
+                                } else if *ty == Type::BYTEA {
+                                    r.get::<_, Option<Vec<u8>>>(i).map(Value::Blob)
+                                } else {
+                                    r.get::<_, Option<String>>(i).map(Value::Text)
+                                };
+                                v.unwrap_or(Value::Null)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The store's tables (keyhost's, and on PostgreSQL its migration record).
+    pub fn tables(&self) -> Vec<String> {
+        let sql = match self {
+            RawDb::Sqlite(_) => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+                 ORDER BY name"
+            }
+            RawDb::Postgres(_) => {
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' \
+                 ORDER BY table_name"
+            }
+        };
+        self.query_rows(sql, &[])
+            .into_iter()
+            .map(|r| match &r[0] {
+                keyhost::store::sql::Value::Text(t) => t.clone(),
+                other => panic!("table name {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Every row of every table, table by table, the rows of each in a fixed order (what a
+    /// backup of the store holds, as values). Columns of other types than keyhost's (the
+    /// migration record's time on PostgreSQL) read as their text.
+    pub fn dump(&self) -> Vec<(String, Vec<Vec<keyhost::store::sql::Value>>)> {
+        self.tables()
+            .into_iter()
+            .map(|table| {
+                let columns = match self {
+                    RawDb::Sqlite(_) => "*".to_owned(),
+                    RawDb::Postgres(_) => self
+                        .query_rows(
+                            "SELECT CASE WHEN data_type IN ('bigint', 'integer', 'smallint', \
+                             'boolean', 'bytea', 'text') THEN quote_ident(column_name) \
+                             ELSE quote_ident(column_name) || '::text' END \
+                             FROM information_schema.columns \
+                             WHERE table_schema = current_schema() AND table_name::text = ?1 \
+                             ORDER BY ordinal_position",
+                            &[keyhost::store::sql::Value::Text(table.clone())],
+                        )
+                        .into_iter()
+                        .map(|r| match &r[0] {
+                            keyhost::store::sql::Value::Text(t) => t.clone(),
+                            other => panic!("column {other:?}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                let mut rows = self.query_rows(&format!("SELECT {columns} FROM \"{table}\""), &[]);
+                rows.sort_by_cached_key(|r| format!("{r:?}"));
+                (table, rows)
+            })
+            .collect()
+    }
+
+    /// Runs one statement that writes `table` with the schema's CHECK constraints switched off
+    /// for it alone (a row keyhost would never write); they hold again for every later write.
+    /// SQLite: `PRAGMA ignore_check_constraints` around it. PostgreSQL, which cannot switch
+    /// them off: in one transaction, the table's checks are dropped, the statement runs, and
+    /// each check is added back `NOT VALID` (enforced from then on, not on the rows already
+    /// there).
+    pub fn execute_unchecked(
+        &self,
+        table: &str,
+        sql: &str,
+        params: &[keyhost::store::sql::Value],
+    ) -> u64 {
+        match self {
+            RawDb::Sqlite(_) => {
+                self.batch("PRAGMA ignore_check_constraints = 1");
+                let changed = self.try_execute(sql, params);
+                self.batch("PRAGMA ignore_check_constraints = 0");
+                changed.unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+            RawDb::Postgres(c) => {
+                c.batch("BEGIN").unwrap();
+                let checks: Vec<(String, String)> = c
+                    .query(
+                        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+                         WHERE conrelid = ?1::text::regclass AND contype = 'c' ORDER BY conname",
+                        &[keyhost::store::sql::Value::Text(table.to_owned())],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                assert!(!checks.is_empty(), "{table} has no CHECK constraint");
+                for (name, _) in &checks {
+                    c.batch(&format!(
+                        "ALTER TABLE \"{table}\" DROP CONSTRAINT \"{name}\""
+                    ))
+                    .unwrap();
+                }
+                let changed = self.execute(sql, params);
+                for (name, definition) in &checks {
+                    c.batch(&format!(
+                        "ALTER TABLE \"{table}\" ADD CONSTRAINT \"{name}\" {definition} NOT VALID"
+                    ))
+                    .unwrap();
+                }
+                c.batch("COMMIT").unwrap();
+                changed
+            }
+        }
+    }
+}
+
+/// Everything the test store of `dir` holds, as bytes, for looking for what must never be
+/// stored and for telling whether anything changed. SQLite: the database file and its
+/// write-ahead log (which may be absent after a checkpoint). PostgreSQL: every value of every
+/// row of every table of the test's schema ([`RawDb::dump`]), integers in decimal. A store
+/// that does not exist fails the test rather than making every "not in the database" check
+/// vacuous.
+pub fn stored_bytes(dir: &Path) -> Vec<u8> {
+    if !on_postgres() {
+        let db = dir.join("data/keyhost.db");
+        let mut bytes = std::fs::read(&db).unwrap_or_else(|e| panic!("{}: {e}", db.display()));
+        assert!(!bytes.is_empty(), "{} is empty", db.display());
+        if let Ok(wal) = std::fs::read(dir.join("data/keyhost.db-wal")) {
+            bytes.extend(wal);
+        }
+        return bytes;
+    }
+    let dump = RawDb::open(dir).dump();
+    assert!(
+        dump.iter()
+            .any(|(table, rows)| table == "keys" && !rows.is_empty()),
+        "the test schema holds no keys: {dump:?}"
+    );
+    let mut bytes = Vec::new();
+    for (table, rows) in dump {
+        bytes.extend_from_slice(table.as_bytes());
+        for value in rows.into_iter().flatten() {
+            bytes.push(0);
+            match value {
+                keyhost::store::sql::Value::Null => bytes.extend_from_slice(b"NULL"),
+                keyhost::store::sql::Value::Int(i) => bytes.extend(i.to_string().into_bytes()),
+                keyhost::store::sql::Value::Text(t) => bytes.extend(t.into_bytes()),
+                keyhost::store::sql::Value::Blob(b) => bytes.extend(b),
+            }
+        }
+        bytes.push(b'\n');
+    }
+    bytes
+}
+
+/// Drops the PostgreSQL schema of a test directory that no [`TestApp`] owns (one whose keyhost
+/// runs as processes, or as CLI commands) when the test is done with it, panicking or not.
+pub struct StoreCleanup<'a>(pub &'a Path);
+
+impl Drop for StoreCleanup<'_> {
+    fn drop(&mut self) {
+        if on_postgres() {
+            crate::pg::drop_schema(self.0);
         }
     }
 }

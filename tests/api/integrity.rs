@@ -9,13 +9,18 @@ use std::sync::Arc;
 use aws_lc_rs::digest::{SHA256, digest};
 use keyhost::clock::ManualClock;
 use keyhost::keys::Alg;
+use keyhost::store::sql::Value as SqlValue;
 use serde_json::{Value, json};
 
-use crate::helpers::{PARTNER_ID, TestApp, spawn_app, start, test_config};
+use crate::helpers::{PARTNER_ID, RawDb, TestApp, on_postgres, spawn_app, start, test_config};
 use crate::issuance::spawn_issuing;
 
-fn db(app: &TestApp) -> rusqlite::Connection {
-    rusqlite::Connection::open(app.dir.path().join("data/keyhost.db")).unwrap()
+fn db(app: &TestApp) -> RawDb {
+    RawDb::open(app.dir.path())
+}
+
+fn text(t: impl Into<String>) -> SqlValue {
+    SqlValue::Text(t.into())
 }
 
 fn metric(text: &str, prefix: &str) -> f64 {
@@ -39,26 +44,24 @@ fn forge_key(
     let kid = format!("forged-{state}");
     let now = app.now();
     let sealed: Option<Vec<u8>> = (state != "revoked").then(|| vec![1u8; 64]);
-    db(app)
-        .execute(
-            "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc,
-                               master_key_id, created_at, published_at, signable_at,
-                               activated_at, retired_at, expires_at, mac)
-             VALUES (?1, 'ES256', ?2, 'imported', 256, ?3, ?4,
-                     (SELECT value FROM settings WHERE name = 'master_key_id'),
-                     ?5, ?5, ?5, CASE WHEN ?2 = 'active' THEN ?5 END,
-                     CASE WHEN ?2 = 'retired' THEN ?5 END,
-                     CASE WHEN ?2 = 'retired' THEN ?5 + 86400 END, ?6)",
-            rusqlite::params![
-                kid,
-                state,
-                serde_json::to_string(&jwk).unwrap(),
-                sealed,
-                now,
-                mac
-            ],
-        )
-        .unwrap();
+    db(app).execute(
+        "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc,
+                           master_key_id, created_at, published_at, signable_at,
+                           activated_at, retired_at, expires_at, mac)
+         VALUES (?1, 'ES256', CAST(?2 AS TEXT), 'imported', 256, ?3, ?4,
+                 (SELECT value FROM settings WHERE name = 'master_key_id'),
+                 CAST(?5 AS BIGINT), ?5, ?5, CASE WHEN ?2 = 'active' THEN ?5 END,
+                 CASE WHEN ?2 = 'retired' THEN ?5 END,
+                 CASE WHEN ?2 = 'retired' THEN ?5 + 86400 END, ?6)",
+        &[
+            text(kid.clone()),
+            text(state),
+            text(serde_json::to_string(&jwk).unwrap()),
+            sealed.map_or(SqlValue::Null, SqlValue::Blob),
+            SqlValue::Int(now),
+            mac.map_or(SqlValue::Null, SqlValue::Blob),
+        ],
+    );
     (m, kid)
 }
 
@@ -68,9 +71,7 @@ async fn a_key_row_inserted_behind_keyhosts_back_is_never_published_and_is_repor
     let genuine = app.jwks().await["keys"].as_array().unwrap().len();
     // Retired rows are published without being opened: the case the review reproduced. A copy
     // of a genuine row's MAC does not help either.
-    let copied: Vec<u8> = db(&app)
-        .query_row("SELECT mac FROM keys ORDER BY id LIMIT 1", [], |r| r.get(0))
-        .unwrap();
+    let copied = db(&app).query_bytes("SELECT mac FROM keys ORDER BY id LIMIT 1", &[]);
     let (attacker, retired) = forge_key(&app, "retired", None);
     forge_key(&app, "pending", Some(copied));
     app.advance(1).await;
@@ -179,12 +180,11 @@ async fn a_tampered_schedule_fails_the_check_and_the_key_never_signs_early() {
         .unwrap()
         .to_owned();
     // Pull the successor's signing time and lead into the past, so it would take over at once.
-    db(&app)
-        .execute(
-            "UPDATE keys SET signable_at = published_at, lead_remaining = 0 WHERE kid = ?1",
-            [&pending],
-        )
-        .unwrap();
+    let changed = db(&app).execute(
+        "UPDATE keys SET signable_at = published_at, lead_remaining = 0 WHERE kid = ?1",
+        &[text(pending.clone())],
+    );
+    assert_eq!(changed, 1);
     app.advance(60).await;
     let minted = app
         .mint_ok(&api_key, json!({"email": "u@example.com"}))
@@ -204,13 +204,11 @@ async fn a_client_inserted_with_a_chosen_secret_cannot_mint() {
     let app = spawn_app().await;
     let secret = "chosen-secret-chosen-secret-chosen-secret";
     let hash = digest(&SHA256, secret.as_bytes()).as_ref().to_vec();
-    db(&app)
-        .execute(
-            "INSERT INTO clients (id, name, scopes, secret_hash, created_at)
-             VALUES ('0123456789abcdef', 'forged', '[\"issue\"]', ?1, 0)",
-            [hash],
-        )
-        .unwrap();
+    db(&app).execute(
+        "INSERT INTO clients (id, name, scopes, secret_hash, created_at)
+         VALUES ('0123456789abcdef', 'forged', '[\"issue\"]', ?1, 0)",
+        &[SqlValue::Blob(hash)],
+    );
     // A genuine client change makes every replica reload its clients.
     app.create_client(&["issue"]).await;
     app.settle().await;
@@ -261,12 +259,11 @@ async fn an_admin_token_hash_replaced_in_the_database_is_ignored() {
         .trim()
         .to_owned();
     let chosen = "chosen-admin-token-chosen-admin-token";
-    db(&app)
-        .execute(
-            "UPDATE settings SET value = ?1 WHERE name = 'admin_token_sha256'",
-            [hex::encode(digest(&SHA256, chosen.as_bytes()))],
-        )
-        .unwrap();
+    let changed = db(&app).execute(
+        "UPDATE settings SET value = ?1 WHERE name = 'admin_token_sha256'",
+        &[text(hex::encode(digest(&SHA256, chosen.as_bytes())))],
+    );
+    assert_eq!(changed, 1);
     let (dir, clock) = app.stop().await;
     let app = start(dir, clock, config).await.unwrap();
     let as_admin = |token: String| {
@@ -291,23 +288,19 @@ async fn an_admin_token_hash_replaced_in_the_database_is_ignored() {
 #[tokio::test]
 async fn an_issuance_or_a_kyc_mapping_inserted_behind_keyhosts_back_is_never_acted_on() {
     let (app, upstream, _) = spawn_issuing(|_| {}, |_| {}).await;
-    db(&app)
-        .execute(
-            "INSERT INTO issuances (id, source, request_hash, email, issuer_did, credential_id,
-                                    credential_subject, on_duplicate, state, next_attempt_at,
-                                    created_at, updated_at)
-             VALUES ('iss_forged', 'webhook:kyc', 'x', 'attacker@example.com', 'did:x', 'p',
-                     '{\"kycVerified\": true}', 'revoke', 'queued', 0, 0, 0)",
-            [],
-        )
-        .unwrap();
-    db(&app)
-        .execute(
-            "INSERT INTO kyc_subjects (client_id, email, created_at)
-             VALUES ('user-77', 'attacker@example.com', 0)",
-            [],
-        )
-        .unwrap();
+    db(&app).execute(
+        "INSERT INTO issuances (id, source, request_hash, email, issuer_did, credential_id,
+                                credential_subject, on_duplicate, state, next_attempt_at,
+                                created_at, updated_at)
+         VALUES ('iss_forged', 'webhook:kyc', 'x', 'attacker@example.com', 'did:x', 'p',
+                 '{\"kycVerified\": true}', 'revoke', 'queued', 0, 0, 0)",
+        &[],
+    );
+    db(&app).execute(
+        "INSERT INTO kyc_subjects (client_id, email, created_at)
+         VALUES ('user-77', 'attacker@example.com', 0)",
+        &[],
+    );
     // A restart resumes unfinished issuances: the forged one is not sent.
     let port: u16 = app.public.rsplit(':').next().unwrap().parse().unwrap();
     let (dir, clock) = app.stop().await;
@@ -357,6 +350,7 @@ fn cli(app_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KEYHOST_DATA_DIR", app_dir.join("data"))
         .env("KEYHOST_KEYS_DIR", app_dir.join("keys"))
+        .envs(crate::helpers::store_env(app_dir))
         .env("KEYHOST_PARTNER_ID", PARTNER_ID)
         .output()
         .unwrap()
@@ -369,16 +363,15 @@ async fn a_store_from_before_row_macs_is_refused_until_an_operator_accepts_its_r
     let kids = app.jwks().await["keys"].clone();
     // What a store written by the previous version looks like after the migration, made while
     // no server runs (a running one would meet keys it no longer trusts and make new ones).
-    let db_path = app.dir.path().join("data/keyhost.db");
     let (dir, clock) = app.stop().await;
-    let old = rusqlite::Connection::open(&db_path).unwrap();
+    let old = RawDb::open(dir.path());
     for sql in [
         "UPDATE keys SET mac = NULL",
         "UPDATE clients SET mac = NULL",
         "UPDATE settings SET mac = NULL",
         "DELETE FROM settings WHERE name = 'row_macs_since'",
     ] {
-        old.execute(sql, []).unwrap();
+        assert!(old.execute(sql, &[]) > 0, "{sql}");
     }
     drop(old);
     let config = test_config(dir.path());
@@ -420,9 +413,7 @@ async fn a_store_from_before_row_macs_is_refused_until_an_operator_accepts_its_r
         "{audit}"
     );
     // Once: a row without a MAC written later is not trusted, even across a restart.
-    db(&app)
-        .execute("UPDATE clients SET mac = NULL", [])
-        .unwrap();
+    assert_eq!(db(&app).execute("UPDATE clients SET mac = NULL", &[]), 1);
     let (dir, clock) = app.stop().await;
     let app = start(dir, clock, config).await.unwrap();
     let res = app.mint(&api_key, json!({"email": "u@example.com"})).await;
@@ -437,23 +428,30 @@ async fn deleting_the_marker_never_authenticates_forged_rows_not_even_through_th
     conn.execute(
         "INSERT INTO clients (id, name, scopes, secret_hash, created_at)
          VALUES ('0123456789abcdef', 'forged', '[\"issue\"]', ?1, 0)",
-        [digest(&SHA256, secret.as_bytes()).as_ref().to_vec()],
-    )
-    .unwrap();
-    // A retired row with the attacker's key and no private key at all, written with the
-    // schema's checks switched off.
+        &[SqlValue::Blob(
+            digest(&SHA256, secret.as_bytes()).as_ref().to_vec(),
+        )],
+    );
+    // A retired row with the attacker's key and no private key at all, which the schema's
+    // checks refuse, written with them switched off.
     let m = keyhost::keys::material::generate(Alg::ES256, 2048).unwrap();
-    conn.execute_batch("PRAGMA ignore_check_constraints = 1;")
-        .unwrap();
-    conn.execute(
-        "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, created_at, published_at,
-                           signable_at, retired_at, expires_at)
-         VALUES ('evil-kid', 'ES256', 'retired', 'imported', 256, ?1, 0, 0, 0, 0, 4000000000)",
-        [serde_json::to_string(&m.pair.public_jwk()).unwrap()],
-    )
-    .unwrap();
-    conn.execute("DELETE FROM settings WHERE name = 'row_macs_since'", [])
-        .unwrap();
+    let insert = "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, created_at,
+                                    published_at, signable_at, retired_at, expires_at)
+                  VALUES ('evil-kid', 'ES256', 'retired', 'imported', 256, ?1, 0, 0, 0, 0,
+                          4000000000)";
+    let jwk = [text(serde_json::to_string(&m.pair.public_jwk()).unwrap())];
+    let refused = conn
+        .try_execute(insert, &jwk)
+        .expect_err("the checks refuse it");
+    assert!(
+        refused.to_lowercase().contains("check constraint"),
+        "{refused}"
+    );
+    conn.execute_unchecked("keys", insert, &jwk);
+    assert_eq!(
+        conn.execute("DELETE FROM settings WHERE name = 'row_macs_since'", &[]),
+        1
+    );
     drop(conn);
     // A CLI command run meanwhile authenticates nothing.
     let listed = cli(app.dir.path(), &["clients", "list"]);
@@ -486,21 +484,34 @@ async fn an_unreadable_row_is_reported_and_the_rest_keeps_serving() {
     let (app, _upstream, api_key) = spawn_issuing(|_| {}, |_| {}).await;
     let genuine = app.jwks().await;
     let conn = db(&app);
-    conn.execute_batch(
+    conn.execute(
         "INSERT INTO keys (kid, alg, state, origin, bits, public_jwk, private_key_enc,
                            master_key_id, created_at, published_at, signable_at, retired_at,
                            expires_at)
-         VALUES ('garbled', 'ES256', 'retired', 'generated', 256, 'not json', x'01', 'x', 0, 0, 0,
-                 0, 4000000000);
-         INSERT INTO clients (id, name, scopes, secret_hash, created_at)
-         VALUES ('fedcba9876543210', 'garbled', 'not json', x'00', 0);
-         INSERT INTO issuances (id, source, request_hash, email, issuer_did, credential_id,
+         VALUES ('garbled', 'ES256', 'retired', 'generated', 256, 'not json', ?1, 'x', 0, 0, 0,
+                 0, 4000000000)",
+        &[SqlValue::Blob(vec![1])],
+    );
+    conn.execute(
+        "INSERT INTO clients (id, name, scopes, secret_hash, created_at)
+         VALUES ('fedcba9876543210', 'garbled', 'not json', ?1, 0)",
+        &[SqlValue::Blob(vec![0])],
+    );
+    // A count of attempts keyhost cannot read: text where the integer belongs (which SQLite
+    // stores as it is), or on PostgreSQL, whose column holds integers only, one below zero.
+    let attempts = if on_postgres() {
+        SqlValue::Int(-1)
+    } else {
+        text("many")
+    };
+    conn.execute(
+        "INSERT INTO issuances (id, source, request_hash, email, issuer_did, credential_id,
                                 credential_subject, on_duplicate, state, attempts, created_at,
                                 updated_at)
          VALUES ('iss_garbled', 'x', 'x', 'a@example.com', 'd', 'c', '{}', 'revoke', 'queued',
-                 'many', 0, 0);",
-    )
-    .unwrap();
+                 ?1, 0, 0)",
+        &[attempts],
+    );
     drop(conn);
     // A change that makes every view reload.
     let (_, other_key) = app.create_client(&["issue"]).await;
@@ -553,10 +564,17 @@ async fn deleting_first_served_at_never_makes_a_new_key_sign_at_once() {
     // Take the active ES256 key out of play (its row fails its check now) and erase the record
     // that a server ever served this store.
     let conn = db(&app);
-    conn.execute("UPDATE keys SET bits = 255 WHERE kid = ?1", [&es256])
-        .unwrap();
-    conn.execute("DELETE FROM settings WHERE name = 'first_served_at'", [])
-        .unwrap();
+    assert_eq!(
+        conn.execute(
+            "UPDATE keys SET bits = 255 WHERE kid = ?1",
+            &[text(es256.clone())]
+        ),
+        1
+    );
+    assert_eq!(
+        conn.execute("DELETE FROM settings WHERE name = 'first_served_at'", &[]),
+        1
+    );
     drop(conn);
     app.advance(1).await;
     let keys = app.keys().await;

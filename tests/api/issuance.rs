@@ -13,10 +13,11 @@ use keyhost::emulator::{Emulator, EmulatorArgs, EmulatorControl};
 use keyhost::issuance::{
     IssuanceService, IssuanceSettings, IssuanceSource, IssuanceState, NewIssuance, WaitFor,
 };
+use keyhost::store::sql::Value as SqlValue;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::helpers::{PARTNER_ID, TestApp, start, test_config};
+use crate::helpers::{PARTNER_ID, RawDb, StoreCleanup, TestApp, start, test_config};
 
 pub const ISSUER: &str = "did:air:id:test:5P44fsVUhPctDTWH2Nz26pZJFsg6CqyiAELTGeVQDB";
 pub const PROGRAM: &str = "c21s70g0i54sn0023172Cv";
@@ -659,6 +660,7 @@ fn keyhost_process(
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KEYHOST_DATA_DIR", dir.join("data"))
         .env("KEYHOST_KEYS_DIR", dir.join("keys"))
+        .envs(crate::helpers::store_env(dir))
         .env("KEYHOST_PUBLIC_ADDR", format!("127.0.0.1:{public}"))
         .env("KEYHOST_INTERNAL_ADDR", format!("127.0.0.1:{internal}"))
         .env("KEYHOST_PARTNER_ID", PARTNER_ID)
@@ -691,6 +693,7 @@ async fn an_issuance_cut_off_by_a_killed_process_resumes_after_restart() {
     // AIR Kit is slow: the first request is still in flight when the process dies.
     let upstream = start_emulator(public, |e| e.latency = Duration::from_secs(5)).await;
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{internal}");
 
@@ -724,14 +727,11 @@ async fn an_issuance_cut_off_by_a_killed_process_resumes_after_restart() {
 
     child.kill().unwrap();
     child.wait().unwrap();
-    let db = rusqlite::Connection::open(dir.path().join("data/keyhost.db")).unwrap();
-    let state: String = db
-        .query_row("SELECT state FROM issuances WHERE id = ?1", [&id], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let state = RawDb::open(dir.path()).query_string(
+        "SELECT state FROM issuances WHERE id = ?1",
+        &[SqlValue::Text(id.clone())],
+    );
     assert_eq!(state, "queued", "recorded before the upstream call");
-    drop(db);
 
     upstream.control.set_latency(Duration::ZERO);
     let mut child = keyhost_process(dir.path(), public, internal, &upstream.base_url);
@@ -1006,13 +1006,15 @@ async fn a_replay_of_a_request_recorded_before_the_hash_was_canonical_still_matc
     assert_ne!(row.request_hash, legacy, "new rows hold the canonical hash");
     row.request_hash = legacy.clone();
     let mac = auth.issuance_mac(&row);
-    rusqlite::Connection::open(app.dir.path().join("data/keyhost.db"))
-        .unwrap()
-        .execute(
-            "UPDATE issuances SET request_hash = ?2, mac = ?3 WHERE id = ?1",
-            rusqlite::params![id, legacy, mac],
-        )
-        .unwrap();
+    let changed = RawDb::open(app.dir.path()).execute(
+        "UPDATE issuances SET request_hash = ?2, mac = ?3 WHERE id = ?1",
+        &[
+            SqlValue::Text(id.clone()),
+            SqlValue::Text(legacy),
+            SqlValue::Blob(mac),
+        ],
+    );
+    assert_eq!(changed, 1);
 
     let (status, again) = issue_raw(&app, &key, "before-upgrade", body).await;
     assert_eq!(status, 200, "{again}");

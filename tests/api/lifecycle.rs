@@ -145,14 +145,10 @@ async fn retired_key_stays_published_until_grace_ends_then_its_private_key_is_de
     assert!(retired.iter().all(|k| !jwks.contains(k.as_str())));
     assert_eq!(app.kids_in("expired").await.len(), 2);
 
-    let db = rusqlite::Connection::open(app.dir.path().join("data/keyhost.db")).unwrap();
-    let held: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM keys WHERE state = 'expired' AND private_key_enc IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let held = crate::helpers::RawDb::open(app.dir.path()).query_i64(
+        "SELECT COUNT(*) FROM keys WHERE state = 'expired' AND private_key_enc IS NOT NULL",
+        &[],
+    );
     assert_eq!(held, 0, "expired keys keep no private key");
 }
 

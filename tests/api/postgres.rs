@@ -12,16 +12,7 @@ use keyhost::startup::Application;
 use keyhost::store::sql::Value;
 use serde_json::{Value as Json, json};
 
-use crate::helpers::{ADMIN_TOKEN, PARTNER_ID, RawDb, T0, on_postgres, start, test_config};
-
-macro_rules! postgres_only {
-    () => {
-        if !on_postgres() {
-            eprintln!("run on PostgreSQL only (tests/api_postgres)");
-            return;
-        }
-    };
-}
+use crate::helpers::{ADMIN_TOKEN, PARTNER_ID, RawDb, T0, start, test_config};
 
 /// `url` with `key=value` added to its query.
 fn with_param(url: &str, param: &str) -> String {
@@ -62,7 +53,7 @@ fn server_certificate(db: &RawDb) -> Option<std::path::PathBuf> {
 
 #[tokio::test]
 async fn tls_to_the_database_verifies_the_server_as_sslmode_asks() {
-    postgres_only!();
+    crate::postgres_only!("what only the PostgreSQL engine has");
     let dir = tempfile::tempdir().unwrap();
     let db = RawDb::open(dir.path());
     let Some(cert) = server_certificate(&db) else {
@@ -137,7 +128,7 @@ async fn tls_to_the_database_verifies_the_server_as_sslmode_asks() {
 
 #[tokio::test]
 async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused() {
-    postgres_only!();
+    crate::postgres_only!("what only the PostgreSQL engine has");
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let builds = (0..3).map(|_| starts(test_config(dir.path())));
     let apps: Vec<Application> = futures_util::future::join_all(builds)
@@ -168,7 +159,7 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
 
 #[tokio::test]
 async fn the_schema_keeps_the_invariants_whoever_writes() {
-    postgres_only!();
+    crate::postgres_only!("what only the PostgreSQL engine has");
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let app = start(dir.clone(), ManualClock::new(T0), test_config(dir.path()))
         .await
@@ -242,7 +233,7 @@ fn keyhost(dir: &std::path::Path, args: &[&str], extra: &[(&str, &str)]) -> std:
 
 #[tokio::test]
 async fn migrate_to_copies_an_sqlite_store_into_postgres_and_serves_the_same_kids() {
-    postgres_only!();
+    crate::postgres_only!("what only the PostgreSQL engine has");
     // An SQLite store with keys in every state, a client, audit rows.
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let clock = ManualClock::new(T0);

@@ -15,22 +15,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
-use crate::helpers::{
-    ADMIN_TOKEN, RawDb, T0, TestApp, eventually, on_postgres, start, test_config, verify,
-};
+use crate::helpers::{ADMIN_TOKEN, RawDb, T0, TestApp, eventually, start, test_config, verify};
 use crate::process::{Process, base_env};
-
-/// Ends a test that needs several servers on one store, on SQLite.
-macro_rules! postgres_only {
-    () => {
-        if !on_postgres() {
-            eprintln!(
-                "run on PostgreSQL only (tests/api_postgres): SQLite has one server per store"
-            );
-            return;
-        }
-    };
-}
 
 /// `n` in-process replicas on one store (the directory's schema, its master key), sharing
 /// `clock`, each configured by `tweak`.
@@ -101,7 +87,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test]
 async fn changes_through_one_replica_reach_the_others_within_a_second_and_tokens_verify_everywhere()
 {
-    postgres_only!();
+    crate::postgres_only!("several servers on one store; SQLite has one server per store");
     // The periodic re-read is far slower than the bound: what arrives within a second arrived
     // by notification.
     let (_dir, apps) = replicas(3, ManualClock::new(T0), |c| {
@@ -257,7 +243,7 @@ fn through(url: &str, port: u16) -> (String, String) {
 
 #[tokio::test]
 async fn a_replica_cut_off_from_the_database_stops_signing_keeps_its_jwks_and_recovers_alone() {
-    postgres_only!();
+    crate::postgres_only!("several servers on one store; SQLite has one server per store");
     let clock = ManualClock::new(T0);
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let a = start(dir.clone(), clock.clone(), test_config(dir.path()))
@@ -459,7 +445,7 @@ const FAST: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn when_the_planner_is_killed_another_takes_over_and_one_successor_is_generated() {
-    postgres_only!();
+    crate::postgres_only!("several servers on one store; SQLite has one server per store");
     let dir = tempfile::tempdir().unwrap();
     let mut servers: Vec<Process> = (0..3).map(|_| replica_process(dir.path(), FAST)).collect();
     let db = RawDb::open(dir.path());
@@ -545,7 +531,7 @@ async fn when_the_planner_is_killed_another_takes_over_and_one_successor_is_gene
 
 #[tokio::test]
 async fn an_issuance_whose_replica_dies_before_air_kit_answers_is_completed_by_another_once() {
-    postgres_only!();
+    crate::postgres_only!("several servers on one store; SQLite has one server per store");
     let port = crate::issuance::free_port();
     let upstream =
         crate::issuance::start_emulator(port, |e| e.latency = Duration::from_secs(5)).await;
@@ -635,7 +621,7 @@ async fn an_issuance_whose_replica_dies_before_air_kit_answers_is_completed_by_a
 
 #[tokio::test]
 async fn a_crash_loop_leaves_every_token_verifiable_and_none_signed_early() {
-    postgres_only!();
+    crate::postgres_only!("several servers on one store; SQLite has one server per store");
     let dir = tempfile::tempdir().unwrap();
     let mut servers: Vec<Process> = (0..3).map(|_| replica_process(dir.path(), FAST)).collect();
     let http = reqwest::Client::new();
@@ -717,7 +703,7 @@ async fn a_crash_loop_leaves_every_token_verifiable_and_none_signed_early() {
 
 #[tokio::test]
 async fn only_the_planner_counts_served_time_so_a_lead_is_never_credited_twice() {
-    postgres_only!();
+    crate::postgres_only!("several servers on one store; SQLite has one server per store");
     let clock = ManualClock::new(T0);
     let (_dir, apps) = replicas(2, clock.clone(), |_| {}).await;
     let (a, b) = (&apps[0], &apps[1]);
@@ -761,7 +747,7 @@ async fn only_the_planner_counts_served_time_so_a_lead_is_never_credited_twice()
 
 #[tokio::test]
 async fn a_clients_rate_limit_holds_for_the_whole_deployment_not_per_replica() {
-    postgres_only!();
+    crate::postgres_only!("several servers on one store; SQLite has one server per store");
     let (_dir, apps) = replicas(2, ManualClock::new(T0), |c| {
         c.tokens.client_rate_limit = 10;
     })

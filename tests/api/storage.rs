@@ -1,8 +1,10 @@
 use base64::Engine;
 use keyhost::keys::master::MasterKey;
+use keyhost::store::sql::Value;
 use serde_json::json;
 
-use crate::helpers::{T0, spawn_app, start, test_config};
+use crate::helpers::{RawDb, StoreCleanup, T0, spawn_app, start, stored_bytes, test_config};
+use crate::{postgres_only, sqlite_only};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
@@ -12,16 +14,10 @@ fn fixture(name: &str) -> String {
     .unwrap()
 }
 
-/// The database file and its write-ahead log (which may be absent after a checkpoint); a missing
-/// database fails the test rather than making every "not in the database" check vacuous.
+/// What the test's store holds, as bytes (on SQLite its file, on PostgreSQL every value of its
+/// schema): see [`stored_bytes`].
 fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
-    let db = dir.join("data/keyhost.db");
-    let mut bytes = std::fs::read(&db).unwrap_or_else(|e| panic!("{}: {e}", db.display()));
-    assert!(!bytes.is_empty(), "{} is empty", db.display());
-    if let Ok(wal) = std::fs::read(dir.join("data/keyhost.db-wal")) {
-        bytes.extend(wal);
-    }
-    bytes
+    stored_bytes(dir)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -61,21 +57,30 @@ async fn the_database_never_holds_a_private_key_in_the_clear() {
     // Open every stored key with the master key, and look for its private parts in the files.
     let master = std::fs::read_to_string(app.dir.path().join("keys/master.key")).unwrap();
     let master = MasterKey::from_base64(&master, "test").unwrap();
-    let db = rusqlite::Connection::open(app.dir.path().join("data/keyhost.db")).unwrap();
-    let mut stmt = db
-        .prepare(
+    let sealed: Vec<(String, String, i64, Vec<u8>)> = RawDb::open(app.dir.path())
+        .query_rows(
             "SELECT alg, kid, created_at, private_key_enc FROM keys WHERE private_key_enc IS NOT \
              NULL",
+            &[],
         )
-        .unwrap();
-    let sealed: Vec<(String, String, i64, Vec<u8>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
+        .into_iter()
+        .map(|r| match &r[..] {
+            [
+                Value::Text(alg),
+                Value::Text(kid),
+                Value::Int(created_at),
+                Value::Blob(blob),
+            ] => (alg.clone(), kid.clone(), *created_at, blob.clone()),
+            other => panic!("{other:?}"),
+        })
         .collect();
     assert!(sealed.len() >= 4, "generated, rotated and imported keys");
     for (alg, kid, created_at, blob) in sealed {
         let context = format!("keyhost/v1/{alg}/{kid}/{created_at}");
+        assert!(
+            contains(&bytes, kid.as_bytes()),
+            "{kid} is in what was searched"
+        );
         let der = master.open(context.as_bytes(), &blob).expect("opens");
         assert!(!contains(&bytes, &der), "{kid}: PKCS#8 in the clear");
         // The private half of the encoding (RSA d, p, q, … or the EC scalar) in 16-byte pieces.
@@ -158,6 +163,10 @@ async fn a_wrong_master_key_refuses_to_start_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    sqlite_only!(
+        "the lock beside the SQLite file; servers on PostgreSQL are replicas of one another (see \
+         a_second_server_on_the_same_postgresql_schema_serves_beside_the_first)"
+    );
     let app = spawn_app().await;
     let config = test_config(app.dir.path());
     let err = start(app.dir.clone(), app.clock.clone(), config)
@@ -174,6 +183,10 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
 
 #[tokio::test]
 async fn a_second_server_reaching_the_same_database_by_another_path_refuses_to_start() {
+    sqlite_only!(
+        "a link to the SQLite file from another data directory; a PostgreSQL store is reached by \
+         its URL, and replicas share it"
+    );
     let app = spawn_app().await;
     let other = std::sync::Arc::new(tempfile::tempdir().unwrap());
     std::fs::create_dir_all(other.path().join("data")).unwrap();
@@ -196,6 +209,36 @@ async fn a_second_server_reaching_the_same_database_by_another_path_refuses_to_s
         format!("{err:#}").contains("another keyhost server"),
         "{err:#}"
     );
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_postgresql_schema_serves_beside_the_first() {
+    postgres_only!("a second server on one SQLite file is refused (see above)");
+    let app = spawn_app().await;
+    let (_, key) = app.create_client(&["issue"]).await;
+    let jwks = app.jwks().await;
+    let config = test_config(app.dir.path());
+    let replica = start(app.dir.clone(), app.clock.clone(), config)
+        .await
+        .expect("a replica starts on the same schema");
+    assert_eq!(replica.jwks().await, jwks, "the same keys, none made anew");
+    let minted = replica
+        .mint_ok(&key, json!({"email": "a@example.com"}))
+        .await;
+    crate::helpers::verify(minted["token"].as_str().unwrap(), &jwks, T0).unwrap();
+    // A client made through one is known to the other.
+    let (_, other) = replica.create_client(&["issue"]).await;
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(5),
+        "the first server never saw the replica's client",
+        || async {
+            app.mint(&other, json!({"email": "a@example.com"}))
+                .await
+                .status()
+                == 200
+        },
+    )
+    .await;
 }
 
 /// The KYC deliveries, column by column as SQLite quotes them (so types show).
@@ -240,6 +283,10 @@ fn quoted_rows(db: &rusqlite::Connection, table: &str, columns: &str) -> Vec<Str
 
 #[test]
 fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unknown_sources() {
+    sqlite_only!(
+        "migrates a SQLite file written by schema v4 (the PostgreSQL schema starts from v7's \
+         tables; a_new_store_refuses_what_keyhost_never_writes checks its constraints)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyhost.db");
     // A store as keyhost's schema v4 left it.
@@ -300,38 +347,65 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
         "values, types and rowids unchanged"
     );
     assert_eq!(kyc_rows(&db), kyc_before, "KYC deliveries unchanged (v6)");
-    for (provider, outcome) in [("stripe", "queued"), ("idenfy", "approved")] {
-        let refused = db
-            .execute(
-                "INSERT INTO kyc_events (provider, outcome, received_at) VALUES (?1, ?2, 0)",
-                [provider, outcome],
-            )
-            .expect_err(provider);
-        assert!(refused.to_string().contains("CHECK"), "{refused}");
-    }
-    let referenced: String = db
-        .query_row(
-            "SELECT \"table\" FROM pragma_foreign_key_list('kyc_events')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(referenced, "issuances");
     let issuance: String = db
         .query_row("SELECT issuance_id FROM kyc_events", [], |r| r.get(0))
         .unwrap();
     assert_eq!(issuance, "iss_b");
-    let mut indexes: Vec<String> = db
-        .prepare(
+    refuses_what_keyhost_never_writes(&RawDb::Sqlite(db));
+}
+
+#[test]
+fn a_new_store_refuses_what_keyhost_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StoreCleanup(dir.path());
+    drop(keyhost::startup::open_store(&test_config(dir.path())).expect("creates the store"));
+    refuses_what_keyhost_never_writes(&RawDb::open(dir.path()));
+}
+
+/// The schema's own guards, on a store of the latest version: KYC deliveries of an unknown
+/// provider or outcome, and issuances of an unknown webhook or of no source, are refused; a
+/// delivery references its issuance; the issuances have their indexes.
+fn refuses_what_keyhost_never_writes(db: &RawDb) {
+    let text = |t: &str| Value::Text(t.to_owned());
+    for (provider, outcome) in [("stripe", "queued"), ("idenfy", "approved")] {
+        let refused = db
+            .try_execute(
+                "INSERT INTO kyc_events (provider, outcome, received_at) VALUES (?1, ?2, 0)",
+                &[text(provider), text(outcome)],
+            )
+            .expect_err(provider);
+        assert!(
+            refused.to_lowercase().contains("check constraint"),
+            "{refused}"
+        );
+    }
+    let referenced = match db {
+        RawDb::Sqlite(_) => db.query_string(
+            "SELECT \"table\" FROM pragma_foreign_key_list('kyc_events')",
+            &[],
+        ),
+        RawDb::Postgres(_) => db.query_string(
+            "SELECT confrelid::regclass::text FROM pg_constraint
+             WHERE conrelid = 'kyc_events'::regclass AND contype = 'f'",
+            &[],
+        ),
+    };
+    assert_eq!(referenced, "issuances");
+    let indexes: Vec<Vec<Value>> = match db {
+        RawDb::Sqlite(_) => db.query_rows(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' AND \
              sql IS NOT NULL ORDER BY name",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    indexes.sort();
+            &[],
+        ),
+        // Those a statement of the schema made (not the primary key's).
+        RawDb::Postgres(_) => db.query_rows(
+            "SELECT indexname::text FROM pg_indexes
+             WHERE schemaname = current_schema() AND tablename = 'issuances'
+                 AND indexname <> 'issuances_pkey'
+             ORDER BY indexname",
+            &[],
+        ),
+    };
     assert_eq!(
         indexes,
         [
@@ -340,19 +414,20 @@ fn the_issuance_checks_migration_keeps_every_row_byte_for_byte_and_refuses_unkno
             "issuances_idempotency",
             "issuances_state"
         ]
+        .map(|i| vec![text(i)])
     );
     let insert = |id: &str, source: &str| {
-        db.execute(
+        db.try_execute(
             "INSERT INTO issuances (id, source, request_hash, email, issuer_did, credential_id,
                  credential_subject, on_duplicate, state, created_at, updated_at)
              VALUES (?1, ?2, 'h', 'e', 'd', 'c', '{}', 'revoke', 'queued', 0, 0)",
-            [id, source],
+            &[text(id), text(source)],
         )
     };
     for source in ["webhook:stripe", "webhook:", "webhook:KYC", ""] {
         let refused = insert("iss_bad", source).expect_err(source);
         assert!(
-            refused.to_string().contains("CHECK"),
+            refused.to_lowercase().contains("check constraint"),
             "{source:?}: {refused}"
         );
     }
