@@ -1,9 +1,9 @@
 //! The PostgreSQL half of the suite: every server a test starts gets a schema of its own in the
-//! database `KEYHOST_TEST_POSTGRES_URL` names (default `postgres://postgres@127.0.0.1:5432/test`),
+//! database `TEST_POSTGRES_URL` names (default `postgres://postgres@127.0.0.1:5432/test`),
 //! created for the test's directory and dropped when the test is done with it.
 //!
 //! Without a reachable PostgreSQL the half is skipped with a banner saying so, unless
-//! `KEYHOST_TEST_REQUIRE_POSTGRES=1` (set by `.ci/run`) makes that a failure.
+//! `TEST_REQUIRE_POSTGRES=1` (set by `.ci/run`) makes that a failure.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use tokio_postgres::NoTls;
 
 /// The server the PostgreSQL half runs against.
 pub fn server_url() -> String {
-    std::env::var("KEYHOST_TEST_POSTGRES_URL")
+    std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
@@ -113,15 +113,15 @@ fn admin() -> &'static Mutex<Raw> {
             Mutex::new(raw)
         }
         Err(why) => {
-            let required = std::env::var("KEYHOST_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+            let required = std::env::var("TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
             let banner = format!(
                 "\n==========\nPostgreSQL half of the API suite SKIPPED: cannot reach {} ({why}).\n\
-                 Start PostgreSQL 14+ there, or point KEYHOST_TEST_POSTGRES_URL at one, to run it.\n\
+                 Start PostgreSQL 14+ there, or point TEST_POSTGRES_URL at one, to run it.\n\
                  ==========\n",
                 redact(&server_url())
             );
             if required {
-                panic!("{banner}KEYHOST_TEST_REQUIRE_POSTGRES=1: failing instead of skipping");
+                panic!("{banner}TEST_REQUIRE_POSTGRES=1: failing instead of skipping");
             }
             eprintln!("{banner}");
             // Every test of this half needs the database: none of them can run.
