@@ -3,8 +3,9 @@
 //!
 //! - **One planner at a time.** Scheduled rotation, expiry and destruction, and the counting of
 //!   served time, run on the server holding the `planner` lease, a row in the store renewed at
-//!   every round and taken over by another server once it has run out (its holder died or lost
-//!   the database). Leases run on the database's clock, so servers whose clocks disagree still
+//!   every round and taken over by another server once it has run out (its holder lost the
+//!   database), or at once when its holder is gone from `pg_stat_activity` (a killed process's
+//!   connections close with it). Leases run on the database's clock, so servers whose clocks disagree still
 //!   agree on who holds one. A lease that changes hands while its old holder is mid-round is
 //!   harmless: every transition re-plans inside a write transaction, and writers are serialised,
 //!   so two planners can never both generate a successor for the same due time (the unique
@@ -17,8 +18,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
-
-use aws_lc_rs::rand::SecureRandom;
 
 use crate::clock::UnixTime;
 use crate::store::{self, EngineKind, Store, StoreError};
@@ -41,14 +40,10 @@ pub struct Replicas {
 impl Replicas {
     /// This server, renewing its lease and its place every `refresh_interval`.
     pub fn new(store: Arc<Store>, started_at: UnixTime, refresh_interval: Duration) -> Self {
-        let mut r = [0u8; 6];
-        let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut r);
-        let host = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
         Self {
-            id: format!("{host}/{}/{}", std::process::id(), hex::encode(r)),
+            id: store
+                .instance()
+                .map_or_else(|| format!("{}/sqlite", std::process::id()), str::to_owned),
             started_at,
             store,
             // Three missed rounds, and never less than three seconds.
@@ -58,7 +53,7 @@ impl Replicas {
         }
     }
 
-    /// This server's id in the roll (host, process id and a random part).
+    /// This server's id in the roll (process id, a random part and the host).
     pub fn id(&self) -> &str {
         &self.id
     }

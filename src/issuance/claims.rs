@@ -1,7 +1,8 @@
 //! Issuances on a store shared by several servers: each unfinished issuance is worked by the one
 //! server holding its claim, a lease on its row renewed while that server drives it. A server
-//! that dies or loses the database stops renewing; once the claim has run out, another server
-//! takes the issuance over and carries on from its record (the record is saved after every
+//! that dies is gone from `pg_stat_activity` at once, and one that loses the database stops
+//! renewing; then (at once, or once the claim has run out) another server takes the issuance
+//! over and carries on from its record (the record is saved after every
 //! upstream call, so at most the call in flight when the first server died is repeated, and AIR
 //! Kit's `onDuplicate` handling applies to it as to any retry).
 //!

@@ -262,7 +262,8 @@ pub fn set_mac(tx: &Tx<'_>, id: &str, mac: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Claims the unfinished issuance `id` for the server `holder` for `ttl` seconds of the
-/// database's clock, unless another server's claim on it is still running; whether it is now
+/// database's clock, unless another server's claim on it is still running and that server is
+/// still connected (PostgreSQL only: claims are for servers sharing a store); whether it is now
 /// `holder`'s. Writers are serialised, so two servers never both win the same claim.
 #[tracing::instrument(skip_all)]
 pub fn claim(tx: &Tx<'_>, id: &str, holder: &str, ttl: i64) -> Result<bool, StoreError> {
@@ -271,7 +272,8 @@ pub fn claim(tx: &Tx<'_>, id: &str, holder: &str, ttl: i64) -> Result<bool, Stor
         "UPDATE issuances SET claimed_by = ?2, claimed_until = ?4
          WHERE id = ?1 AND state IN ('queued', 'submitted')
            AND (claimed_by IS NULL OR claimed_by = ?2 OR claimed_until IS NULL
-                OR claimed_until < ?3)",
+                OR claimed_until < ?3 OR NOT EXISTS (
+                    SELECT 1 FROM pg_stat_activity WHERE application_name = issuances.claimed_by))",
         &args![id, holder, now, now + ttl],
     )?;
     Ok(n == 1)
@@ -291,14 +293,15 @@ pub fn renew_claim(tx: &Tx<'_>, id: &str, holder: &str, ttl: i64) -> Result<bool
 }
 
 /// Unfinished issuances no server's claim covers (their server died or lost the database), at
-/// most `limit`, oldest first.
+/// most `limit`, oldest first (PostgreSQL only).
 #[tracing::instrument(skip_all)]
 pub fn unclaimed(tx: &Tx<'_>, limit: u32) -> Result<Vec<String>, StoreError> {
     let now = super::replicas::db_now(tx)?;
     tx.query_map(
         "SELECT id FROM issuances
          WHERE state IN ('queued', 'submitted')
-           AND (claimed_until IS NULL OR claimed_until < ?1)
+           AND (claimed_until IS NULL OR claimed_until < ?1 OR NOT EXISTS (
+               SELECT 1 FROM pg_stat_activity WHERE application_name = issuances.claimed_by))
          ORDER BY created_at LIMIT ?2",
         &args![now, limit],
         |r| r.get(0),

@@ -219,6 +219,15 @@ impl Store {
         }
     }
 
+    /// This process's id among the servers sharing the store (`None` on SQLite, which has one):
+    /// the application name of its listening connection, by which the others see it alive.
+    pub fn instance(&self) -> Option<&str> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(p) => Some(p.instance()),
+        }
+    }
+
     /// The SQLite database file (`None` on PostgreSQL).
     pub fn path(&self) -> Option<&Path> {
         match &self.engine {

@@ -366,6 +366,7 @@ pub(super) struct Postgres {
     changes: Arc<AtomicI64>,
     changed: Arc<Notify>,
     stopping: Arc<AtomicBool>,
+    instance: String,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -383,6 +384,22 @@ impl Drop for Postgres {
             rt.shutdown_background();
         }
     }
+}
+
+/// This process's id among the servers of a store: its pid, a random part and its host, within
+/// the 63 bytes of a PostgreSQL application name.
+fn instance_id() -> String {
+    let mut r = [0u8; 6];
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut r);
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let mut id = format!("{}/{}@{host}", std::process::id(), hex::encode(r));
+    while id.len() > 63 {
+        id.pop();
+    }
+    id
 }
 
 /// Waits on the current (blocking) thread for a future that needs no runtime of its own (a
@@ -456,15 +473,26 @@ impl Postgres {
             changes: Arc::new(AtomicI64::new(0)),
             changed: Arc::new(Notify::new()),
             stopping: Arc::new(AtomicBool::new(false)),
+            instance: instance_id(),
         };
         let schema = store.migrate()?;
         store.location = format!("{} (schema {schema})", store.location);
-        store.listen(config, tls, schema);
+        // The listening connection carries this server's id as its application name: while it
+        // is connected, `pg_stat_activity` shows the server alive, so the others never take its
+        // leases and claims, and once it is gone (a killed process's connections close at once)
+        // they need not wait for them to run out.
+        let mut listener = config;
+        listener.application_name(&store.instance);
+        store.listen(listener, tls, schema);
         Ok(store)
     }
 
     pub(super) fn location(&self) -> String {
         self.location.clone()
+    }
+
+    pub(super) fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// A pooled connection.

@@ -19,8 +19,9 @@ pub fn db_now(tx: &Tx<'_>) -> Result<UnixTime, StoreError> {
     )
 }
 
-/// Takes or renews the lease `name` for `holder` until `now + ttl`, if it is free, expired or
-/// already `holder`'s; the lease's epoch (a new one each time it changes hands), or `None` if
+/// Takes or renews the lease `name` for `holder` until `now + ttl`, if it is free, expired,
+/// already `holder`'s, or its holder has no connection to the database any more (PostgreSQL
+/// only: the servers that share a store are PostgreSQL's); the lease's epoch (a new one each time it changes hands), or `None` if
 /// another server holds it.
 #[tracing::instrument(skip_all)]
 pub fn take_lease(
@@ -37,7 +38,8 @@ pub fn take_lease(
                           ELSE leases.epoch + 1 END,
              holder = excluded.holder,
              expires_at = excluded.expires_at
-         WHERE leases.holder = excluded.holder OR leases.expires_at < ?3
+         WHERE leases.holder = excluded.holder OR leases.expires_at < ?3 OR NOT EXISTS (
+             SELECT 1 FROM pg_stat_activity WHERE application_name = leases.holder)
          RETURNING epoch",
         &args![name, holder, now, now + ttl],
         |r| r.get(0),

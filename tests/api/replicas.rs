@@ -375,7 +375,7 @@ fn replica_process(dir: &std::path::Path, extra: &[(&str, &str)]) -> Process {
 /// The pid of the replica holding the planner's lease.
 fn planner_pid(db: &RawDb) -> Option<u32> {
     let holder = db.try_query_string("SELECT holder FROM leases WHERE name = 'planner'", &[])?;
-    holder.split('/').nth(1)?.parse().ok()
+    holder.split('/').next()?.parse().ok()
 }
 
 async fn admin_keys(http: &reqwest::Client, internal: &str) -> Vec<Value> {
