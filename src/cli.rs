@@ -62,8 +62,12 @@ pub enum Command {
         /// `postgres://…` URL of an empty database (or schema, through its search_path) to copy
         /// the SQLite store of KEYHOST_DATA_DIR into: keys (still sealed), clients, settings,
         /// the audit trail, issuances and KYC records. The server must be stopped.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", conflicts_with = "to_file")]
         to: Option<String>,
+        /// A file holding that URL (so that its password stays out of the process list and
+        /// the shell's history).
+        #[arg(long, value_name = "FILE")]
+        to_file: Option<PathBuf>,
     },
     /// The MACs that authenticate the rows keyhost trusts.
     Integrity {
@@ -268,7 +272,16 @@ fn migrate_to(config: &Config, clock: Arc<dyn Clock>, url: String) -> anyhow::Re
 
 fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    if let Command::Migrate { to } = command {
+    if let Command::Migrate { to, to_file } = command {
+        let to = match to_file {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => to,
+        };
         return match to {
             None => {
                 let store = startup::open_store(&config)?;

@@ -200,8 +200,10 @@ impl ClientService {
                 Ok(ClientView::from(&row))
             })
             .await?;
-        if let Some(registry) = &self.registry {
-            registry.withdraw(id);
+        if let Some(registry) = self.registry.clone() {
+            // Blocking (it waits for a reload in progress), so off the async threads.
+            let id = id.to_owned();
+            let _ = tokio::task::spawn_blocking(move || registry.withdraw(&id)).await;
         }
         self.reload().await?;
         Ok(view)

@@ -91,29 +91,40 @@ impl Lifecycle {
             self.replicas.clone(),
         );
         off_thread(move || {
+            // Reads first: the views follow the store, and the signing lease is renewed, even
+            // while writes wait (the writers' lock is shared by every replica, and one of them
+            // may hold it for a while).
             let started = Instant::now();
-            // Only one server sharing the store plans (and counts served time); the others
-            // follow what it wrote. A server that cannot renew its lease does not plan.
-            let plans = replicas.round();
-            keys.set_counting(matches!(plans, Ok(true)));
             // Clients first and regardless of the key steps: a client disabled from the CLI must
             // stop minting even while the key lifecycle is failing.
             let clients_result = clients.reload(&store);
-            // What the signers signed since the last round, before any of them retires.
-            let noted = keys.note_signed_until(&live.signed_until());
-            // The in-memory keys follow the store even when planning failed: the store is
-            // consistent either way (each plan is one transaction), and a key revoked meanwhile
-            // must stop signing.
-            let report = match plans {
-                Ok(true) => keys.tick(actor),
-                Ok(false) => Ok(TickReport::default()),
-                Err(e) => Err(e.into()),
-            };
             let refreshed = live.refresh(&keys);
             if refreshed.is_ok() && clients_result.is_ok() {
                 // The view is as recent as this read: the signing lease runs from here.
                 live.mark_read(started);
             }
+            // Only one server sharing the store plans (and counts served time); the others
+            // follow what it wrote. A server that cannot renew its lease does not plan.
+            let plans = replicas.round();
+            keys.set_counting(matches!(plans, Ok(true)));
+            // What the signers signed since the last round, before any of them retires.
+            let signed = live.signed_until();
+            let noted = keys.note_signed_until(&signed);
+            if noted.is_ok() {
+                live.noted(&signed);
+            }
+            // The in-memory keys follow the store even when planning failed: the store is
+            // consistent either way (each plan is one transaction), and a key revoked meanwhile
+            // must stop signing.
+            let report = match plans {
+                Ok(true) => keys.tick(actor).and_then(|report| {
+                    // What the round changed reaches the views at once.
+                    live.refresh(&keys)?;
+                    Ok(report)
+                }),
+                Ok(false) => Ok(TickReport::default()),
+                Err(e) => Err(e.into()),
+            };
             let report = report?;
             refreshed?;
             noted?;
@@ -148,11 +159,15 @@ impl Lifecycle {
         emergency: bool,
         actor: &'static str,
     ) -> Result<Rotated, KeyError> {
-        let keys = self.keys.clone();
-        let rotated = off_thread(move || keys.rotate(alg, emergency, actor)).await?;
-        for kid in &rotated.revoked {
-            self.live.withdraw(kid);
-        }
+        let (keys, live) = (self.keys.clone(), self.live.clone());
+        let rotated = off_thread(move || {
+            let rotated = keys.rotate(alg, emergency, actor)?;
+            for kid in &rotated.revoked {
+                live.withdraw(kid);
+            }
+            Ok::<_, KeyError>(rotated)
+        })
+        .await?;
         self.after_change(actor).await?;
         if let Some(w) = &rotated.warning {
             tracing::warn!(kid = %rotated.key.kid, warning = %w, "emergency rotation");
@@ -174,9 +189,13 @@ impl Lifecycle {
         kid: String,
         actor: &'static str,
     ) -> Result<(KeyRecord, Option<String>), KeyError> {
-        let keys = self.keys.clone();
-        let (key, warning) = off_thread(move || keys.revoke(&kid, actor)).await?;
-        self.live.withdraw(&key.kid);
+        let (keys, live) = (self.keys.clone(), self.live.clone());
+        let (key, warning) = off_thread(move || {
+            let (key, warning) = keys.revoke(&kid, actor)?;
+            live.withdraw(&key.kid);
+            Ok::<_, KeyError>((key, warning))
+        })
+        .await?;
         self.after_change(actor).await?;
         Ok((key, warning))
     }

@@ -30,6 +30,8 @@ pub struct LiveKeys {
     jwks: ArcSwap<JwksDocument>,
     signers: ArcSwap<SignerSet>,
     opened: Mutex<HashMap<i64, Arc<SigningKey>>>,
+    /// The latest `exp` of keys dropped from `opened` before it was recorded in the store.
+    dropped: Mutex<Vec<(i64, UnixTime)>>,
     freshness: Freshness,
 }
 
@@ -85,6 +87,7 @@ impl Default for LiveKeys {
             jwks: ArcSwap::from_pointee(JwksDocument::build(&[])),
             signers: ArcSwap::from_pointee(SignerSet::default()),
             opened: Mutex::default(),
+            dropped: Mutex::default(),
             freshness: Freshness::default(),
         }
     }
@@ -159,6 +162,9 @@ impl LiveKeys {
     /// Stops the key `kid` from signing at once, without reading the store: a revocation takes
     /// effect even if the refresh that follows it fails. The JWKS follows at that refresh.
     pub fn withdraw(&self, kid: &str) {
+        // After any refresh in progress (see `refresh`): blocking, so call it off the async
+        // threads.
+        let _ordered = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         self.signers.rcu(|set| SignerSet {
             active: set
                 .active
@@ -178,23 +184,51 @@ impl LiveKeys {
 
     /// The latest `exp` each opened key has signed in this process (key row id, exp).
     pub fn signed_until(&self) -> Vec<(i64, UnixTime)> {
-        self.opened
+        let mut exps: Vec<(i64, UnixTime)> = self
+            .opened
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter_map(|(id, key)| key.last_exp().map(|exp| (*id, exp)))
-            .collect()
+            .collect();
+        exps.extend(
+            self.dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter(),
+        );
+        exps
+    }
+
+    /// Forgets the dropped keys' `exp`s among `exps`, now recorded in the store.
+    pub fn noted(&self, exps: &[(i64, UnixTime)]) {
+        self.dropped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e| !exps.contains(e));
     }
 
     /// Rebuilds both views from the store.
     pub fn refresh(&self, service: &KeyService) -> Result<(), KeyError> {
+        // Held from the read to the swap, and taken by `withdraw`: a refresh that read the keys
+        // before a revocation can never install its signers after the revoked key was withdrawn.
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         let records = service.list()?;
         let wanted: Vec<&KeyRecord> = records
             .iter()
             .filter(|k| matches!(k.state, KeyState::Pending | KeyState::Active))
             .collect();
-        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-        opened.retain(|id, _| wanted.iter().any(|k| k.id == *id));
+        // A key that leaves (retired or revoked, here or by another server) may have signed
+        // since its `exp` was last recorded: keep that until it is.
+        let mut dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        opened.retain(|id, key| {
+            let keep = wanted.iter().any(|k| k.id == *id);
+            if !keep && let Some(exp) = key.last_exp() {
+                dropped.push((*id, exp));
+            }
+            keep
+        });
+        drop(dropped);
         let missing: Vec<&KeyRecord> = wanted
             .iter()
             .copied()

@@ -33,6 +33,9 @@ pub struct Replicas {
     store: Arc<Store>,
     /// How long a lease, and a place in the roll, lasts without renewal, in seconds.
     ttl: i64,
+    /// How long a lease's holder must have been silent (and disconnected) before another
+    /// takes it without waiting for it to run out, in seconds.
+    silent: i64,
     planner: AtomicBool,
     live: AtomicU32,
 }
@@ -46,8 +49,12 @@ impl Replicas {
                 .map_or_else(|| format!("{}/sqlite", std::process::id()), str::to_owned),
             started_at,
             store,
-            // Three missed rounds, and never less than three seconds.
-            ttl: (refresh_interval.as_secs_f64() * 3.0).ceil().max(3.0) as i64,
+            // Five missed rounds, and never less than five seconds; a holder gone from the
+            // database is replaced after two missed rounds and a second (it plans only right
+            // after renewing the lease, and writers are serialised, so a slow round of its own
+            // overlapping its successor's cannot plan twice).
+            ttl: (refresh_interval.as_secs_f64() * 5.0).ceil().max(5.0) as i64,
+            silent: (refresh_interval.as_secs_f64() * 2.0).ceil() as i64 + 1,
             planner: AtomicBool::new(false),
             live: AtomicU32::new(1),
         }
@@ -74,7 +81,7 @@ impl Replicas {
         let result = self.store.blocking_write(|tx| {
             let live =
                 store::replicas::heartbeat(tx, &self.id, self.started_at, self.ttl, self.ttl * 20)?;
-            let epoch = store::replicas::take_lease(tx, PLANNER, &self.id, self.ttl)?;
+            let epoch = store::replicas::take_lease(tx, PLANNER, &self.id, self.ttl, self.silent)?;
             Ok::<_, StoreError>((live, epoch))
         });
         let plans = match result {

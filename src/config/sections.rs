@@ -280,7 +280,7 @@ impl Default for DatabaseSettings {
             pool_size: 8,
             refresh_interval: Duration::from_secs(2),
             signing_lease: Duration::from_secs(10),
-            jwks_stale_limit: Duration::from_secs(15 * 60),
+            jwks_stale_limit: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -357,8 +357,14 @@ impl IssuanceService {
                     () = &mut deadline => return Ok(issuance),
                     // Another server may be driving it: look at the record now and then.
                     () = async {
-                        if self.claims.get().is_some() {
-                            tokio::time::sleep(Duration::from_millis(250)).await
+                        let elsewhere = self.claims.get().is_some()
+                            && !self
+                                .driving
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .contains(id);
+                        if elsewhere {
+                            tokio::time::sleep(Duration::from_millis(500)).await
                         } else {
                             std::future::pending().await
                         }
@@ -480,7 +486,20 @@ impl IssuanceService {
 
     /// Writes the issuance's mutable part and tells waiters it changed.
     async fn save(&self, issuance: &Issuance) -> Result<(), StoreError> {
-        records::save(&self.store, issuance).await?;
+        if let Some(claims) = self.claims() {
+            // Only while this server holds the claim: one whose claim was taken over must not
+            // write over the record its successor keeps.
+            if !records::save_claimed(&self.store, issuance, &claims.holder).await? {
+                tracing::warn!(
+                    issuance = %issuance.id,
+                    "another server took this issuance over; this one's result is not recorded"
+                );
+                self.release(&issuance.id);
+                return Ok(());
+            }
+        } else {
+            records::save(&self.store, issuance).await?;
+        }
         self.announce(issuance);
         Ok(())
     }

@@ -101,6 +101,19 @@ pub(super) async fn save(store: &Arc<Store>, issuance: &Issuance) -> Result<(), 
         .await
 }
 
+/// Writes the mutable part of an issuance if the server `holder` still holds its claim;
+/// whether it did.
+pub(super) async fn save_claimed(
+    store: &Arc<Store>,
+    issuance: &Issuance,
+    holder: &str,
+) -> Result<bool, StoreError> {
+    let (row, holder) = (IssuanceRow::from(issuance), holder.to_owned());
+    store
+        .write(move |tx| store::issuances::save_claimed(tx, &row, &holder))
+        .await
+}
+
 /// Writes the mutable part of an issuance and its audit row, in one transaction, if the
 /// issuance is still in state `from`; returns whether it was. (Two admins resuming at once
 /// resume it once.)

@@ -18,6 +18,10 @@ pub enum NoToken {
     /// No key of the algorithm may sign now; one may from the given time, if known.
     #[error("no {0} key may sign yet")]
     NotYet(Alg, Option<UnixTime>),
+    /// This server cannot reach its database (its view of the key set is past the signing
+    /// lease): not the issuance's fault, and another server may do it meanwhile.
+    #[error("{0}")]
+    Stale(String),
     /// Something else (no partner id, a signing failure).
     #[error("{0}")]
     Unavailable(String),
@@ -62,10 +66,10 @@ impl IssuanceService {
             })
             .map_err(|e| match e {
                 MintError::NotYet { alg, next } => NoToken::NotYet(alg, next),
-                e @ (MintError::NoPartnerId
-                | MintError::Ttl
-                | MintError::Stale(_)
-                | MintError::Signing(_)) => NoToken::Unavailable(e.to_string()),
+                e @ MintError::Stale(_) => NoToken::Stale(e.to_string()),
+                e @ (MintError::NoPartnerId | MintError::Ttl | MintError::Signing(_)) => {
+                    NoToken::Unavailable(e.to_string())
+                }
             })?;
         Ok((minted.token, minted.kid))
     }

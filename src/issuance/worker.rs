@@ -21,6 +21,9 @@ use crate::store::StoreError;
 /// How long a worker waits after a store error before reading its record again.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
+/// How long a worker waits when this server's view of the key set is stale.
+const STALE_RETRY: Duration = Duration::from_secs(2);
+
 impl IssuanceService {
     /// Starts a worker for the issuance `id`, unless one is running.
     pub(super) fn spawn(self: &Arc<Self>, id: String) {
@@ -39,6 +42,7 @@ impl IssuanceService {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&self.1);
+                self.0.release(&self.1);
             }
         }
         let running = Running(self.clone(), id);
@@ -147,6 +151,13 @@ impl IssuanceService {
                 ));
                 self.save(issuance).await?;
                 return Ok(Some(Duration::from_secs(wait as u64)));
+            }
+            Err(NoToken::Stale(_)) => {
+                // Nothing was sent, and nothing can be recorded (the database is away): spend
+                // no attempt, and look again shortly (or leave it to the server that takes the
+                // claim over).
+                issuance.attempts -= 1;
+                return Ok(Some(STALE_RETRY));
             }
             Err(why) => {
                 issuance.last_error = Some(format!("cannot mint a Partner JWT: {why}"));
@@ -326,6 +337,11 @@ impl IssuanceService {
                     },
                     Err(e) => issuance.last_error = Some(format!("status check failed: {e}")),
                 }
+            }
+            Err(NoToken::Stale(_)) => {
+                // As for an attempt: no poll is spent while the database is away.
+                issuance.polls -= 1;
+                return Ok(());
             }
             Err(why) => issuance.last_error = Some(format!("cannot mint a Partner JWT: {why}")),
         }

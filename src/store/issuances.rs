@@ -263,18 +263,26 @@ pub fn set_mac(tx: &Tx<'_>, id: &str, mac: &[u8]) -> Result<(), StoreError> {
 
 /// Claims the unfinished issuance `id` for the server `holder` for `ttl` seconds of the
 /// database's clock, unless another server's claim on it is still running and that server is
-/// still connected (PostgreSQL only: claims are for servers sharing a store); whether it is now
+/// still connected or renewed it less than `silent` seconds ago (PostgreSQL only: claims are
+/// for servers sharing a store); whether it is now
 /// `holder`'s. Writers are serialised, so two servers never both win the same claim.
 #[tracing::instrument(skip_all)]
-pub fn claim(tx: &Tx<'_>, id: &str, holder: &str, ttl: i64) -> Result<bool, StoreError> {
+pub fn claim(
+    tx: &Tx<'_>,
+    id: &str,
+    holder: &str,
+    ttl: i64,
+    silent: i64,
+) -> Result<bool, StoreError> {
     let now = super::replicas::db_now(tx)?;
     let n = tx.execute(
         "UPDATE issuances SET claimed_by = ?2, claimed_until = ?4
          WHERE id = ?1 AND state IN ('queued', 'submitted')
            AND (claimed_by IS NULL OR claimed_by = ?2 OR claimed_until IS NULL
-                OR claimed_until < ?3 OR NOT EXISTS (
-                    SELECT 1 FROM pg_stat_activity WHERE application_name = issuances.claimed_by))",
-        &args![id, holder, now, now + ttl],
+                OR claimed_until < ?3
+                OR (claimed_until < ?5 AND NOT EXISTS (
+                    SELECT 1 FROM pg_stat_activity WHERE application_name = issuances.claimed_by)))",
+        &args![id, holder, now, now + ttl, now + ttl - silent],
     )?;
     Ok(n == 1)
 }
@@ -295,15 +303,38 @@ pub fn renew_claim(tx: &Tx<'_>, id: &str, holder: &str, ttl: i64) -> Result<bool
 /// Unfinished issuances no server's claim covers (their server died or lost the database), at
 /// most `limit`, oldest first (PostgreSQL only).
 #[tracing::instrument(skip_all)]
-pub fn unclaimed(tx: &Tx<'_>, limit: u32) -> Result<Vec<String>, StoreError> {
+pub fn unclaimed(
+    tx: &Tx<'_>,
+    limit: u32,
+    ttl: i64,
+    silent: i64,
+) -> Result<Vec<String>, StoreError> {
     let now = super::replicas::db_now(tx)?;
     tx.query_map(
         "SELECT id FROM issuances
          WHERE state IN ('queued', 'submitted')
-           AND (claimed_until IS NULL OR claimed_until < ?1 OR NOT EXISTS (
-               SELECT 1 FROM pg_stat_activity WHERE application_name = issuances.claimed_by))
+           AND (claimed_until IS NULL OR claimed_until < ?1
+                OR (claimed_until < ?3 AND NOT EXISTS (
+                    SELECT 1 FROM pg_stat_activity WHERE application_name = issuances.claimed_by)))
          ORDER BY created_at LIMIT ?2",
-        &args![now, limit],
+        &args![now, limit, now + ttl - silent],
         |r| r.get(0),
     )
+}
+
+/// Writes the mutable part of an issuance if the server `holder` still holds its claim;
+/// whether it did (a server whose claim was taken over writes nothing).
+#[tracing::instrument(skip_all)]
+pub fn save_claimed(tx: &Tx<'_>, i: &IssuanceRow, holder: &str) -> Result<bool, StoreError> {
+    let mine = tx
+        .query_opt(
+            "SELECT 1 FROM issuances WHERE id = ?1 AND claimed_by = ?2",
+            &args![i.id, holder],
+            |_| Ok(()),
+        )?
+        .is_some();
+    if mine {
+        save(tx, i)?;
+    }
+    Ok(mine)
 }

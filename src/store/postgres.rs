@@ -278,6 +278,15 @@ fn tls_config(tls: Tls, ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfi
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Unavailable(format!("TLS: {e}")))?;
+    if tls == Tls::VerifyCa && ca_file.is_none() {
+        // Any certificate from any public authority would pass: that authenticates nobody.
+        return Err(StoreError::Unavailable(
+            "sslmode=verify-ca checks the certificate's chain but not its name, so it needs the \
+             authority that signs the database's certificate: set KEYHOST_DATABASE_CA_FILE (or \
+             sslrootcert), or use sslmode=verify-full"
+                .to_owned(),
+        ));
+    }
     let verify = matches!(tls, Tls::VerifyCa | Tls::VerifyFull)
         // libpq: with a root certificate given, `require` verifies the chain too.
         || (tls == Tls::Require && ca_file.is_some());
@@ -424,8 +433,35 @@ impl Postgres {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(10));
-        if config.get_application_name().is_none() {
-            config.application_name("keyhost");
+        // Every connection carries this server's id as its application name: while any is
+        // open, `pg_stat_activity` shows the server alive (see `store::replicas`).
+        let instance = instance_id();
+        config.application_name(&instance);
+        // A session that holds the writers' lock and goes quiet (its server frozen or cut off
+        // mid-transaction) must not stall every other replica's writes for long.
+        let session = format!(
+            "{} -c idle_in_transaction_session_timeout=10000",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(session.trim());
+        let loopback = config.get_hosts().iter().all(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => true,
+        });
+        if !loopback
+            && matches!(parsed.tls, Tls::Disable | Tls::Prefer | Tls::Require)
+            && ca.is_none()
+        {
+            tracing::warn!(
+                sslmode = ?parsed.tls,
+                "the database server is not authenticated (sslmode is not verify-full): anyone \
+                 between keyhost and it could pose as it; use sslmode=verify-full"
+            );
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -473,17 +509,11 @@ impl Postgres {
             changes: Arc::new(AtomicI64::new(0)),
             changed: Arc::new(Notify::new()),
             stopping: Arc::new(AtomicBool::new(false)),
-            instance: instance_id(),
+            instance,
         };
         let schema = store.migrate()?;
         store.location = format!("{} (schema {schema})", store.location);
-        // The listening connection carries this server's id as its application name: while it
-        // is connected, `pg_stat_activity` shows the server alive, so the others never take its
-        // leases and claims, and once it is gone (a killed process's connections close at once)
-        // they need not wait for them to run out.
-        let mut listener = config;
-        listener.application_name(&store.instance);
-        store.listen(listener, tls, schema);
+        store.listen(config, tls, schema);
         Ok(store)
     }
 
@@ -581,6 +611,7 @@ impl Postgres {
         );
         let prefix = format!("{schema}:");
         let mut first = true;
+        let mut warned = false;
         self.handle.spawn(async move {
             while !stopping.load(Ordering::SeqCst) {
                 match config.connect(tls.clone()).await {
@@ -602,6 +633,7 @@ impl Postgres {
                             .await
                             .is_ok()
                         {
+                            warned = false;
                             // Whatever was missed while not listening is re-read in full.
                             if !first {
                                 changes.fetch_add(1, Ordering::SeqCst);
@@ -619,7 +651,15 @@ impl Postgres {
                         tracing::warn!("lost the database connection that listens for changes");
                     }
                     Err(e) => {
-                        tracing::debug!(error = %describe(&e), "cannot listen for changes yet");
+                        // Once per outage: the periodic re-read keeps the views current meanwhile.
+                        if !first && !warned {
+                            tracing::warn!(
+                                error = %describe(&e),
+                                "cannot listen for changes from other replicas; re-reading every \
+                                 refresh interval until the connection is back"
+                            );
+                            warned = true;
+                        }
                     }
                 }
                 first = false;
@@ -654,20 +694,31 @@ impl Postgres {
         write: bool,
         f: impl FnOnce(&PgTx) -> Result<(R, Vec<Topic>), E>,
     ) -> Result<R, E> {
-        let client = self.client()?;
         let begin = if write {
             format!(
-                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '15s';
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '5s';
                  SELECT pg_advisory_xact_lock(hashtext(current_schema()), {LOCK_WRITE})"
             )
         } else {
             "BEGIN ISOLATION LEVEL REPEATABLE READ".to_owned()
         };
-        wait(client.batch_execute(&begin)).map_err(StoreError::from)?;
+        // The transaction exists before BEGIN is sent: should BEGIN fail half-way (the writers'
+        // lock not granted in time), dropping it rolls back what did start, so the connection
+        // never returns to the pool inside a failed transaction.
         let mut tx = PgTx {
-            client: Some(client),
+            client: Some(self.client()?),
+            failed: std::cell::Cell::new(false),
         };
+        wait(tx.client().batch_execute(&begin)).map_err(StoreError::from)?;
         let (value, topics) = f(&tx)?;
+        if tx.failed.get() {
+            // A statement failed and the operation carried on: PostgreSQL has aborted the
+            // transaction, and its COMMIT would silently roll back. Say so instead.
+            return Err(StoreError::Interrupted(
+                "a statement of the transaction failed, so none of it was kept".to_owned(),
+            )
+            .into());
+        }
         let client = tx.client.take().expect("open");
         let committed = (|| {
             for topic in topics {
@@ -690,6 +741,8 @@ impl Postgres {
 /// An open PostgreSQL transaction; rolled back if dropped before its commit.
 pub(crate) struct PgTx {
     client: Option<Object>,
+    /// Set when a statement failed outside a savepoint (the transaction is aborted).
+    failed: std::cell::Cell<bool>,
 }
 
 impl Drop for PgTx {
@@ -746,7 +799,10 @@ impl PgTx {
                 let stmt = client.prepare_cached(&sql).await?;
                 client.query(&stmt, &params).await
             })
-            .map_err(Into::into);
+            .map_err(|e| {
+                self.failed.set(true);
+                e.into()
+            });
         }
         // A statement that writes undoes only itself when it fails (SQLite's behaviour).
         wait(async {
@@ -764,9 +820,13 @@ impl PgTx {
                     Ok(rows)
                 }
                 Err(e) => {
-                    client
+                    if client
                         .batch_execute("ROLLBACK TO SAVEPOINT keyhost_statement")
-                        .await?;
+                        .await
+                        .is_err()
+                    {
+                        self.failed.set(true);
+                    }
                     Err(e)
                 }
             }
@@ -800,9 +860,13 @@ impl PgTx {
                     Ok(usize::try_from(n).unwrap_or(usize::MAX))
                 }
                 Err(e) => {
-                    client
+                    if client
                         .batch_execute("ROLLBACK TO SAVEPOINT keyhost_statement")
-                        .await?;
+                        .await
+                        .is_err()
+                    {
+                        self.failed.set(true);
+                    }
                     Err(e)
                 }
             }

@@ -20,8 +20,9 @@ pub fn db_now(tx: &Tx<'_>) -> Result<UnixTime, StoreError> {
 }
 
 /// Takes or renews the lease `name` for `holder` until `now + ttl`, if it is free, expired,
-/// already `holder`'s, or its holder has no connection to the database any more (PostgreSQL
-/// only: the servers that share a store are PostgreSQL's); the lease's epoch (a new one each time it changes hands), or `None` if
+/// already `holder`'s, or its holder has no connection to the database any more and has not
+/// renewed it for `silent` seconds (PostgreSQL only: the servers that share a store are
+/// PostgreSQL's); the lease's epoch (a new one each time it changes hands), or `None` if
 /// another server holds it.
 #[tracing::instrument(skip_all)]
 pub fn take_lease(
@@ -29,6 +30,7 @@ pub fn take_lease(
     name: &str,
     holder: &str,
     ttl: i64,
+    silent: i64,
 ) -> Result<Option<i64>, StoreError> {
     let now = db_now(tx)?;
     tx.query_opt(
@@ -38,10 +40,11 @@ pub fn take_lease(
                           ELSE leases.epoch + 1 END,
              holder = excluded.holder,
              expires_at = excluded.expires_at
-         WHERE leases.holder = excluded.holder OR leases.expires_at < ?3 OR NOT EXISTS (
-             SELECT 1 FROM pg_stat_activity WHERE application_name = leases.holder)
+         WHERE leases.holder = excluded.holder OR leases.expires_at < ?3
+            OR (leases.expires_at < ?5 AND NOT EXISTS (
+                SELECT 1 FROM pg_stat_activity WHERE application_name = leases.holder))
          RETURNING epoch",
-        &args![name, holder, now, now + ttl],
+        &args![name, holder, now, now + ttl, now + ttl - silent],
         |r| r.get(0),
     )
 }

@@ -63,10 +63,9 @@ async fn tls_to_the_database_verifies_the_server_as_sslmode_asks() {
         return;
     };
     let url = crate::pg::url_for(dir.path());
-    let name = format!("keyhost_tls_{}", std::process::id());
     let config_for = |url: String, ca: Option<&std::path::Path>| {
         let mut c = test_config(dir.path());
-        c.database.url = Some(with_param(&url, &format!("application_name={name}")).into());
+        c.database.url = Some(url.into());
         c.database.ca_file = ca.map(Into::into);
         c
     };
@@ -76,10 +75,11 @@ async fn tls_to_the_database_verifies_the_server_as_sslmode_asks() {
     let app = starts(config_for(localhost.clone(), Some(&cert)))
         .await
         .expect("verify-full with the server's CA and its name");
+    let instance = app.state().store.instance().unwrap().to_owned();
     let encrypted = db.query_i64(
         "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
          WHERE application_name = ?1 AND ssl",
-        &[Value::Text(name.clone())],
+        &[Value::Text(instance)],
     );
     assert!(encrypted >= 1, "the connections are encrypted");
     drop(app);
@@ -91,12 +91,18 @@ async fn tls_to_the_database_verifies_the_server_as_sslmode_asks() {
         .err()
         .expect("a name the certificate does not carry is refused");
     assert!(format!("{err:#}").contains("not valid for name"), "{err:#}");
-    // verify-ca checks the chain only.
+    // verify-ca checks the chain only, so it needs the authority named: any publicly trusted
+    // certificate would pass otherwise.
     let chain_only = with_param(&with_host(&url, "127.0.0.1"), "sslmode=verify-ca");
     drop(
-        starts(config_for(chain_only, Some(&cert)))
+        starts(config_for(chain_only.clone(), Some(&cert)))
             .await
             .expect("verify-ca"),
+    );
+    let err = starts(config_for(chain_only, None)).await.err().unwrap();
+    assert!(
+        format!("{err:#}").contains("KEYHOST_DATABASE_CA_FILE"),
+        "{err:#}"
     );
 
     // Another authority: refused, whatever the name.
