@@ -805,19 +805,31 @@ impl PgTx {
             });
         }
         // A statement that writes undoes only itself when it fails (SQLite's behaviour).
+        self.undone_alone_on_failure(async {
+            let stmt = client.prepare_cached(&sql).await?;
+            client.query(&stmt, &params).await
+        })
+    }
+
+    /// Runs `statement` (sent right after a savepoint, in one round trip) so that when it fails
+    /// only it is undone and the transaction goes on, as a failed statement does on SQLite.
+    fn undone_alone_on_failure<T>(
+        &self,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        let client = self.client();
         wait(async {
-            let (saved, result) =
-                futures_util::join!(client.batch_execute("SAVEPOINT keyhost_statement"), async {
-                    let stmt = client.prepare_cached(&sql).await?;
-                    client.query(&stmt, &params).await
-                });
+            let (saved, result) = futures_util::join!(
+                client.batch_execute("SAVEPOINT keyhost_statement"),
+                statement
+            );
             saved?;
             match result {
-                Ok(rows) => {
+                Ok(value) => {
                     client
                         .batch_execute("RELEASE SAVEPOINT keyhost_statement")
                         .await?;
-                    Ok(rows)
+                    Ok(value)
                 }
                 Err(e) => {
                     if client
@@ -839,39 +851,15 @@ impl PgTx {
     }
 
     pub(super) fn execute(&self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
-        // `query` rather than `execute`: the count of a statement without RETURNING is not in
-        // its rows, so ask the server for it.
         let client = self.client();
         let sql = dollar_placeholders(sql);
         let params: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        wait(async {
-            let (saved, result) =
-                futures_util::join!(client.batch_execute("SAVEPOINT keyhost_statement"), async {
-                    let stmt = client.prepare_cached(&sql).await?;
-                    client.execute(&stmt, &params).await
-                });
-            saved?;
-            match result {
-                Ok(n) => {
-                    client
-                        .batch_execute("RELEASE SAVEPOINT keyhost_statement")
-                        .await?;
-                    Ok(usize::try_from(n).unwrap_or(usize::MAX))
-                }
-                Err(e) => {
-                    if client
-                        .batch_execute("ROLLBACK TO SAVEPOINT keyhost_statement")
-                        .await
-                        .is_err()
-                    {
-                        self.failed.set(true);
-                    }
-                    Err(e)
-                }
-            }
-        })
-        .map_err(Into::into)
+        let n = self.undone_alone_on_failure(async {
+            let stmt = client.prepare_cached(&sql).await?;
+            client.execute(&stmt, &params).await
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }
 

@@ -372,6 +372,34 @@ fn replica_process(dir: &std::path::Path, extra: &[(&str, &str)]) -> Process {
     Process::start(&env, &[])
 }
 
+/// Creates an API client through the admin API at `internal`; its API key.
+async fn create_client(http: &reqwest::Client, internal: &str) -> String {
+    let client: Value = http
+        .post(format!("{internal}/admin/clients"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "app", "scopes": ["issue"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    client["apiKey"].as_str().unwrap().to_owned()
+}
+
+/// `POST /v1/tokens` at `internal` with `api_key`.
+async fn mint(
+    http: &reqwest::Client,
+    internal: &str,
+    api_key: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{internal}/v1/tokens"))
+        .bearer_auth(api_key)
+        .json(&json!({"email": "u@example.com"}))
+        .send()
+        .await
+}
+
 /// The pid of the replica holding the planner's lease.
 fn planner_pid(db: &RawDb) -> Option<u32> {
     let holder = db.try_query_string("SELECT holder FROM leases WHERE name = 'planner'", &[])?;
@@ -452,17 +480,7 @@ async fn when_the_planner_is_killed_another_takes_over_and_one_successor_is_gene
     let http = reqwest::Client::new();
     let first = admin_keys(&http, &servers[0].internal).await;
     assert_eq!(first.len(), 1);
-    let client: Value = http
-        .post(format!("{}/admin/clients", servers[0].internal))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "app", "scopes": ["issue"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api_key = client["apiKey"].as_str().unwrap().to_owned();
+    let api_key = create_client(&http, &servers[0].internal).await;
 
     // Kill the planner just before the successor falls due (4 s after the first key).
     let planner = planner_pid(&db).expect("a planner holds the lease");
@@ -476,13 +494,7 @@ async fn when_the_planner_is_killed_another_takes_over_and_one_successor_is_gene
     let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         for s in &servers {
-            let res = http
-                .post(format!("{}/v1/tokens", s.internal))
-                .bearer_auth(&api_key)
-                .json(&json!({"email": "u@example.com"}))
-                .send()
-                .await
-                .unwrap();
+            let res = mint(&http, &s.internal, &api_key).await.unwrap();
             if res.status() == 200 {
                 tokens.push(
                     res.json::<Value>().await.unwrap()["token"]
@@ -524,13 +536,7 @@ async fn when_the_planner_is_killed_another_takes_over_and_one_successor_is_gene
     for s in &servers {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let res = http
-                .post(format!("{}/v1/tokens", s.internal))
-                .bearer_auth(&api_key)
-                .json(&json!({"email": "u@example.com"}))
-                .send()
-                .await
-                .unwrap();
+            let res = mint(&http, &s.internal, &api_key).await.unwrap();
             assert_eq!(res.status(), 200);
             let token = res.json::<Value>().await.unwrap()["token"]
                 .as_str()
@@ -577,17 +583,7 @@ async fn an_issuance_whose_replica_dies_before_air_kit_answers_is_completed_by_a
         .map(|_| replica_process(dir.path(), &issuing))
         .collect();
     let http = reqwest::Client::new();
-    let client: Value = http
-        .post(format!("{}/admin/clients", a.internal))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "app", "scopes": ["issue"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = client["apiKey"].as_str().unwrap();
+    let key = create_client(&http, &a.internal).await;
     let res = http
         .post(format!("{}/v1/credentials/issue-on-behalf", a.internal))
         .bearer_auth(key)
@@ -647,17 +643,7 @@ async fn a_crash_loop_leaves_every_token_verifiable_and_none_signed_early() {
     let dir = tempfile::tempdir().unwrap();
     let mut servers: Vec<Process> = (0..3).map(|_| replica_process(dir.path(), FAST)).collect();
     let http = reqwest::Client::new();
-    let client: Value = http
-        .post(format!("{}/admin/clients", servers[0].internal))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "app", "scopes": ["issue"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api_key = client["apiKey"].as_str().unwrap().to_owned();
+    let api_key = create_client(&http, &servers[0].internal).await;
     let kills: usize = std::env::var("KEYHOST_REPLICA_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -674,12 +660,7 @@ async fn a_crash_loop_leaves_every_token_verifiable_and_none_signed_early() {
         let until = Instant::now() + Duration::from_millis(500 + rand(1500) as u64);
         while Instant::now() < until {
             for s in &servers {
-                if let Ok(res) = http
-                    .post(format!("{}/v1/tokens", s.internal))
-                    .bearer_auth(&api_key)
-                    .json(&json!({"email": "u@example.com"}))
-                    .send()
-                    .await
+                if let Ok(res) = mint(&http, &s.internal, &api_key).await
                     && res.status() == 200
                 {
                     tokens.push(
