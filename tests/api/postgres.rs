@@ -267,7 +267,14 @@ async fn migrate_to_copies_an_sqlite_store_into_postgres_and_serves_the_same_kid
     );
     let (dir, clock) = app.stop().await;
 
-    let out = keyhost(dir.path(), &["migrate", "--to", &target], &[]);
+    // The URL from a file (its password then stays out of the process list).
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, format!("{target}\n")).unwrap();
+    let out = keyhost(
+        dir.path(),
+        &["migrate", "--to-file", url_file.to_str().unwrap()],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",
