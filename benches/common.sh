@@ -236,9 +236,10 @@ pg_create_schema() {
         || die "could not create schema $PG_SCHEMA"
     local sep='?'
     case "$PG_BASE_URL" in *\?*) sep='&' ;; esac
+    # PG_OPTIONS: more `-c name=value` settings for keyhost's sessions, URL-encoded.
     case "$PG_BASE_URL" in
-        *sslmode=*) PG_URL="$PG_BASE_URL${sep}options=-c%20search_path%3D$PG_SCHEMA" ;;
-        *) PG_URL="$PG_BASE_URL${sep}sslmode=disable&options=-c%20search_path%3D$PG_SCHEMA" ;;
+        *sslmode=*) PG_URL="$PG_BASE_URL${sep}options=-c%20search_path%3D$PG_SCHEMA${PG_OPTIONS:-}" ;;
+        *) PG_URL="$PG_BASE_URL${sep}sslmode=disable&options=-c%20search_path%3D$PG_SCHEMA${PG_OPTIONS:-}" ;;
     esac
     log "PostgreSQL schema $PG_SCHEMA"
 }

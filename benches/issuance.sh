@@ -14,6 +14,14 @@
 #                default postgres://postgres@127.0.0.1:5432/test, dropped at the end), or `both`
 #   LOADGEN      `wrk` (default), `oha`, or `both` (each scenario with each, back to back)
 #   QUIET_LOAD, QUIET_WAIT: see benches/common.sh
+#   PG_STATEMENT_LOG
+#                path of the PostgreSQL server's log file (readable by this script; the server
+#                must log to it, e.g. /var/log/postgresql/postgresql-15-main.log on Debian):
+#                keyhost's own sessions then log every statement with its duration
+#                (`log_min_duration_statement=0`, set in the connection's options, which needs a
+#                superuser), and the report adds a profile of the store's work per issuance:
+#                transactions, round trips, time waiting for the write lock and holding it, and
+#                the time keyhost took between two statements of one write transaction
 #
 # It builds keyhost in release mode, starts the emulator (`keyhost airkit-emulator`, on-chain
 # delay 0) and keyhost pointed at it (one emulator per keyhost, each trusting its keyhost's
@@ -24,8 +32,8 @@
 #       its store (SQLite: synchronous=FULL, so each record is on disk before AIR Kit is called;
 #       PostgreSQL: committed), mints a fresh JWT, calls the emulator, records the answer, and
 #       polls the status to ONCHAIN in the background; once per store.
-# Between two proxy runs it waits until no issuance of the previous one is still being followed,
-# so that one run's background polls do not weigh on the next. Prints req/s and p50/p99 of each,
+# After each proxy run it waits (at most SETTLE seconds, default 20) until no issuance of it is
+# still being followed, so that one run's background polls weigh little on the next. Prints req/s and p50/p99 of each,
 # the latency the proxy adds at p50 and p99, and the CPU time per issuance of keyhost, the
 # emulator and the PostgreSQL server (all its clients). Needs cargo, curl, python3, and wrk or oha
 # (installed when missing: wrk from apt, oha with `cargo install oha --locked`).
@@ -91,6 +99,10 @@ start() {
     local public=127.0.0.1:$((19080 + 2 * i)) internal=127.0.0.1:$((19081 + 2 * i)) emulator=127.0.0.1:$((19090 + i))
     local db=(-u KEYHOST_DATABASE_URL -u KEYHOST_DATABASE_URL_FILE)
     if [ "$store" = postgres ]; then
+        if [ -n "${PG_STATEMENT_LOG:-}" ]; then
+            [ -r "$PG_STATEMENT_LOG" ] || die "PG_STATEMENT_LOG=$PG_STATEMENT_LOG is not readable"
+            PG_OPTIONS="%20-c%20log_min_duration_statement%3D0"
+        fi
         pg_create_schema
         db=(-u KEYHOST_DATABASE_URL_FILE KEYHOST_DATABASE_URL="$PG_URL")
     fi
@@ -129,10 +141,12 @@ SUBJECT='{"kycVerified":true,"kycLevel":"basic"}'
 PG_PIDS=
 if [ "$STORE" != sqlite ]; then PG_PIDS=$(postgres_pids); fi
 
-# settle STORE: waits (at most 60 s) until no issuance is queued or submitted.
+# settle STORE: waits (at most SETTLE seconds, default 20) until no issuance is queued or
+# submitted. (Status polls back off from 1 s to 30 s, so after a long run the last few can take
+# minutes; those that remain are light.)
 settle() {
-    local store=$1 state n
-    for _ in $(seq 600); do
+    local store=$1 state n deadline=$((SECONDS + ${SETTLE:-20}))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         n=0
         for state in queued submitted; do
             n=$((n + $(curl -fsS "${INTERNAL[$store]}/admin/issuances?state=$state&limit=1" \
@@ -140,9 +154,9 @@ settle() {
                 python3 -c 'import json,sys; print(len(json.load(sys.stdin)["issuances"]))')))
         done
         [ "$n" = 0 ] && return 0
-        sleep 0.1
+        sleep 0.5
     done
-    log "issuances on $store still being followed after 60 s"
+    log "issuances on $store still being followed after ${SETTLE:-20} s; going on"
 }
 
 # measure NAME GEN STORE URL HEADER BODY: run_load plus CPU per party ("keyhost emulator postgres").
@@ -157,6 +171,7 @@ measure() {
 }
 
 wait_quiet
+if [ -n "${PG_STATEMENT_LOG:-}" ]; then LOG_START=$(wc -l <"$PG_STATEMENT_LOG"); fi
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
     for gen in "${GENS[@]}"; do
@@ -172,6 +187,11 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -n "${PG_STATEMENT_LOG:-}" ]; then
+    # Only keyhost's sessions log every statement; other sessions' slow statements would show
+    # as lines without this run's schema in their transactions, and are rare.
+    tail -n +"$((LOG_START + 1))" "$PG_STATEMENT_LOG" | grep ' duration: ' >"$TMP/statements" || true
+fi
 
 : >"$TMP/onchain"
 for store in "${STORES[@]}"; do
@@ -222,6 +242,49 @@ for gen in loadgen.split():
         ratio = [a["rps"] / b["rps"] for a, b in zip(res["proxy-postgres"], res["proxy-sqlite"])]
         print(f"- PostgreSQL / SQLite issuances/s: {med(ratio):.2f} (rounds: "
               + ", ".join(f"{r:.2f}" for r in ratio) + ")")
+import os
+if os.path.exists(f"{tmp}/statements"):
+    import datetime, re
+    issued = sum(int(open(f"{tmp}/proxy-postgres.{g}.{r}.result").read().split()[5])
+                 for g in loadgen.split() for r in rounds)
+    begin_w, hold, wait, gaps, commits, trips, reads = {}, [], [], [], [], [], 0
+    last, in_tx = {}, {}
+    for line in open(f"{tmp}/statements"):
+        m = re.match(r"(\S+ \S+) \S+ \[(\d+)\].*duration: ([\d.]+) ms  (\w+)[^:]*: (.*)", line)
+        if not m:
+            continue
+        end = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp() * 1000
+        pid, took, kind, text = m.group(2), float(m.group(3)), m.group(4), m.group(5)
+        if kind in ("parse", "bind"):
+            continue  # the extended protocol's parse/bind/execute go in one round trip
+        if pid in begin_w:
+            gaps.append(end - took - last[pid])
+            trips[-1] += 1
+        last[pid] = end
+        if text.startswith("BEGIN ISOLATION LEVEL READ COMMITTED"):
+            begin_w[pid] = end
+            wait.append(took)
+            trips.append(1)
+        elif text.startswith("COMMIT") and pid in begin_w:
+            hold.append(end - begin_w.pop(pid))
+            commits.append(took)
+        elif text.startswith("ROLLBACK"):
+            begin_w.pop(pid, None)
+        elif text.startswith("BEGIN"):
+            reads += 1
+    q = lambda a, p: sorted(a)[round((len(a) - 1) * p)] if a else float("nan")
+    per = max(issued, 1)
+    print(f"\n### PostgreSQL statement profile ({issued:,} issuances through keyhost on PostgreSQL)\n")
+    print(f"- write transactions: {len(hold):,} ({len(hold) / per:.1f} per issuance, background polls and "
+          f"claims included), {q(trips, 0.5)} round trips each (median); read transactions: {reads / per:.1f} per issuance")
+    print(f"- waiting for the write lock (the BEGIN batch): p50 {q(wait, 0.5):.2f} ms, p90 {q(wait, 0.9):.2f} ms, "
+          f"p99 {q(wait, 0.99):.2f} ms; {sum(wait) / per:.1f} ms per issuance in all")
+    print(f"- holding it (BEGIN to COMMIT): p50 {q(hold, 0.5):.2f} ms, p90 {q(hold, 0.9):.2f} ms, p99 "
+          f"{q(hold, 0.99):.2f} ms; {sum(hold) / per:.1f} ms per issuance, which bounds the rate at "
+          f"{1000 * per / max(sum(hold), 1):.0f} issuances/s")
+    print(f"- of the holding: COMMIT {sum(commits) / max(sum(hold), 1) * 100:.0f} % (p50 {q(commits, 0.5):.2f} ms), "
+          f"keyhost's time between two statements {sum(gaps) / max(sum(hold), 1) * 100:.0f} % "
+          f"(p50 {q(gaps, 0.5):.2f} ms, p90 {q(gaps, 0.9):.2f} ms, p99 {q(gaps, 0.99):.2f} ms)")
 print()
 for line in open(f"{tmp}/onchain"):
     s, onchain, *others = line.split()

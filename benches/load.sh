@@ -63,9 +63,10 @@
 # host. Row (e) shows the same scenario with the other policy, so the effect is visible in
 # every run. Compare rows with each other, not with figures from other machines.
 #
-# Why wrk by default: it spends about a third of oha's CPU per request (see the loadgen column),
-# and every cycle it does not use is left to the server on the same two cores. oha is kept as a
-# second opinion (LOADGEN=oha, or both).
+# Why wrk by default: it spends about half of oha's CPU per request (7 against 14 µs per JWKS
+# request here; the report's load-generator column shows it in every run), and every cycle it
+# does not use is left to the server on the same two cores. oha is kept as a second opinion
+# (LOADGEN=oha, or both).
 #
 # Requirements: cargo, curl, python3; openssl and chrt (util-linux) are optional. Missing
 # tools are installed: wrk, nginx, psql (postgresql-client) from apt, oha with
