@@ -397,7 +397,6 @@ EOF
 {
 	admin off
 	auto_https off
-	persist_config off
 }
 
 http://$LB_PUBLIC {
@@ -426,7 +425,9 @@ EOF
         LB_PID=$!
     fi
     if ! wait_http "http://$LB_PUBLIC$JWKS_PATH" 15 "$LB_PID" balancer; then
-        cat "$TMP/lb/error.log" "$TMP/lb/caddy.log" 2>/dev/null >&2 || true
+        for f in "$TMP/lb/error.log" "$TMP/lb/caddy.log"; do
+            [ -f "$f" ] && tail -n 20 "$f" >&2
+        done
         die "the balancer did not start"
     fi
     mint_ok "http://$LB_INTERNAL" "${TARGET_KEY[postgres]}" ES256 || die "minting through the balancer failed"
