@@ -162,9 +162,9 @@ groups = [
     ("clock and timers", lambda dso, sym: re.search(r"clock_gettime|read_tsc|runtime::time|TokioTimer|Sleep|timer", sym)),
     ("tokio scheduler, I/O driver, sync", lambda dso, sym: re.search(r"tokio::|mio::|epoll", sym)),
     ("hyper (HTTP/1 parsing, encoding, dispatch)", lambda dso, sym: "hyper" in sym),
-    ("axum, tower, tower-http (routing, layers)", lambda dso, sym: re.search(r"axum|tower|matchit", sym)),
+    ("axum, tower, tower-http (routing, layers, the handler)", lambda dso, sym: re.search(r"axum|tower|matchit", sym)),
+    ("keyhost's own code (accept loop, connection)", lambda dso, sym: "keyhost::" in sym),
     ("http, bytes (header maps, buffers)", lambda dso, sym: re.search(r"\bhttp::|bytes::", sym)),
-    ("keyhost's own code", lambda dso, sym: "keyhost::" in sym),
     ("nginx's own code", lambda dso, sym: dso == "nginx"),
 ]
 print("\n### where the samples go (share of the server's samples, and µs per request)\n")
