@@ -98,8 +98,10 @@ impl Lifecycle {
             // Clients first and regardless of the key steps: a client disabled from the CLI must
             // stop minting even while the key lifecycle is failing.
             let clients_result = clients.reload(&store);
-            let refreshed = live.refresh(&keys);
-            if refreshed.is_ok() && clients_result.is_ok() {
+            // On a shared store the keys are read before the writes too (SQLite has one writer:
+            // its round reads once, after them, as it always has).
+            let early = replicas.shared().then(|| live.refresh(&keys));
+            if matches!(early, Some(Ok(()))) && clients_result.is_ok() {
                 // The view is as recent as this read: the signing lease runs from here.
                 live.mark_read(started);
             }
@@ -116,14 +118,17 @@ impl Lifecycle {
             // The in-memory keys follow the store even when planning failed: the store is
             // consistent either way (each plan is one transaction), and a key revoked meanwhile
             // must stop signing.
+            let planned = matches!(plans, Ok(true));
             let report = match plans {
-                Ok(true) => keys.tick(actor).and_then(|report| {
-                    // What the round changed reaches the views at once.
-                    live.refresh(&keys)?;
-                    Ok(report)
-                }),
+                Ok(true) => keys.tick(actor),
                 Ok(false) => Ok(TickReport::default()),
                 Err(e) => Err(e.into()),
+            };
+            // What the round changed reaches the views at once (the in-memory keys follow the
+            // store even when planning failed).
+            let refreshed = match early {
+                Some(early) if !planned => early,
+                _ => live.refresh(&keys),
             };
             let report = report?;
             refreshed?;
