@@ -126,8 +126,11 @@ impl Lifecycle {
             };
             // What the round changed reaches the views at once (the in-memory keys follow the
             // store even when planning failed).
+            let changed = report.as_ref().map_or(true, |r| !r.applied.is_empty());
             let refreshed = match early {
-                Some(early) if !planned => early,
+                // Nothing the views hold changed since the early read (served time is not in
+                // them): no second read of the keys.
+                Some(early) if !planned || !changed => early,
                 _ => live.refresh(&keys),
             };
             let report = report?;
