@@ -16,7 +16,7 @@ pub struct AuditView {
     /// When, RFC 3339.
     #[schema(format = DateTime)]
     pub at: String,
-    /// Who: `admin-api`, `cli:<user>`, `client:<id>`, `scheduler`, `webhook`, `system`.
+    /// Who: `admin:<name>`, `admin:bootstrap`, `cli:<user>`, `client:<id>`, `scheduler`, `webhook`, `system`.
     pub actor: String,
     /// What, e.g. `key.activate`, `client.create`.
     pub action: String,

@@ -45,7 +45,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
         .expect("SHA-256 is 32 bytes")
 }
 
-fn random_b64(n: usize) -> Zeroizing<String> {
+pub(crate) fn random_b64(n: usize) -> Zeroizing<String> {
     let mut raw = Zeroizing::new(vec![0u8; n]);
     SystemRandom::new()
         .fill(&mut raw)
@@ -109,8 +109,8 @@ pub enum AuthError {
     /// The credential does not match.
     #[error("invalid credentials")]
     Invalid,
-    /// The client exists but was disabled.
-    #[error("this API client has been disabled")]
+    /// The client or admin credential exists but was disabled.
+    #[error("this credential has been disabled")]
     Disabled,
 }
 
@@ -148,21 +148,15 @@ impl ClientRegistry {
     /// Replaces the clients with those of `found` whose rows pass their integrity check; the
     /// others are left out and reported.
     pub fn load(&self, found: Rows<ClientRow>) {
-        let (rows, forged): (Vec<_>, Vec<_>) =
-            found.rows.into_iter().partition(|r| self.auth.client_ok(r));
-        let failing = forged.len() + found.unreadable.len();
-        self.auth.failures.table("clients").set(failing as i64);
+        let (rows, failing) = self
+            .auth
+            .authentic("clients", found, RowAuth::client_ok, |r| r.id.as_str());
         static REPORTS: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(60));
-        if failing > 0
+        if !failing.is_empty()
             && let Some(suppressed) = REPORTS.allow()
         {
-            let ids: Vec<&str> = forged
-                .iter()
-                .map(|r| r.id.as_str())
-                .chain(found.unreadable.iter().map(|u| u.id.as_str()))
-                .collect();
             tracing::error!(
-                clients = %ids.join(", "),
+                clients = %failing.join(", "),
                 suppressed,
                 "client rows fail their integrity check (written by something without the master \
                  key): their keys are refused; disable them once you have found how they got there"

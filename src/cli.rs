@@ -50,6 +50,13 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Create, list and disable named admin credentials (the audit trail names each change's
+    /// admin).
+    Admins {
+        /// Admin command.
+        #[command(subcommand)]
+        command: AdminsCommand,
+    },
     /// Mint tokens locally (operators).
     Token {
         /// Token command.
@@ -134,6 +141,27 @@ pub enum ClientsCommand {
     Disable {
         /// Client id.
         id: String,
+    },
+}
+
+/// `keyhost admins ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminsCommand {
+    /// Create a named admin credential; its token is printed once.
+    Create {
+        /// Who holds it, e.g. `alice` (a-z, 0-9, `.`, `_`, `-`; never reused).
+        #[arg(long)]
+        name: String,
+        /// `reader` (may only read) or `operator` (may do everything).
+        #[arg(long, value_enum)]
+        role: crate::admins::Role,
+    },
+    /// List named admin credentials and the bootstrap token's state.
+    List,
+    /// Disable a named credential, or the bootstrap token (`bootstrap`).
+    Disable {
+        /// Admin name, or `bootstrap`.
+        name: String,
     },
 }
 
@@ -385,6 +413,29 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     let view = wait.block_on(clients.disable(&id, &actor))?;
                     print(&json!({ "client": view }))?;
                 }
+            }
+        }
+        Command::Admins { command } => {
+            let admins = crate::admins::AdminService::new(
+                store.clone(),
+                keys.row_auth().clone(),
+                clock.clone(),
+                None,
+            );
+            let wait = tokio::runtime::Handle::current();
+            match command {
+                AdminsCommand::Create { name, role } => {
+                    let (view, token) = wait.block_on(admins.create(&name, role, &actor))?;
+                    let mut out = serde_json::to_value(&view)?;
+                    out["token"] = json!(token.expose_secret());
+                    print(&out)?;
+                }
+                AdminsCommand::List => {
+                    print(&serde_json::to_value(wait.block_on(admins.list())?)?)?
+                }
+                AdminsCommand::Disable { name } => print(&serde_json::to_value(
+                    wait.block_on(admins.disable(&name, &actor))?,
+                )?)?,
             }
         }
         Command::Token {

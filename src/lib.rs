@@ -5,6 +5,7 @@
 //! serves the JWKS, and mints short-lived Partner JWTs for internal applications.
 #![forbid(unsafe_code)]
 
+pub mod admins;
 pub mod airkit;
 pub mod audit;
 pub mod auth;

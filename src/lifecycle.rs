@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, Notify, watch};
 
+use crate::admins::AdminRegistry;
 use crate::auth::ClientRegistry;
 use crate::keys::planner::RESCHEDULE_TOLERANCE;
 use crate::keys::service::Rotated;
@@ -44,6 +45,7 @@ pub struct Lifecycle {
     keys: Arc<KeyService>,
     live: Arc<LiveKeys>,
     clients: Arc<ClientRegistry>,
+    admins: Arc<AdminRegistry>,
     store: Arc<Store>,
     replicas: Arc<Replicas>,
     refresh_interval: Duration,
@@ -58,6 +60,7 @@ impl Lifecycle {
         keys: Arc<KeyService>,
         live: Arc<LiveKeys>,
         clients: Arc<ClientRegistry>,
+        admins: Arc<AdminRegistry>,
         store: Arc<Store>,
         replicas: Arc<Replicas>,
         refresh_interval: Duration,
@@ -66,6 +69,7 @@ impl Lifecycle {
             keys,
             live,
             clients,
+            admins,
             store,
             replicas,
             refresh_interval,
@@ -81,23 +85,25 @@ impl Lifecycle {
 
     /// Applies every due transition, then rebuilds the JWKS, signing keys and clients from the
     /// store. Returns what was applied and when to look again.
-    pub async fn settle(&self, actor: &'static str) -> Result<TickReport, KeyError> {
+    pub async fn settle(&self, actor: &str) -> Result<TickReport, KeyError> {
         let _serial = self.serial.lock().await;
-        let (keys, live, clients, store, replicas) = (
+        let (keys, live, clients, admins, store, replicas) = (
             self.keys.clone(),
             self.live.clone(),
             self.clients.clone(),
+            self.admins.clone(),
             self.store.clone(),
             self.replicas.clone(),
         );
+        let actor = actor.to_owned();
         off_thread(move || {
             // Reads first: the views follow the store, and the signing lease is renewed, even
             // while writes wait (the writers' lock is shared by every replica, and one of them
             // may hold it for a while).
             let started = Instant::now();
-            // Clients first and regardless of the key steps: a client disabled from the CLI must
-            // stop minting even while the key lifecycle is failing.
-            let clients_result = clients.reload(&store);
+            // Credentials first and regardless of the key steps: a client or admin disabled from
+            // the CLI must stop working even while the key lifecycle is failing.
+            let clients_result = clients.reload(&store).and_then(|()| admins.reload(&store));
             // On a shared store the keys are read before the writes too (SQLite has one writer:
             // its round reads once, after them, as it always has).
             let early = replicas.shared().then(|| live.refresh(&keys));
@@ -120,7 +126,7 @@ impl Lifecycle {
             // must stop signing.
             let planned = matches!(plans, Ok(true));
             let report = match plans {
-                Ok(true) => keys.tick(actor),
+                Ok(true) => keys.tick(&actor),
                 Ok(false) => Ok(TickReport::default()),
                 Err(e) => Err(e.into()),
             };
@@ -147,7 +153,7 @@ impl Lifecycle {
 
     /// Applies what a change made due, rebuilds the views, and has the background task plan
     /// again.
-    async fn after_change(&self, actor: &'static str) -> Result<(), KeyError> {
+    async fn after_change(&self, actor: &str) -> Result<(), KeyError> {
         self.settle(actor).await?;
         self.wake();
         Ok(())
@@ -165,11 +171,12 @@ impl Lifecycle {
         &self,
         alg: Alg,
         emergency: bool,
-        actor: &'static str,
+        actor: &str,
     ) -> Result<Rotated, KeyError> {
         let (keys, live) = (self.keys.clone(), self.live.clone());
+        let who = actor.to_owned();
         let rotated = off_thread(move || {
-            let rotated = keys.rotate(alg, emergency, actor)?;
+            let rotated = keys.rotate(alg, emergency, &who)?;
             for kid in &rotated.revoked {
                 live.withdraw(kid);
             }
@@ -184,9 +191,10 @@ impl Lifecycle {
     }
 
     /// Retires the key `kid`: it stops signing and stays published through its grace.
-    pub async fn retire(&self, kid: String, actor: &'static str) -> Result<KeyRecord, KeyError> {
+    pub async fn retire(&self, kid: String, actor: &str) -> Result<KeyRecord, KeyError> {
         let keys = self.keys.clone();
-        let key = off_thread(move || keys.retire(&kid, actor)).await?;
+        let who = actor.to_owned();
+        let key = off_thread(move || keys.retire(&kid, &who)).await?;
         self.after_change(actor).await?;
         Ok(key)
     }
@@ -195,11 +203,12 @@ impl Lifecycle {
     pub async fn revoke(
         &self,
         kid: String,
-        actor: &'static str,
+        actor: &str,
     ) -> Result<(KeyRecord, Option<String>), KeyError> {
         let (keys, live) = (self.keys.clone(), self.live.clone());
+        let who = actor.to_owned();
         let (key, warning) = off_thread(move || {
-            let (key, warning) = keys.revoke(&kid, actor)?;
+            let (key, warning) = keys.revoke(&kid, &who)?;
             live.withdraw(&key.kid);
             Ok::<_, KeyError>((key, warning))
         })
@@ -213,11 +222,12 @@ impl Lifecycle {
         &self,
         pem: SecretString,
         kid: Option<String>,
-        actor: &'static str,
+        actor: &str,
     ) -> Result<KeyRecord, KeyError> {
         let keys = self.keys.clone();
+        let who = actor.to_owned();
         let key =
-            off_thread(move || keys.import(pem.expose_secret(), kid.as_deref(), actor)).await?;
+            off_thread(move || keys.import(pem.expose_secret(), kid.as_deref(), &who)).await?;
         self.after_change(actor).await?;
         Ok(key)
     }

@@ -16,6 +16,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admins::AdminRegistry;
 use crate::airkit::{AirKit, HttpAirKit};
 use crate::auth::{AdminToken, AdminTokenSource, ClientRegistry};
 use crate::clock::{Clock, SystemClock};
@@ -349,10 +350,12 @@ impl Application {
         }
         let row_auth = opened.keys.row_auth().clone();
         let clients = Arc::new(ClientRegistry::new(row_auth.clone()));
+        let admins = Arc::new(AdminRegistry::new(admin, row_auth.clone()));
         let lifecycle = Arc::new(Lifecycle::new(
             opened.keys.clone(),
             live.clone(),
             clients.clone(),
+            admins.clone(),
             opened.store.clone(),
             replicas.clone(),
             config.database.refresh_interval,
@@ -426,6 +429,12 @@ impl Application {
             Some(clients.clone()),
         ));
         let audit = crate::audit::AuditLog::new(opened.store.clone());
+        let admin_service = Arc::new(crate::admins::AdminService::new(
+            opened.store.clone(),
+            row_auth.clone(),
+            clock.clone(),
+            Some(admins.clone()),
+        ));
 
         let state = AppState::new(AppStateInner {
             client_admin,
@@ -443,7 +452,8 @@ impl Application {
             live,
             lifecycle,
             clients,
-            admin: Arc::new(admin),
+            admin: admins,
+            admin_service,
             rng: Arc::new(SystemRandom::new()),
             jwks_cache_control,
             auth_throttle,

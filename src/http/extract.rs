@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{
@@ -22,6 +22,7 @@ use serde::de::{
 
 use super::error::ApiError;
 use super::{AppState, throttle};
+use crate::admins::{AdminIdentity, Role};
 use crate::auth::{AuthError, Client};
 use crate::log_limit::LogLimiter;
 
@@ -459,9 +460,17 @@ fn authenticate<T>(
     })
 }
 
-/// Proof that the request carries the admin token.
-#[derive(Debug, Clone, Copy)]
-pub struct AdminAuth;
+/// Proof that the request carries an admin credential, and whose. A `reader` credential passes
+/// only on `GET` (and `HEAD`) requests: any change answers 403 `PERMISSIONS_ERROR`.
+#[derive(Debug, Clone)]
+pub struct AdminAuth(pub AdminIdentity);
+
+impl AdminAuth {
+    /// The audit trail's actor for what this request changes: `admin:<name>`.
+    pub fn actor(&self) -> String {
+        self.0.actor()
+    }
+}
 
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
@@ -470,13 +479,17 @@ impl FromRequestParts<AppState> for AdminAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(parts, state, Credential::Admin, |token| {
-            if state.admin.verify(token) {
-                Ok(AdminAuth)
-            } else {
-                Err(AuthError::Invalid)
-            }
-        })
+        let who = authenticate(parts, state, Credential::Admin, |token| {
+            state.admin.authenticate(token)
+        })?;
+        let reads = parts.method == Method::GET || parts.method == Method::HEAD;
+        if who.role == Role::Reader && !reads {
+            return Err(ApiError::forbidden(format!(
+                "admin {:?} has the role reader: it may only read (GET); ask an operator",
+                who.name
+            )));
+        }
+        Ok(AdminAuth(who))
     }
 }
 

@@ -33,7 +33,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{AdminToken, Client, ClientRegistry};
+use crate::auth::{Client, ClientRegistry};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::issuance::IssuanceService;
@@ -83,8 +83,10 @@ pub struct AppStateInner {
     pub lifecycle: Arc<Lifecycle>,
     /// API clients, in memory.
     pub clients: Arc<ClientRegistry>,
-    /// The admin credential.
-    pub admin: Arc<AdminToken>,
+    /// The admin credentials: the bootstrap token and the named ones.
+    pub admin: Arc<crate::admins::AdminRegistry>,
+    /// Creates, lists and disables named admin credentials.
+    pub admin_service: Arc<crate::admins::AdminService>,
     /// Randomness for signatures and token ids.
     pub rng: Arc<SystemRandom>,
     /// `Cache-Control` of the JWKS, built once.

@@ -313,7 +313,9 @@ error_answers! {
         "UNAUTHORIZED: missing or wrong credentials, or a disabled client",
         ("WWW-Authenticate", "Bearer realm=\"keyhost\"");
     /// 403.
-    Forbidden = 403, "PERMISSIONS_ERROR: the client may not do this";
+    Forbidden = 403,
+        "PERMISSIONS_ERROR: the credential may not do this (a client asking for a scope it lacks, \
+         a reader admin changing something)";
     /// 404.
     NotFound = 404, "NOT_FOUND: no such resource";
     /// 408.
@@ -390,6 +392,23 @@ impl IntoResponses for AuthErrors {
             .into_iter()
             .flatten()
             .collect()
+    }
+}
+
+/// The answers of an admin route that changes something: refused, read-only (a `reader`
+/// credential answers 403), or throttled after too many failures.
+pub struct AdminChangeErrors;
+
+impl IntoResponses for AdminChangeErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        [
+            Unauthorized::responses(),
+            Forbidden::responses(),
+            TooManyRequests::responses(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 

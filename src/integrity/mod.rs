@@ -14,9 +14,10 @@
 //! - Only a verified row is ever rewritten (and re-MACed), inside the transaction that verified
 //!   it, so keyhost never launders a row it did not write.
 //! - What is covered: every field of a key row the lifecycle reads (identity, public key, state,
-//!   times, served time, sealing master key); a client's name, scopes, secret hash, times; an
-//!   issuance's request (who asked, for whom, what, idempotency key and request hash; not its
-//!   progress); a KYC subject mapping; the stored admin token hash.
+//!   times, served time, sealing master key); a client's name, scopes, secret hash, times; a
+//!   named admin's name, role, secret hash, times; an issuance's request (who asked, for whom,
+//!   what, idempotency key and request hash; not its progress); a KYC subject mapping; the
+//!   stored admin token hash and whether it was disabled.
 //! - What is not: rolling a row back to an earlier state it really had (from a backup) passes,
 //!   since the MAC was real then. Deleting rows is a denial of service, not a forgery.
 //! - A store from before row authentication is never authenticated behind anyone's back: a
@@ -33,6 +34,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::keys::types::KeyRecord;
+use crate::store::Rows;
+use crate::store::admins::AdminRow;
 use crate::store::clients::ClientRow;
 use crate::store::issuances::IssuanceRow;
 use crate::store::keys::StoredKey;
@@ -118,6 +121,25 @@ impl RowAuth {
             key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
             failures: IntegrityGauges::default(),
         }
+    }
+
+    /// The rows of `found` that pass `ok`, and the ids of the others (unreadable ones
+    /// included), whose count becomes `table`'s failure gauge.
+    pub fn authentic<T>(
+        &self,
+        table: &str,
+        found: Rows<T>,
+        ok: impl Fn(&Self, &T) -> bool,
+        id: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, Vec<String>) {
+        let (rows, forged): (Vec<_>, Vec<_>) = found.rows.into_iter().partition(|r| ok(self, r));
+        let failing: Vec<String> = forged
+            .iter()
+            .map(|r| id(r).to_owned())
+            .chain(found.unreadable.into_iter().map(|u| u.id))
+            .collect();
+        self.failures.table(table).set(failing.len() as i64);
+        (rows, failing)
     }
 
     fn mac(&self, domain: &str, fields: &[Field<'_>]) -> Vec<u8> {
@@ -233,6 +255,27 @@ impl RowAuth {
             &Self::issuance_fields(i, &subject),
             i.mac.as_deref(),
         )
+    }
+
+    fn admin_fields(a: &AdminRow) -> [Field<'_>; 6] {
+        [
+            Field::Text(&a.id),
+            Field::Text(&a.name),
+            Field::Text(&a.role),
+            Field::Bytes(&a.secret_hash),
+            Field::Int(a.created_at),
+            Field::OptInt(a.disabled_at),
+        ]
+    }
+
+    /// The MAC of a named admin credential's row.
+    pub fn admin_mac(&self, a: &AdminRow) -> Vec<u8> {
+        self.mac("admin", &Self::admin_fields(a))
+    }
+
+    /// Whether the admin row's MAC verifies.
+    pub fn admin_ok(&self, a: &AdminRow) -> bool {
+        self.verify("admin", &Self::admin_fields(a), a.mac.as_deref())
     }
 
     /// The MAC of a KYC subject mapping.

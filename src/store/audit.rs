@@ -13,7 +13,7 @@ pub struct AuditEntry {
     pub id: i64,
     /// When.
     pub at: UnixTime,
-    /// Who: `admin-api`, `cli:<user>`, `scheduler`, `system`.
+    /// Who: `admin:<name>`, `admin:bootstrap`, `cli:<user>`, `scheduler`, `system`.
     pub actor: String,
     /// What, e.g. `key.activate`, `client.create`.
     pub action: String,

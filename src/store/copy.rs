@@ -20,6 +20,10 @@ const TABLES: &[(&str, &str)] = &[
         "clients",
         "id, name, scopes, secret_hash, created_at, disabled_at, mac",
     ),
+    (
+        "admins",
+        "id, name, role, secret_hash, created_at, disabled_at, mac",
+    ),
     ("audit", "id, at, actor, action, subject, detail"),
     (
         "issuances",

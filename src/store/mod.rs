@@ -19,6 +19,7 @@
 //!
 //! Both refuse a schema newer than the binary; neither ever downgrades.
 
+pub mod admins;
 pub mod audit;
 pub mod clients;
 pub mod copy;
@@ -157,7 +158,7 @@ pub enum EngineKind {
 pub enum Topic {
     /// The key set.
     Keys,
-    /// API clients.
+    /// Credentials: API clients and named admins.
     Clients,
     /// Server settings (the recorded policy, the admin token).
     Settings,

@@ -9,6 +9,8 @@ pub const MASTER_KEY_ID: &str = "master_key_id";
 pub const FIRST_SERVED_AT: &str = "first_served_at";
 /// Setting: SHA-256 (hex) of the generated admin token (with a MAC).
 pub const ADMIN_TOKEN_SHA256: &str = "admin_token_sha256";
+/// Setting: when the bootstrap admin token was disabled (Unix seconds, with a MAC).
+pub const ADMIN_BOOTSTRAP_DISABLED_AT: &str = "admin_bootstrap_disabled_at";
 /// Setting: the lifecycle policy and partner id of the last server that started (JSON, with a
 /// MAC), which the CLI follows so that there is one truth about key transitions.
 pub const SERVER_POLICY: &str = "server_policy";

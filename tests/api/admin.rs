@@ -21,14 +21,17 @@ async fn every_admin_route_requires_the_admin_token() {
         if !path.starts_with("/admin/") {
             continue;
         }
-        let path = path.replace("{kid}", "somekid").replace("{id}", &client_id);
+        let path = path
+            .replace("{kid}", "somekid")
+            .replace("{id}", &client_id)
+            .replace("{name}", "somebody");
         for method in ops.as_object().unwrap().keys() {
             if method != "servers" && method != "parameters" {
                 routes.push((method.to_uppercase(), path.clone()));
             }
         }
     }
-    assert_eq!(routes.len(), 15, "{routes:?}");
+    assert_eq!(routes.len(), 18, "{routes:?}");
     for (method, path) in &routes {
         for token in [
             None,
@@ -279,9 +282,9 @@ async fn every_key_transition_and_client_change_is_audited_with_actor_and_time()
             .any(|e| e["action"] == action && e["actor"] == actor && e["at"].is_string())
     };
     assert!(has("key.generate", "scheduler"));
-    assert!(has("client.create", "admin-api"));
-    assert!(has("key.rotate", "admin-api"));
-    assert!(has("client.disable", "admin-api"));
+    assert!(has("client.create", "admin:bootstrap"));
+    assert!(has("key.rotate", "admin:bootstrap"));
+    assert!(has("client.disable", "admin:bootstrap"));
     assert!(has("key.activate", "scheduler"));
     assert!(has("key.retire", "scheduler"));
     assert!(

@@ -21,7 +21,7 @@ fn bare(dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-fn keyhost(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn keyhost(dir: &Path, args: &[&str]) -> Output {
     bare(dir, args)
         .env("KEYHOST_PARTNER_ID", PARTNER_ID)
         .env("KEYHOST_PUBLIC_ADDR", "127.0.0.1:0")
@@ -30,7 +30,7 @@ fn keyhost(dir: &Path, args: &[&str]) -> Output {
         .expect("runs the binary")
 }
 
-fn json_of(out: &Output) -> Value {
+pub(crate) fn json_of(out: &Output) -> Value {
     assert!(
         out.status.success(),
         "exit {:?}: {}",

@@ -2,6 +2,7 @@
 //! with a temporary store and a manual clock, and talks HTTP to it.
 
 mod admin;
+mod admins;
 mod airkit;
 mod cli;
 mod clock;

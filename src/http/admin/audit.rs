@@ -32,7 +32,7 @@ pub(super) struct AuditPage {
 
 /// The audit trail, newest first.
 ///
-/// Who (`admin-api`, `cli:<user>`, `scheduler`, `webhook`, `client:<id>`), what, when; minted
+/// Who (`admin:<name>`, `admin:bootstrap`, `cli:<user>`, `scheduler`, `webhook`, `client:<id>`), what, when; minted
 /// tokens appear as one `token.mint` row per client, key and minute, with the count, dated at the
 /// start of that minute and written once it is over.
 #[utoipa::path(

@@ -6,12 +6,13 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ACTOR;
 use crate::clients::{ClientError, ClientView};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{AdminAuth, JsonBody};
-use crate::http::openapi::{AuthErrors, Conflict, InternalError, JsonBodyErrors, NotFound};
+use crate::http::openapi::{
+    AdminChangeErrors, AuthErrors, Conflict, InternalError, JsonBodyErrors, NotFound,
+};
 
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
@@ -59,12 +60,12 @@ pub(super) struct CreatedClient {
     responses(
         (status = 201, description = "the client with its apiKey", body = CreatedClient),
         JsonBodyErrors,
-        AuthErrors,
+        AdminChangeErrors,
         InternalError,
     )
 )]
 pub(super) async fn create(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateClientRequest>,
 ) -> Result<(StatusCode, Json<CreatedClient>), ApiError> {
@@ -74,7 +75,10 @@ pub(super) async fn create(
     let scopes = req
         .scopes
         .ok_or_else(|| ApiError::missing_value("scopes is required, e.g. [\"issue\"]"))?;
-    let (client, api_key) = state.client_admin.create(&name, &scopes, ACTOR).await?;
+    let (client, api_key) = state
+        .client_admin
+        .create(&name, &scopes, &admin.actor())
+        .await?;
     let api_key = secrecy::ExposeSecret::expose_secret(&api_key).to_owned();
     Ok((StatusCode::CREATED, Json(CreatedClient { client, api_key })))
 }
@@ -122,17 +126,17 @@ pub(super) struct ClientAnswer {
     params(("id" = String, Path, description = "client id")),
     responses(
         (status = 200, description = "disabled", body = ClientAnswer),
-        AuthErrors,
+        AdminChangeErrors,
         NotFound,
         Conflict,
         InternalError,
     )
 )]
 pub(super) async fn disable(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ClientAnswer>, ApiError> {
-    let client = state.client_admin.disable(&id, ACTOR).await?;
+    let client = state.client_admin.disable(&id, &admin.actor()).await?;
     Ok(Json(ClientAnswer { client }))
 }

@@ -5,12 +5,12 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{ACTOR, ListQuery, limit_of};
+use super::{ListQuery, limit_of};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{AdminAuth, QueryParams};
 use crate::http::openapi::{
-    AuthErrors, BadRequest, Conflict, InternalError, NotFound, Unavailable,
+    AdminChangeErrors, AuthErrors, BadRequest, Conflict, InternalError, NotFound, Unavailable,
 };
 use crate::issuance::IssuanceView;
 
@@ -109,7 +109,7 @@ pub(super) async fn one(
     params(("id" = String, Path, description = "issuance id")),
     responses(
         (status = 200, description = "resumed", body = IssuanceView),
-        AuthErrors,
+        AdminChangeErrors,
         NotFound,
         Conflict,
         InternalError,
@@ -117,11 +117,11 @@ pub(super) async fn one(
     )
 )]
 pub(super) async fn resume(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<IssuanceView>, ApiError> {
-    match state.issuance.resume(&id, ACTOR).await {
+    match state.issuance.resume(&id, &admin.actor()).await {
         Ok(Some(issuance)) => Ok(Json(IssuanceView::from(&issuance))),
         Ok(None) => Err(ApiError::not_found(format!("no issuance {id:?}"))),
         Err(crate::issuance::IssuanceError::Invalid(m)) => Err(ApiError::conflict(m)),

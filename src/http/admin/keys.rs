@@ -7,11 +7,12 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ACTOR;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{AdminAuth, JsonBody};
-use crate::http::openapi::{AuthErrors, Conflict, InternalError, JsonBodyErrors, NotFound};
+use crate::http::openapi::{
+    AdminChangeErrors, AuthErrors, Conflict, InternalError, JsonBodyErrors, NotFound,
+};
 use crate::keys::{Alg, KeyView};
 
 /// Every key.
@@ -86,13 +87,13 @@ pub(super) struct RotatedKey {
     responses(
         (status = 201, description = "rotated", body = RotatedKey),
         JsonBodyErrors,
-        AuthErrors,
+        AdminChangeErrors,
         Conflict,
         InternalError,
     )
 )]
 pub(super) async fn rotate(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     JsonBody(req): JsonBody<RotateRequest>,
 ) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
@@ -101,7 +102,10 @@ pub(super) async fn rotate(
         Some(a) => a.parse::<Alg>().map_err(ApiError::bad_value)?,
     };
     let emergency = req.emergency.unwrap_or(false);
-    let rotated = state.lifecycle.rotate(alg, emergency, ACTOR).await?;
+    let rotated = state
+        .lifecycle
+        .rotate(alg, emergency, &admin.actor())
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(RotatedKey {
@@ -128,18 +132,18 @@ pub(super) struct KeyAnswer {
     params(("kid" = String, Path, description = "key id")),
     responses(
         (status = 200, description = "retired", body = KeyAnswer),
-        AuthErrors,
+        AdminChangeErrors,
         NotFound,
         Conflict,
         InternalError,
     )
 )]
 pub(super) async fn retire(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(kid): Path<String>,
 ) -> Result<Json<KeyAnswer>, ApiError> {
-    let key = state.lifecycle.retire(kid, ACTOR).await?;
+    let key = state.lifecycle.retire(kid, &admin.actor()).await?;
     Ok(Json(KeyAnswer {
         key: KeyView::from(&key),
     }))
@@ -166,18 +170,18 @@ pub(super) struct RevokedKey {
     params(("kid" = String, Path, description = "key id")),
     responses(
         (status = 200, description = "revoked", body = RevokedKey),
-        AuthErrors,
+        AdminChangeErrors,
         NotFound,
         Conflict,
         InternalError,
     )
 )]
 pub(super) async fn revoke(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     Path(kid): Path<String>,
 ) -> Result<Json<RevokedKey>, ApiError> {
-    let (key, warning) = state.lifecycle.revoke(kid, ACTOR).await?;
+    let (key, warning) = state.lifecycle.revoke(kid, &admin.actor()).await?;
     Ok(Json(RevokedKey {
         key: KeyView::from(&key),
         warning,
@@ -221,20 +225,20 @@ pub(super) struct ImportedKey {
     responses(
         (status = 201, description = "imported", body = ImportedKey),
         JsonBodyErrors,
-        AuthErrors,
+        AdminChangeErrors,
         Conflict,
         InternalError,
     )
 )]
 pub(super) async fn import(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> Result<(StatusCode, Json<ImportedKey>), ApiError> {
     let pem = req
         .pem
         .ok_or_else(|| ApiError::missing_value("pem is required (the private key in PEM form)"))?;
-    let key = state.lifecycle.import(pem, req.kid, ACTOR).await?;
+    let key = state.lifecycle.import(pem, req.kid, &admin.actor()).await?;
     let note = (key.kid != key.public_jwk.thumbprint()).then(|| {
         "an explicit kid can name only one published key at a time: a successor needs \
          another kid"

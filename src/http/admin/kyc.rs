@@ -7,12 +7,14 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ACTOR, ListQuery, limit_of};
+use super::{ListQuery, limit_of};
 use crate::email::Email;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{AdminAuth, JsonBody, QueryParams};
-use crate::http::openapi::{AuthErrors, BadRequest, InternalError, JsonBodyErrors};
+use crate::http::openapi::{
+    AdminChangeErrors, AuthErrors, BadRequest, InternalError, JsonBodyErrors,
+};
 use crate::kyc::{KycEventView, Outcome, SubjectView};
 
 /// An iDenfy clientId and the email it stands for.
@@ -51,12 +53,12 @@ pub(super) struct MappedSubject {
     responses(
         (status = 201, description = "mapped", body = MappedSubject),
         JsonBodyErrors,
-        AuthErrors,
+        AdminChangeErrors,
         InternalError,
     )
 )]
 pub(super) async fn put_subject(
-    _: AdminAuth,
+    admin: AdminAuth,
     State(state): State<AppState>,
     JsonBody(req): JsonBody<KycSubject>,
 ) -> Result<(StatusCode, Json<MappedSubject>), ApiError> {
@@ -75,7 +77,7 @@ pub(super) async fn put_subject(
     let email = Email::parse(&email)?;
     state
         .kyc
-        .put_subject(client_id.clone(), email.clone(), ACTOR)
+        .put_subject(client_id.clone(), email.clone(), &admin.actor())
         .await?;
     Ok((
         StatusCode::CREATED,

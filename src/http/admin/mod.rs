@@ -1,8 +1,10 @@
 //! `/admin/...`: keys (list, rotate, retire, revoke, import), clients (create, list, disable),
-//! issuances, KYC subjects and deliveries, and the audit trail, one file per resource. Every
-//! route requires the admin token; every change is audited with the actor `admin-api`. Handlers
+//! issuances, KYC subjects and deliveries, named admins, and the audit trail, one file per
+//! resource. Every route requires an admin credential (a `reader` one only reads); every change
+//! is audited with the credential's name as actor (`admin:<name>`, `admin:bootstrap`). Handlers
 //! parse, call one service method and shape the answer.
 
+mod admins;
 mod audit;
 mod clients;
 mod issuances;
@@ -19,9 +21,6 @@ pub(crate) use kyc::KycSubject;
 use super::error::ApiError;
 use super::openapi::Routes;
 
-/// The actor of every change made through the admin API.
-const ACTOR: &str = "admin-api";
-
 /// Admin routes.
 pub fn routes() -> Routes {
     Routes::new()
@@ -32,6 +31,8 @@ pub fn routes() -> Routes {
         .route(routes!(keys::revoke))
         .route(routes!(clients::list, clients::create))
         .route(routes!(clients::disable))
+        .route(routes!(admins::list, admins::create))
+        .route(routes!(admins::disable))
         .route(routes!(audit::list))
         .route(routes!(issuances::list))
         .route(routes!(issuances::one))

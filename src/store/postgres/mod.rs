@@ -37,10 +37,16 @@ use super::sql::{Row, Value, dollar_placeholders};
 use super::{StoreError, Topic};
 
 /// The PostgreSQL migrations, in order; the schema's version is how many have been applied.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        "0002_admins",
+        include_str!("../../../migrations/postgres/0002_admins.sql"),
+    ),
+];
 
 /// The channel every replica listens on; payloads are `<schema>:<topic>`.
 const CHANNEL: &str = "keyhost_changes";
