@@ -57,6 +57,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminsCommand,
     },
+    /// Check the audit trail's hash chain, or export it for a SIEM.
+    Audit {
+        /// Audit command.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Mint tokens locally (operators).
     Token {
         /// Token command.
@@ -163,6 +169,43 @@ pub enum AdminsCommand {
         /// Admin name, or `bootstrap`.
         name: String,
     },
+}
+
+/// `keyhost audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the whole chain: every row's link, hash and MAC, every signed head, the head keyhost
+    /// last recorded. Exits non-zero, naming the first row that is not as keyhost wrote it.
+    Verify {
+        /// A signed head kept outside the store (an `audit.head` row's `jws`, from the log or an
+        /// export): the trail must still hold the row it covers, with the same hash.
+        #[arg(long, value_name = "JWS", conflicts_with = "head_file")]
+        head: Option<String>,
+        /// A file holding such a signed head.
+        #[arg(long, value_name = "FILE")]
+        head_file: Option<PathBuf>,
+    },
+    /// Write the rows as JSON lines (with their hashes), oldest first.
+    Export {
+        /// Only rows at or after this time (RFC 3339, or Unix seconds).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Write to this file (created 0600) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// A time given as RFC 3339 or Unix seconds.
+fn parse_time(text: &str) -> anyhow::Result<crate::clock::UnixTime> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .with_context(|| {
+            format!("{text:?} is neither RFC 3339 (2026-12-01T00:00:00Z) nor Unix seconds")
+        })
 }
 
 /// `keyhost integrity ...`
@@ -415,6 +458,52 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { head, head_file } => {
+                let head = match (head, head_file) {
+                    (Some(h), _) => Some(h),
+                    (None, Some(path)) => Some(
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    ),
+                    (None, None) => None,
+                };
+                let head = head
+                    .map(|h| crate::audit::SignedHead::parse(&h))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--head: {e}"))?;
+                let report = crate::audit::verify(&store, keys.row_auth(), head.as_ref())?;
+                print(&serde_json::to_value(&report)?)?;
+                if let Some(problem) = &report.problem {
+                    bail!(
+                        "the audit trail is not as keyhost wrote it: row {} {}",
+                        problem.row,
+                        problem.what
+                    );
+                }
+            }
+            AuditCommand::Export { since, output } => {
+                let since = since.as_deref().map(parse_time).transpose()?;
+                match output {
+                    Some(path) => {
+                        let file = crate::files::create_private_file(&path)
+                            .with_context(|| format!("creating {}", path.display()))?;
+                        let mut out = std::io::BufWriter::new(file);
+                        let rows = crate::audit::export(&store, since, &mut out)?;
+                        eprintln!("keyhost: wrote {rows} audit rows to {}", path.display());
+                    }
+                    None => {
+                        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                        match crate::audit::export(&store, since, &mut out) {
+                            Err(crate::audit::ExportError::Io(e)) => return Err(stdout_error(e)),
+                            other => {
+                                other?;
+                            }
+                        }
+                    }
+                }
+            }
+        },
         Command::Admins { command } => {
             let admins = crate::admins::AdminService::new(
                 store.clone(),

@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::admins::AdminRegistry;
+use crate::audit::HeadSchedule;
 use crate::auth::ClientRegistry;
 use crate::keys::planner::RESCHEDULE_TOLERANCE;
 use crate::keys::service::Rotated;
@@ -51,6 +52,7 @@ pub struct Lifecycle {
     refresh_interval: Duration,
     serial: Mutex<()>,
     wake: Notify,
+    heads: Arc<HeadSchedule>,
 }
 
 impl Lifecycle {
@@ -75,6 +77,7 @@ impl Lifecycle {
             refresh_interval,
             serial: Mutex::new(()),
             wake: Notify::new(),
+            heads: Arc::default(),
         }
     }
 
@@ -87,13 +90,14 @@ impl Lifecycle {
     /// store. Returns what was applied and when to look again.
     pub async fn settle(&self, actor: &str) -> Result<TickReport, KeyError> {
         let _serial = self.serial.lock().await;
-        let (keys, live, clients, admins, store, replicas) = (
+        let (keys, live, clients, admins, store, replicas, heads) = (
             self.keys.clone(),
             self.live.clone(),
             self.clients.clone(),
             self.admins.clone(),
             self.store.clone(),
             self.replicas.clone(),
+            self.heads.clone(),
         );
         let actor = actor.to_owned();
         off_thread(move || {
@@ -139,6 +143,9 @@ impl Lifecycle {
                 Some(early) if !planned || !changed => early,
                 _ => live.refresh(&keys),
             };
+            if planned && refreshed.is_ok() {
+                heads.maybe_sign(&store, &live, keys.clock().now(), changed);
+            }
             let report = report?;
             refreshed?;
             noted?;
@@ -155,6 +162,18 @@ impl Lifecycle {
     /// again.
     async fn after_change(&self, actor: &str) -> Result<(), KeyError> {
         self.settle(actor).await?;
+        // A key transition made here: the trail's head is signed now, whichever server plans.
+        let (store, live, heads, now) = (
+            self.store.clone(),
+            self.live.clone(),
+            self.heads.clone(),
+            self.keys.clock().now(),
+        );
+        off_thread(move || {
+            heads.maybe_sign(&store, &live, now, true);
+            Ok::<_, KeyError>(())
+        })
+        .await?;
         self.wake();
         Ok(())
     }

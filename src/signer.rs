@@ -110,6 +110,24 @@ impl SigningKey {
         }
     }
 
+    /// Signs `payload` (JSON) as a compact JWS whose header names this key and `typ`: for
+    /// statements keyhost makes about itself (the audit chain's head), never a Partner JWT.
+    pub fn sign_statement(
+        &self,
+        rng: &SystemRandom,
+        typ: &str,
+        payload: &serde_json::Value,
+    ) -> Result<String, KeyMaterialError> {
+        let header = serde_json::json!({"alg": self.alg, "kid": self.kid, "typ": typ});
+        let mut jws = URL_SAFE_NO_PAD.encode(header.to_string());
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload.to_string(), &mut jws);
+        let signature = self.pair.sign(rng, jws.as_bytes())?;
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut jws);
+        Ok(jws)
+    }
+
     /// The latest `exp` this key has signed in this process, if any.
     pub fn last_exp(&self) -> Option<UnixTime> {
         let exp = self.last_exp.load(std::sync::atomic::Ordering::Relaxed);

@@ -130,6 +130,8 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
             tracing::info!(id = master.id(), "master key taken from KEYHOST_MASTER_KEY")
         }
     }
+    // The master key is the one the store names: audit rows carry its MACs from now on.
+    store.seal_with(master.row_auth().clone());
     let legacy = crate::integrity::legacy::settle(&store, clock.now())?;
     let agreed = agree_on_policy(
         config,
@@ -148,6 +150,7 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
         "opening the stored private keys failed; refusing to start (nothing was changed)",
     )?;
     tracing::debug!(opened, "stored private keys verified");
+    store.blocking_write(store::audit::chain_legacy)?;
     Ok(Opened {
         store,
         keys,

@@ -33,6 +33,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::canonical::{Field, encode};
 use crate::keys::types::KeyRecord;
 use crate::store::Rows;
 use crate::store::admins::AdminRow;
@@ -79,35 +80,6 @@ impl IntegrityGauges {
     pub fn family(&self) -> &Family<TableLabel, Gauge> {
         &self.0
     }
-}
-
-/// One field of a canonical encoding.
-enum Field<'a> {
-    Text(&'a str),
-    OptText(Option<&'a str>),
-    Bytes(&'a [u8]),
-    Int(i64),
-    OptInt(Option<i64>),
-}
-
-fn encode(domain: &str, fields: &[Field<'_>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    let mut put = |tag: u8, bytes: &[u8]| {
-        out.push(tag);
-        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
-        out.extend_from_slice(bytes);
-    };
-    put(b'D', domain.as_bytes());
-    for field in fields {
-        match field {
-            Field::Text(t) => put(b'S', t.as_bytes()),
-            Field::OptText(None) | Field::OptInt(None) => put(b'N', &[]),
-            Field::OptText(Some(t)) => put(b'S', t.as_bytes()),
-            Field::Bytes(b) => put(b'B', b),
-            Field::Int(i) | Field::OptInt(Some(i)) => put(b'I', &i.to_be_bytes()),
-        }
-    }
-    out
 }
 
 impl RowAuth {
@@ -300,6 +272,16 @@ impl RowAuth {
     /// Whether the setting is authentic.
     pub fn setting_ok(&self, name: &str, value: &str, mac: Option<&[u8]>) -> bool {
         self.verify("setting", &[Field::Text(name), Field::Text(value)], mac)
+    }
+}
+
+impl crate::store::Sealer for RowAuth {
+    fn mac(&self, domain: &str, fields: &[Field<'_>]) -> Vec<u8> {
+        RowAuth::mac(self, domain, fields)
+    }
+
+    fn verify(&self, domain: &str, fields: &[Field<'_>], mac: Option<&[u8]>) -> bool {
+        RowAuth::verify(self, domain, fields, mac)
     }
 }
 

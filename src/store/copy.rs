@@ -24,7 +24,10 @@ const TABLES: &[(&str, &str)] = &[
         "admins",
         "id, name, role, secret_hash, created_at, disabled_at, mac",
     ),
-    ("audit", "id, at, actor, action, subject, detail"),
+    (
+        "audit",
+        "id, at, actor, action, subject, detail, prev_hash, hash, mac",
+    ),
     (
         "issuances",
         "id, source, idempotency_key, request_hash, email, issuer_did, credential_id, \

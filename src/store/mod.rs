@@ -37,6 +37,8 @@ use std::sync::Arc;
 
 use sql::{ReadError, Row, Value};
 
+use crate::canonical::Field;
+
 pub use postgres::PgOptions;
 
 /// Why a store operation failed.
@@ -174,10 +176,27 @@ impl Topic {
     }
 }
 
+/// Makes and checks MACs under the master key, for what the store writes on its own behalf (the
+/// audit chain's rows and head): implemented by [`crate::integrity::RowAuth`].
+pub trait Sealer: Send + Sync {
+    /// The MAC of `fields` under `domain`.
+    fn mac(&self, domain: &str, fields: &[Field<'_>]) -> Vec<u8>;
+    /// Whether `mac` is the MAC of `fields` under `domain`.
+    fn verify(&self, domain: &str, fields: &[Field<'_>], mac: Option<&[u8]>) -> bool;
+}
+
 /// The key store database.
-#[derive(Debug)]
 pub struct Store {
     engine: Engine,
+    sealer: std::sync::OnceLock<Arc<dyn Sealer>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -192,6 +211,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
         Ok(Arc::new(Self {
             engine: Engine::Sqlite(sqlite::Sqlite::open(path)?),
+            sealer: Default::default(),
         }))
     }
 
@@ -200,7 +220,14 @@ impl Store {
     pub fn open_postgres(options: &PgOptions) -> Result<Arc<Self>, StoreError> {
         Ok(Arc::new(Self {
             engine: Engine::Postgres(postgres::Postgres::open(options)?),
+            sealer: Default::default(),
         }))
+    }
+
+    /// From now on, audit rows and the chain's head carry MACs by `sealer` (once the master key
+    /// has been checked against the store); a second call changes nothing.
+    pub fn seal_with(&self, sealer: Arc<dyn Sealer>) {
+        let _ = self.sealer.set(sealer);
     }
 
     /// Which engine this store runs on.
@@ -247,6 +274,7 @@ impl Store {
                 let tx = Tx {
                     engine: TxEngine::Sqlite(t),
                     topics: Default::default(),
+                    sealer: self.sealer.get().map(|s| &**s),
                 };
                 f(&tx)
             }),
@@ -254,6 +282,7 @@ impl Store {
                 let tx = Tx {
                     engine: TxEngine::Postgres(t),
                     topics: Default::default(),
+                    sealer: self.sealer.get().map(|s| &**s),
                 };
                 let value = f(&tx)?;
                 Ok((value, tx.topics()))
@@ -385,6 +414,7 @@ where
 pub struct Tx<'c> {
     engine: TxEngine<'c>,
     topics: std::cell::Cell<u8>,
+    sealer: Option<&'c dyn Sealer>,
 }
 
 /// The engine-specific transaction inside a [`Tx`].
@@ -400,6 +430,11 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl Tx<'_> {
+    /// The store's sealer, once the master key has been checked.
+    pub(crate) fn sealer(&self) -> Option<&dyn Sealer> {
+        self.sealer
+    }
+
     /// `sqlite` or `postgres`, whichever this transaction's engine speaks.
     pub(crate) fn dialect<'s>(&self, sqlite: &'s str, postgres: &'s str) -> &'s str {
         match self.engine {

@@ -24,6 +24,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0006_kyc_checks.sql")).foreign_key_check(),
     M::up(include_str!("../../migrations/0007_replicas.sql")),
     M::up(include_str!("../../migrations/0008_admins.sql")),
+    M::up(include_str!("../../migrations/0009_audit_chain.sql")),
 ];
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod admin;
 mod admins;
 mod airkit;
+mod audit;
 mod cli;
 mod clock;
 mod crash;

@@ -4,8 +4,12 @@
 
 #[path = "../api/admin.rs"]
 mod admin;
+#[path = "../api/admins.rs"]
+mod admins;
 #[path = "../api/airkit.rs"]
 mod airkit;
+#[path = "../api/audit.rs"]
+mod audit;
 #[path = "../api/cli.rs"]
 mod cli;
 #[path = "../api/clock.rs"]
@@ -55,3 +59,26 @@ mod webhooks;
 
 /// The engine of this binary's servers.
 pub const ENGINE: helpers::Engine = helpers::Engine::Postgres;
+
+/// Every module of `tests/api` runs here too: one added there and forgotten here would pass on
+/// SQLite alone without anyone noticing.
+#[test]
+fn every_api_test_module_runs_on_postgresql_too() {
+    let here = include_str!("main.rs");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let module = if path.is_dir() {
+            format!("\"../api/{name}/mod.rs\"")
+        } else if name.ends_with(".rs") && name != "main.rs" {
+            format!("\"../api/{name}\"")
+        } else {
+            continue;
+        };
+        assert!(
+            here.contains(&module),
+            "tests/api/{name} is not included here"
+        );
+    }
+}

@@ -46,6 +46,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_admins",
         include_str!("../../../migrations/postgres/0002_admins.sql"),
     ),
+    (
+        "0003_audit_chain",
+        include_str!("../../../migrations/postgres/0003_audit_chain.sql"),
+    ),
 ];
 
 /// The channel every replica listens on; payloads are `<schema>:<topic>`.

@@ -1,0 +1,295 @@
+//! The audit trail as a hash chain: `keyhost audit verify` names the first row that is not as
+//! keyhost wrote it (edited, deleted, moved, forged, or cut off the end), a signed head kept
+//! elsewhere catches a rolled-back store, and `keyhost audit export` writes JSON lines.
+
+use std::process::Output;
+
+use keyhost::store::sql::Value as Sql;
+use serde_json::{Value, json};
+
+use crate::cli::keyhost;
+use crate::helpers::{RawDb, TestApp, spawn_app};
+
+/// `keyhost audit verify [args]` on the app's store: whether it passed, and its report.
+fn verify(app: &TestApp, args: &[&str]) -> (bool, Value) {
+    let mut all = vec!["audit", "verify"];
+    all.extend_from_slice(args);
+    let out: Output = keyhost(app.dir.path(), &all);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no JSON report: {}", String::from_utf8_lossy(&out.stderr)));
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not as keyhost wrote it"), "{stderr}");
+    }
+    (out.status.success(), report)
+}
+
+fn problem(report: &Value) -> (i64, String) {
+    let p = &report["problem"];
+    (
+        p["row"].as_i64().unwrap(),
+        p["what"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A trail with some history: clients, a rotation (a key transition: a signed head), admins.
+async fn busy_app() -> TestApp {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        app.create_client(&["issue"]).await;
+    }
+    app.rotate("ES256", false).await;
+    let res = app
+        .admin_post("/admin/admins", json!({"name": "alice", "role": "reader"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    app.create_client(&["issue"]).await;
+    app
+}
+
+fn ids(db: &RawDb) -> Vec<i64> {
+    db.query_rows("SELECT id FROM audit ORDER BY id", &[])
+        .into_iter()
+        .map(|r| match &r[0] {
+            Sql::Int(i) => *i,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_change_extends_the_chain_and_key_transitions_sign_its_head() {
+    let app = busy_app().await;
+    let (ok, report) = verify(&app, &[]);
+    assert!(ok, "{report}");
+    assert!(report["rows"].as_i64().unwrap() >= 8, "{report}");
+    assert_eq!(report["fromBeforeTheChain"], 0);
+    assert!(report["signedHeads"].as_i64().unwrap() >= 1, "{report}");
+    // The signed head names the active ES256 key and the row before it.
+    let rows = app.admin_json("/admin/audit?limit=1000").await;
+    let head = rows["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "audit.head")
+        .expect("a signed head")
+        .clone();
+    assert_eq!(head["actor"], "system");
+    assert_eq!(
+        head["detail"]["seq"].as_i64().unwrap(),
+        head["id"].as_i64().unwrap() - 1
+    );
+    let kid = head["subject"].as_str().unwrap();
+    assert!(app.kids_in("active").await.contains(&kid.to_owned()));
+}
+
+#[tokio::test]
+async fn an_edited_row_is_named() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let target = ids(&db)[3];
+    db.execute(
+        "UPDATE audit SET actor = 'admin:somebody-else' WHERE id = ?1",
+        &[Sql::Int(target)],
+    );
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok);
+    let (row, what) = problem(&report);
+    assert_eq!(row, target, "{what}");
+    assert!(what.contains("edited"), "{what}");
+}
+
+#[tokio::test]
+async fn a_deleted_row_is_named_by_the_row_after_it() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let all = ids(&db);
+    db.execute("DELETE FROM audit WHERE id = ?1", &[Sql::Int(all[2])]);
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok);
+    let (row, what) = problem(&report);
+    assert_eq!(row, all[3], "{what}");
+    assert!(
+        what.contains(&format!("does not follow row {}", all[1])),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn rows_swapped_out_of_order_are_named() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let all = ids(&db);
+    let (a, b) = (all[2], all[3]);
+    // Every column moves with its row except the id: the rows trade places.
+    db.execute("UPDATE audit SET id = -1 WHERE id = ?1", &[Sql::Int(a)]);
+    db.execute(
+        "UPDATE audit SET id = ?1 WHERE id = ?2",
+        &[Sql::Int(a), Sql::Int(b)],
+    );
+    db.execute("UPDATE audit SET id = ?1 WHERE id = -1", &[Sql::Int(b)]);
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok);
+    let (row, what) = problem(&report);
+    assert_eq!(row, a, "{what}");
+}
+
+#[tokio::test]
+async fn a_row_forged_with_a_correct_hash_fails_its_mac() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let last = *ids(&db).last().unwrap();
+    let prev = db.query_bytes("SELECT hash FROM audit WHERE id = ?1", &[Sql::Int(last)]);
+    let (id, at, detail) = (last + 1, app.now(), "{}");
+    // SHA-256 is public: anyone can extend the chain, but not with keyhost's MAC.
+    let hash = keyhost::store::audit::link_hash(
+        &prev,
+        id,
+        at,
+        "admin:bootstrap",
+        "key.revoke",
+        "somekid",
+        detail,
+    );
+    for mac in [Sql::Null, Sql::Blob(vec![7; 32])] {
+        db.execute("DELETE FROM audit WHERE id = ?1", &[Sql::Int(id)]);
+        db.execute(
+            "INSERT INTO audit (id, at, actor, action, subject, detail, prev_hash, hash, mac)
+             VALUES (?1, ?2, 'admin:bootstrap', 'key.revoke', 'somekid', ?3, ?4, ?5, ?6)",
+            &[
+                Sql::Int(id),
+                Sql::Int(at),
+                Sql::Text(detail.into()),
+                Sql::Blob(prev.clone()),
+                Sql::Blob(hash.to_vec()),
+                mac,
+            ],
+        );
+        let (ok, report) = verify(&app, &[]);
+        assert!(!ok);
+        let (row, what) = problem(&report);
+        assert_eq!(row, id, "{what}");
+        assert!(what.contains("MAC"), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn rows_cut_off_the_end_are_caught_by_the_recorded_head() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let all = ids(&db);
+    let keep = all[all.len() - 3];
+    db.execute("DELETE FROM audit WHERE id > ?1", &[Sql::Int(keep)]);
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok);
+    let (row, what) = problem(&report);
+    assert_eq!(row, keep, "{what}");
+    assert!(what.contains("removed from the end"), "{what}");
+}
+
+#[tokio::test]
+async fn a_trail_rolled_back_with_its_head_record_is_caught_by_a_signed_head_kept_elsewhere() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    // What a backup taken now would hold: the trail's length and its head record.
+    let cut = *ids(&db).last().unwrap();
+    let head_value = db.query_string("SELECT value FROM settings WHERE name = 'audit_head'", &[]);
+    let head_mac = db.query_bytes("SELECT mac FROM settings WHERE name = 'audit_head'", &[]);
+    // Later: the pending key activates (a transition: its head is signed and logged, and an
+    // operator keeps it), more changes.
+    app.advance(2 * 24 * 3600).await;
+    app.create_client(&["issue"]).await;
+    let entries = app.admin_json("/admin/audit?limit=1000").await;
+    let kept = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "audit.head" && e["detail"]["seq"].as_i64().unwrap() > cut)
+        .expect("the rotation's signed head")["detail"]["jws"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        verify(&app, &["--head", &kept]).0,
+        "the whole trail holds it"
+    );
+    // The store is rolled back: the rows since, and the head record, as the backup had them.
+    db.execute("DELETE FROM audit WHERE id > ?1", &[Sql::Int(cut)]);
+    db.execute(
+        "UPDATE settings SET value = ?1, mac = ?2 WHERE name = 'audit_head'",
+        &[Sql::Text(head_value), Sql::Blob(head_mac)],
+    );
+    let (ok, report) = verify(&app, &[]);
+    assert!(ok, "from inside, a consistent older trail: {report}");
+    let head_file = app.dir.path().join("kept-head.jws");
+    std::fs::write(&head_file, format!("{kept}\n")).unwrap();
+    let (ok, report) = verify(&app, &["--head-file", head_file.to_str().unwrap()]);
+    assert!(!ok);
+    let (_, what) = problem(&report);
+    assert!(
+        what.contains("truncated") && what.contains("older backup"),
+        "{what}"
+    );
+    // A head that is not keyhost's is refused as such.
+    let mut forged = kept.clone();
+    forged.push('A');
+    let (ok, report) = verify(&app, &["--head", &forged]);
+    assert!(!ok);
+    assert!(problem(&report).1.contains("does not verify"), "{report}");
+}
+
+#[tokio::test]
+async fn export_writes_json_lines_with_hashes_and_never_a_secret() {
+    let app = busy_app().await;
+    let since_now = app.now();
+    app.advance(2 * 24 * 3600).await;
+    let out = keyhost(app.dir.path(), &["audit", "export"]);
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 8);
+    for pair in lines.windows(2) {
+        assert_eq!(pair[1]["prevHash"], pair[0]["hash"], "{pair:?}");
+    }
+    assert!(lines[0]["at"].as_str().unwrap().ends_with('Z'));
+    let text = serde_json::to_string(&lines).unwrap();
+    assert!(!text.contains("khc_") && !text.contains(crate::helpers::ADMIN_TOKEN));
+    let since = keyhost(
+        app.dir.path(),
+        &["audit", "export", "--since", &(since_now + 1).to_string()],
+    );
+    let later = String::from_utf8(since.stdout).unwrap().lines().count();
+    assert!(
+        later >= 2 && later < lines.len(),
+        "{later} of {}",
+        lines.len()
+    );
+    let file = app.dir.path().join("audit.jsonl");
+    let out = keyhost(
+        app.dir.path(),
+        &["audit", "export", "--output", file.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().lines().count(),
+        lines.len()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_changes_never_fork_the_chain() {
+    let app = spawn_app().await;
+    let creations = (0..24).map(|_| app.create_client(&["issue"]));
+    futures_util::future::join_all(creations).await;
+    let (ok, report) = verify(&app, &[]);
+    assert!(ok, "{report}");
+}
