@@ -57,6 +57,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminsCommand,
     },
+    /// Personal data in issuance records: erase one person's on request.
+    Issuances {
+        /// Issuance command.
+        #[command(subcommand)]
+        command: IssuancesCommand,
+    },
     /// Check the audit trail's hash chain, or export it for a SIEM.
     Audit {
         /// Audit command.
@@ -168,6 +174,19 @@ pub enum AdminsCommand {
     Disable {
         /// Admin name, or `bootstrap`.
         name: String,
+    },
+}
+
+/// `keyhost issuances ...`
+#[derive(Debug, Subcommand)]
+pub enum IssuancesCommand {
+    /// Erase one person's data: their issuances' personal data (one in progress is stopped),
+    /// the KYC deliveries linked to them or to the clientIds mapped to the address, and those
+    /// mappings. Audited without the address.
+    Erase {
+        /// The person's e-mail address (compared without regard to case).
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -457,6 +476,22 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
                     print(&json!({ "client": view }))?;
                 }
             }
+        }
+        Command::Issuances {
+            command: IssuancesCommand::Erase { email },
+        } => {
+            let email = email.trim();
+            if email.is_empty() {
+                bail!("--email must name an address");
+            }
+            let privacy = crate::privacy::Privacy::new(
+                store.clone(),
+                keys.row_auth().clone(),
+                clock.clone(),
+                config.privacy.issuance_retention,
+            );
+            let erased = privacy.erase_email(email, &actor)?;
+            print(&serde_json::to_value(&erased)?)?;
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify { head, head_file } => {

@@ -253,10 +253,16 @@ impl KycService {
         let now = self.clock.now();
         let mac = self.row_auth.subject_mac(&client_id, email.as_str());
         let actor = actor.to_owned();
+        // The trail names the clientId by a keyed hash: it holds no personal data, so that an
+        // erasure never has to touch it.
+        let subject = format!(
+            "client-id-tag:{}",
+            self.row_auth.tag("kyc-client-id", &client_id)
+        );
         self.store
             .write(move |tx| {
                 store::kyc::put_subject(tx, &client_id, email.as_str(), now, &mac)?;
-                store::audit::record(tx, now, &actor, "kyc-subject.put", &client_id, &json!({}))
+                store::audit::record(tx, now, &actor, "kyc-subject.put", &subject, &json!({}))
             })
             .await?;
         Ok(())

@@ -33,6 +33,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod mint;
 pub mod partner_jwt;
+pub mod privacy;
 pub mod replicas;
 pub mod scope;
 pub mod signer;

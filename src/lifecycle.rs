@@ -28,6 +28,7 @@ use crate::keys::service::Rotated;
 use crate::keys::service::TickReport;
 use crate::keys::{Alg, KeyError, KeyRecord, KeyService};
 use crate::live::LiveKeys;
+use crate::privacy::Privacy;
 use crate::replicas::Replicas;
 use crate::store::{Store, off_thread};
 
@@ -53,6 +54,7 @@ pub struct Lifecycle {
     serial: Mutex<()>,
     wake: Notify,
     heads: Arc<HeadSchedule>,
+    privacy: std::sync::OnceLock<Arc<Privacy>>,
 }
 
 impl Lifecycle {
@@ -78,7 +80,13 @@ impl Lifecycle {
             serial: Mutex::new(()),
             wake: Notify::new(),
             heads: Arc::default(),
+            privacy: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on the planning server's rounds also erase personal data past its retention.
+    pub fn purge_with(&self, privacy: Arc<Privacy>) {
+        let _ = self.privacy.set(privacy);
     }
 
     /// This server among those sharing its store.
@@ -99,6 +107,7 @@ impl Lifecycle {
             self.replicas.clone(),
             self.heads.clone(),
         );
+        let privacy = self.privacy.get().cloned();
         let actor = actor.to_owned();
         off_thread(move || {
             // Reads first: the views follow the store, and the signing lease is renewed, even
@@ -145,6 +154,9 @@ impl Lifecycle {
             };
             if planned && refreshed.is_ok() {
                 heads.maybe_sign(&store, &live, keys.clock().now(), changed);
+            }
+            if planned && let Some(privacy) = &privacy {
+                privacy.maybe_purge();
             }
             let report = report?;
             refreshed?;

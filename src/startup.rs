@@ -432,6 +432,12 @@ impl Application {
             Some(clients.clone()),
         ));
         let audit = crate::audit::AuditLog::new(opened.store.clone());
+        lifecycle.purge_with(Arc::new(crate::privacy::Privacy::new(
+            opened.store.clone(),
+            row_auth.clone(),
+            clock.clone(),
+            config.privacy.issuance_retention,
+        )));
         let admin_service = Arc::new(crate::admins::AdminService::new(
             opened.store.clone(),
             row_auth.clone(),

@@ -33,8 +33,8 @@ use crate::keys::planner::Policy;
 
 pub use self::names::{SETTINGS, Setting};
 pub use self::sections::{
-    AirKitEnv, AirKitSettings, DatabaseSettings, HttpSettings, KeySettings, LogFormat, TlsSettings,
-    TokenSettings, WebhookSettings,
+    AirKitEnv, AirKitSettings, DatabaseSettings, HttpSettings, KeySettings, LogFormat,
+    PrivacySettings, TlsSettings, TokenSettings, WebhookSettings,
 };
 
 /// Environment variable naming an optional TOML configuration file.
@@ -72,6 +72,8 @@ pub struct Config {
     pub airkit: AirKitSettings,
     /// `[database]`: the store's engine, and how replicas keep current.
     pub database: DatabaseSettings,
+    /// `[privacy]`: how long personal data is kept.
+    pub privacy: PrivacySettings,
     /// `[webhooks]`: the webhook secrets.
     pub webhooks: WebhookSettings,
 }
@@ -90,6 +92,7 @@ impl Default for Config {
             tokens: TokenSettings::default(),
             airkit: AirKitSettings::default(),
             database: DatabaseSettings::default(),
+            privacy: PrivacySettings::default(),
             webhooks: WebhookSettings::default(),
         }
     }

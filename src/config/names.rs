@@ -149,6 +149,8 @@ pub const SETTINGS: &[Setting] = &[
     parsed("refresh_interval", "database.refresh_interval"),
     parsed("signing_lease", "database.signing_lease"),
     parsed("jwks_stale_limit", "database.jwks_stale_limit"),
+    // [privacy]
+    parsed("issuance_retention", "privacy.issuance_retention"),
     // [webhooks]
     secret("kyc_webhook_secret", "webhooks.kyc_secret", |c| {
         &mut c.webhooks.kyc_secret
@@ -160,7 +162,7 @@ pub const SETTINGS: &[Setting] = &[
 
 /// The sections of the nested form, as TOML tables.
 pub const SECTIONS: &[&str] = &[
-    "http", "tls", "keys", "tokens", "airkit", "database", "webhooks",
+    "http", "tls", "keys", "tokens", "airkit", "database", "privacy", "webhooks",
 ];
 
 /// The setting whose flat name is `name` (lower case).

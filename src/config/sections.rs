@@ -285,6 +285,24 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// `[privacy]`: how long personal data is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// How long the personal data of a finished issuance, and of a KYC delivery, is kept (then
+    /// erased, keeping ids, states, times and hashes).
+    #[serde(with = "humantime_serde")]
+    pub issuance_retention: Duration,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            issuance_retention: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
 /// `[webhooks]`: the secrets that authenticate deliveries, from the environment only (a webhook
 /// whose secret is unset is off). The table exists in the file only to be refused there.
 #[derive(Debug, Clone, Default, Deserialize)]

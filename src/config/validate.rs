@@ -32,6 +32,12 @@ impl Config {
         self.check_http()?;
         self.check_airkit()?;
         self.check_database()?;
+        if self.privacy.issuance_retention < Duration::from_secs(3600) {
+            return invalid(format!(
+                "KEYHOST_ISSUANCE_RETENTION is {}; keep personal data at least 1h (e.g. 90d)",
+                human(self.privacy.issuance_retention)
+            ));
+        }
         self.check_webhooks()
     }
 

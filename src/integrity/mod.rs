@@ -250,6 +250,19 @@ impl RowAuth {
         self.verify("admin", &Self::admin_fields(a), a.mac.as_deref())
     }
 
+    /// A keyed hash of an e-mail address (lower-cased), for records that must say whose data
+    /// they concern without holding the address: only the holder of the master key can tell
+    /// whether a given address produced it.
+    pub fn email_tag(&self, email: &str) -> String {
+        self.tag("email", &email.to_lowercase())
+    }
+
+    /// A keyed hash of a personal identifier of `kind` (an e-mail address, an iDenfy clientId),
+    /// for the audit trail, which keeps no personal data.
+    pub fn tag(&self, kind: &str, value: &str) -> String {
+        hex::encode(&self.mac("tag", &[Field::Text(kind), Field::Text(value)])[..16])
+    }
+
     /// The MAC of a KYC subject mapping.
     pub fn subject_mac(&self, client_id: &str, email: &str) -> Vec<u8> {
         self.mac("kyc-subject", &[Field::Text(client_id), Field::Text(email)])

@@ -309,6 +309,7 @@ impl IssuanceService {
             submitted_at: None,
             completed_at: None,
             mac: None,
+            erased_at: None,
         };
         new.mac = Some(self.row_auth.issuance_mac(&IssuanceRow::from(&new)));
         let (issuance, created) = records::insert_unless_replay(&self.store, new).await?;
@@ -414,6 +415,11 @@ impl IssuanceService {
             return Err(IssuanceError::Invalid(format!(
                 "issuance {id} fails its integrity check (it was not recorded by keyhost) and is \
                  never sent"
+            )));
+        }
+        if issuance.erased_at.is_some() {
+            return Err(IssuanceError::Invalid(format!(
+                "issuance {id}'s personal data was erased: it cannot be sent again"
             )));
         }
         let not_resumable = |state: IssuanceState| {

@@ -128,7 +128,13 @@ pub(super) async fn save_audited_if(
     store
         .write(move |tx| {
             let current = store::issuances::get(tx, &row.id)?;
-            if current.map(|r| r.state).as_deref() != Some(from.as_str()) {
+            // Erased meanwhile: it changes no more.
+            if current
+                .filter(|r| r.erased_at.is_none())
+                .map(|r| r.state)
+                .as_deref()
+                != Some(from.as_str())
+            {
                 return Ok::<_, StoreError>(false);
             }
             store::issuances::save(tx, &row)?;

@@ -285,6 +285,8 @@ pub struct Issuance {
     pub completed_at: Option<UnixTime>,
     /// MAC over the request (see [`crate::integrity`]).
     pub mac: Option<Vec<u8>>,
+    /// When its personal data was erased.
+    pub erased_at: Option<UnixTime>,
 }
 
 impl TryFrom<IssuanceRow> for Issuance {
@@ -318,6 +320,7 @@ impl TryFrom<IssuanceRow> for Issuance {
             submitted_at: r.submitted_at,
             completed_at: r.completed_at,
             mac: r.mac,
+            erased_at: r.erased_at,
         })
     }
 }
@@ -351,6 +354,7 @@ impl From<&Issuance> for IssuanceRow {
             submitted_at: i.submitted_at,
             completed_at: i.completed_at,
             mac: i.mac.clone(),
+            erased_at: i.erased_at,
         }
     }
 }
@@ -415,6 +419,11 @@ pub struct IssuanceView {
     /// Last changed.
     #[schema(format = DateTime)]
     pub updated_at: String,
+    /// When its personal data (email, credential data, idempotency key, AIR's user id, last
+    /// error) was erased, after `KEYHOST_ISSUANCE_RETENTION` or on request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub erased_at: Option<String>,
 }
 
 impl From<&Issuance> for IssuanceView {
@@ -443,6 +452,7 @@ impl From<&Issuance> for IssuanceView {
                 .map(rfc3339),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
+            erased_at: r.erased_at.map(rfc3339),
         }
     }
 }
@@ -547,6 +557,7 @@ mod tests {
             submitted_at: Some(3),
             completed_at: Some(4),
             mac: Some(vec![1, 2, 3]),
+            erased_at: None,
         }
     }
 

@@ -33,12 +33,12 @@ const TABLES: &[(&str, &str)] = &[
         "id, source, idempotency_key, request_hash, email, issuer_did, credential_id, \
          credential_subject, on_duplicate, state, attempts, next_attempt_at, core_claim_hash, \
          user_uuid, duplicate, vc_status, vc_id, issuance_date, polls, last_status, last_error, \
-         created_at, updated_at, submitted_at, completed_at, mac",
+         created_at, updated_at, submitted_at, completed_at, mac, erased_at",
     ),
     (
         "kyc_events",
         "id, provider, scan_ref, client_id, final, status, outcome, detail, issuance_id, \
-         received_at, delivery_hash, repeats, last_received_at",
+         received_at, delivery_hash, repeats, last_received_at, erased_at",
     ),
     ("kyc_subjects", "client_id, email, created_at, mac"),
 ];

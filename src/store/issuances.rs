@@ -62,6 +62,9 @@ pub struct IssuanceRow {
     pub completed_at: Option<UnixTime>,
     /// MAC over the request (checked by the service, never here).
     pub mac: Option<Vec<u8>>,
+    /// When its personal data was erased (retention, or a request): the email, credential
+    /// data, idempotency key, AIR's user id and the last error are gone; it changes no more.
+    pub erased_at: Option<UnixTime>,
 }
 
 const COLUMNS: &str = "id, source, idempotency_key, request_hash, email, issuer_did, \
@@ -69,6 +72,12 @@ const COLUMNS: &str = "id, source, idempotency_key, request_hash, email, issuer_
                        next_attempt_at, core_claim_hash, user_uuid, duplicate, vc_status, vc_id, \
                        issuance_date, polls, last_status, last_error, created_at, updated_at, \
                        submitted_at, completed_at, mac";
+/// Every column read: those written at insertion, and when the personal data was erased.
+const READ: &str = "id, source, idempotency_key, request_hash, email, issuer_did, \
+                    credential_id, credential_subject, on_duplicate, state, attempts, \
+                    next_attempt_at, core_claim_hash, user_uuid, duplicate, vc_status, vc_id, \
+                    issuance_date, polls, last_status, last_error, created_at, updated_at, \
+                    submitted_at, completed_at, mac, erased_at";
 
 fn row(r: &Row) -> Result<IssuanceRow, ReadError> {
     let subject: String = r.get(7)?;
@@ -99,6 +108,7 @@ fn row(r: &Row) -> Result<IssuanceRow, ReadError> {
         submitted_at: r.get(23)?,
         completed_at: r.get(24)?,
         mac: r.get(25)?,
+        erased_at: r.get(26)?,
     })
 }
 
@@ -142,7 +152,8 @@ pub fn insert(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes the mutable part of an issuance.
+/// Writes the mutable part of an issuance (nothing once its personal data was erased: a worker
+/// holding it in memory cannot bring any of it back).
 #[tracing::instrument(skip_all)]
 pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
     tx.execute(
@@ -152,7 +163,7 @@ pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
          polls = ?11,
              last_status = ?12, last_error = ?13, updated_at = ?14, submitted_at = ?15, \
          completed_at = ?16
-         WHERE id = ?1",
+         WHERE id = ?1 AND erased_at IS NULL",
         &args![
             i.id,
             i.state,
@@ -179,7 +190,7 @@ pub fn save(tx: &Tx<'_>, i: &IssuanceRow) -> Result<(), StoreError> {
 #[tracing::instrument(skip_all)]
 pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<IssuanceRow>, StoreError> {
     tx.query_opt(
-        &format!("SELECT {COLUMNS} FROM issuances WHERE id = ?1"),
+        &format!("SELECT {READ} FROM issuances WHERE id = ?1"),
         &args![id],
         row,
     )
@@ -193,7 +204,7 @@ pub fn by_idempotency_key(
     key: &str,
 ) -> Result<Option<IssuanceRow>, StoreError> {
     tx.query_opt(
-        &format!("SELECT {COLUMNS} FROM issuances WHERE source = ?1 AND idempotency_key = ?2"),
+        &format!("SELECT {READ} FROM issuances WHERE source = ?1 AND idempotency_key = ?2"),
         &args![source, key],
         row,
     )
@@ -204,7 +215,7 @@ pub fn by_idempotency_key(
 pub fn by_core_claim_hash(tx: &Tx<'_>, hash: &str) -> Result<Option<IssuanceRow>, StoreError> {
     tx.query_opt(
         &format!(
-            "SELECT {COLUMNS} FROM issuances WHERE core_claim_hash = ?1 ORDER BY created_at \
+            "SELECT {READ} FROM issuances WHERE core_claim_hash = ?1 ORDER BY created_at \
                  DESC LIMIT 1"
         ),
         &args![hash],
@@ -217,7 +228,7 @@ pub fn by_core_claim_hash(tx: &Tx<'_>, hash: &str) -> Result<Option<IssuanceRow>
 pub fn list(tx: &Tx<'_>, state: Option<&str>, limit: u32) -> Result<Rows<IssuanceRow>, StoreError> {
     tx.read_rows(
         &format!(
-            "SELECT {COLUMNS} FROM issuances WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1)
+            "SELECT {READ} FROM issuances WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1)
              ORDER BY created_at DESC, id DESC LIMIT ?2"
         ),
         &args![state, limit],
@@ -231,7 +242,7 @@ pub fn list(tx: &Tx<'_>, state: Option<&str>, limit: u32) -> Result<Rows<Issuanc
 pub fn unfinished(tx: &Tx<'_>) -> Result<Rows<IssuanceRow>, StoreError> {
     tx.read_rows(
         &format!(
-            "SELECT {COLUMNS} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY \
+            "SELECT {READ} FROM issuances WHERE state IN ('queued', 'submitted') ORDER BY \
          created_at"
         ),
         &args![],
@@ -244,7 +255,7 @@ pub fn unfinished(tx: &Tx<'_>) -> Result<Rows<IssuanceRow>, StoreError> {
 pub fn without_mac(tx: &Tx<'_>) -> Result<Vec<IssuanceRow>, StoreError> {
     Ok(tx
         .read_rows(
-            &format!("SELECT {COLUMNS} FROM issuances WHERE mac IS NULL ORDER BY created_at"),
+            &format!("SELECT {READ} FROM issuances WHERE mac IS NULL ORDER BY created_at"),
             &args![],
             row,
         )?
@@ -337,4 +348,58 @@ pub fn save_claimed(tx: &Tx<'_>, i: &IssuanceRow, holder: &str) -> Result<bool, 
         save(tx, i)?;
     }
     Ok(mine)
+}
+
+/// Finished issuances (on chain, failed, stalled, unconfirmed) last changed before `cutoff`
+/// whose personal data is still there, oldest first, at most `limit`.
+#[tracing::instrument(skip_all)]
+pub fn expired_personal_data(
+    tx: &Tx<'_>,
+    cutoff: UnixTime,
+    limit: u32,
+) -> Result<Vec<IssuanceRow>, StoreError> {
+    tx.query_map(
+        &format!(
+            "SELECT {READ} FROM issuances
+             WHERE erased_at IS NULL AND updated_at < ?1
+               AND state IN ('onchain', 'failed', 'stalled', 'unconfirmed')
+             ORDER BY updated_at LIMIT ?2"
+        ),
+        &args![cutoff, limit],
+        row,
+    )
+}
+
+/// The issuances for `email` (compared without regard to case) whose personal data is still
+/// there.
+#[tracing::instrument(skip_all)]
+pub fn for_email(tx: &Tx<'_>, email: &str) -> Result<Vec<IssuanceRow>, StoreError> {
+    tx.query_map(
+        &format!(
+            "SELECT {READ} FROM issuances WHERE erased_at IS NULL AND lower(email) = lower(?1)"
+        ),
+        &args![email],
+        row,
+    )
+}
+
+/// Erases an issuance's personal data (email, credential data, idempotency key, AIR's user id,
+/// last error), leaving it in `state` with `mac` (computed over the erased row): it changes no
+/// more, and no server's claim on it survives.
+#[tracing::instrument(skip_all)]
+pub fn erase(
+    tx: &Tx<'_>,
+    id: &str,
+    now: UnixTime,
+    state: &str,
+    mac: Option<Vec<u8>>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE issuances SET email = '', credential_subject = '{}', idempotency_key = NULL,
+             user_uuid = NULL, last_error = NULL, state = ?3, next_attempt_at = NULL,
+             claimed_by = NULL, claimed_until = NULL, mac = ?4, erased_at = ?2
+         WHERE id = ?1",
+        &args![id, now, state, mac],
+    )?;
+    Ok(())
 }

@@ -227,3 +227,56 @@ pub fn set_subject_mac(tx: &Tx<'_>, client_id: &str, mac: &[u8]) -> Result<(), S
     )?;
     Ok(())
 }
+
+/// Erases the personal data (clientId, scanRef, detail) of the deliveries received before
+/// `cutoff`, except those of an issuance still in progress; how many.
+#[tracing::instrument(skip_all)]
+pub fn erase_received_before(
+    tx: &Tx<'_>,
+    cutoff: UnixTime,
+    now: UnixTime,
+) -> Result<usize, StoreError> {
+    tx.execute(
+        "UPDATE kyc_events SET client_id = NULL, scan_ref = NULL, detail = NULL, erased_at = ?2
+         WHERE erased_at IS NULL AND received_at < ?1
+           AND (issuance_id IS NULL OR issuance_id NOT IN (
+                SELECT id FROM issuances WHERE state IN ('queued', 'submitted')))",
+        &args![cutoff, now],
+    )
+}
+
+/// Erases the personal data of the deliveries of `client_id` or that started `issuance_id`;
+/// how many.
+#[tracing::instrument(skip_all)]
+pub fn erase_linked(
+    tx: &Tx<'_>,
+    client_id: Option<&str>,
+    issuance_id: Option<&str>,
+    now: UnixTime,
+) -> Result<usize, StoreError> {
+    tx.execute(
+        "UPDATE kyc_events SET client_id = NULL, scan_ref = NULL, detail = NULL, erased_at = ?3
+         WHERE erased_at IS NULL AND (client_id = ?1 OR issuance_id = ?2)",
+        &args![client_id, issuance_id, now],
+    )
+}
+
+/// The clientIds mapped to `email` (compared without regard to case).
+#[tracing::instrument(skip_all)]
+pub fn subjects_for_email(tx: &Tx<'_>, email: &str) -> Result<Vec<String>, StoreError> {
+    tx.query_map(
+        "SELECT client_id FROM kyc_subjects WHERE lower(email) = lower(?1)",
+        &args![email],
+        |r| r.get(0),
+    )
+}
+
+/// Deletes the mapping of `client_id`.
+#[tracing::instrument(skip_all)]
+pub fn delete_subject(tx: &Tx<'_>, client_id: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM kyc_subjects WHERE client_id = ?1",
+        &args![client_id],
+    )?;
+    Ok(())
+}

@@ -355,12 +355,13 @@ impl Store {
     }
 
     /// Moves SQLite's write-ahead log into the database file and truncates it, so that bytes
-    /// overwritten since (destroyed private keys) do not linger in old WAL frames. Best effort.
-    /// Nothing to do on PostgreSQL, whose files keyhost does not manage.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
+    /// overwritten since (destroyed private keys, erased personal data) do not linger in old
+    /// WAL frames; whether it completed (a reader holding an old snapshot holds it back). Nothing
+    /// to do on PostgreSQL, whose files keyhost does not manage.
+    pub fn checkpoint(&self) -> Result<bool, StoreError> {
         match &self.engine {
             Engine::Sqlite(s) => s.checkpoint(),
-            Engine::Postgres(_) => Ok(()),
+            Engine::Postgres(_) => Ok(true),
         }
     }
 

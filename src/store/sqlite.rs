@@ -25,6 +25,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0007_replicas.sql")),
     M::up(include_str!("../../migrations/0008_admins.sql")),
     M::up(include_str!("../../migrations/0009_audit_chain.sql")),
+    M::up(include_str!("../../migrations/0010_personal_data.sql")),
 ];
 
 #[cfg(test)]
@@ -107,10 +108,13 @@ impl Sqlite {
             .pragma_query_value(None, "data_version", |r| r.get(0))?)
     }
 
-    pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
+    /// Whether the checkpoint completed (no reader held it back).
+    pub(super) fn checkpoint(&self) -> Result<bool, StoreError> {
         Ok(self
             .lock()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?)
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0).map(|busy| busy == 0)
+            })?)
     }
 
     pub(super) fn ping(&self) -> bool {

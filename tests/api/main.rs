@@ -22,6 +22,7 @@ mod lifecycle;
 mod openapi;
 mod pg;
 mod postgres;
+mod privacy;
 mod process;
 mod replicas;
 mod storage;

@@ -423,6 +423,7 @@ fn refuses_what_keyhost_never_writes(db: &RawDb) {
             "issuances_claim",
             "issuances_hash",
             "issuances_idempotency",
+            "issuances_retention",
             "issuances_state"
         ]
         .map(|i| vec![text(i)])

@@ -15,7 +15,12 @@ fn hex_hmac(secret: &str, body: &[u8]) -> String {
     hex::encode(tag.as_ref())
 }
 
-fn idenfy_body(scan_ref: &str, client_id: &str, is_final: bool, overall: &str) -> Vec<u8> {
+pub(crate) fn idenfy_body(
+    scan_ref: &str,
+    client_id: &str,
+    is_final: bool,
+    overall: &str,
+) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "final": is_final,
         "platform": "PC",
@@ -78,7 +83,7 @@ fn kyc_body(email: &str, event_id: Option<&str>) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
-async fn signed_idenfy(app: &TestApp, body: &[u8]) -> (u16, Value) {
+pub(crate) async fn signed_idenfy(app: &TestApp, body: &[u8]) -> (u16, Value) {
     post_idenfy(app, body, Some(hex_hmac(IDENFY_KEY, body))).await
 }
 

@@ -44,6 +44,8 @@ mod openapi;
 mod pg;
 #[path = "../api/postgres.rs"]
 mod postgres;
+#[path = "../api/privacy.rs"]
+mod privacy;
 #[path = "../api/process.rs"]
 mod process;
 #[path = "../api/replicas.rs"]

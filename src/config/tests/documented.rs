@@ -79,6 +79,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("refresh_interval", "1s"),
     ("signing_lease", "6s"),
     ("jwks_stale_limit", "30m"),
+    ("issuance_retention", "30d"),
     ("kyc_webhook_secret", "kyc-webhook-secret-0123456789"),
     ("idenfy_signing_key", "idenfy-signing-key-0123456789"),
 ];

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_audit_chain",
         include_str!("../../../migrations/postgres/0003_audit_chain.sql"),
     ),
+    (
+        "0004_personal_data",
+        include_str!("../../../migrations/postgres/0004_personal_data.sql"),
+    ),
 ];
 
 /// The channel every replica listens on; payloads are `<schema>:<topic>`.
