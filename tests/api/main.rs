@@ -3,6 +3,7 @@
 
 mod admin;
 mod airkit;
+mod alerts;
 mod cli;
 mod clock;
 mod crash;

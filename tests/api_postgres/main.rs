@@ -6,6 +6,8 @@
 mod admin;
 #[path = "../api/airkit.rs"]
 mod airkit;
+#[path = "../api/alerts.rs"]
+mod alerts;
 #[path = "../api/cli.rs"]
 mod cli;
 #[path = "../api/clock.rs"]
