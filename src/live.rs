@@ -4,7 +4,7 @@
 //! Refreshing reads the store and opens only keys it has not opened before; requests only load an
 //! `Arc`. Pending keys are opened ahead of time so that activation costs nothing at the switch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::clock::UnixTime;
 use crate::jwks::JwksDocument;
+use crate::keys::planner::{Policy, scheduled_rotation};
 use crate::keys::{Alg, KeyError, KeyRecord, KeyService, KeyState};
 use crate::signer::SigningKey;
 
@@ -25,10 +26,36 @@ pub struct SignerSet {
     pub next_signable: HashMap<Alg, UnixTime>,
 }
 
+/// The key set at the last refresh, as the metrics show it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeySummary {
+    /// Keys the JWKS publishes, by algorithm and state (pending, active or retired).
+    pub published: HashMap<(Alg, KeyState), i64>,
+    /// When the active key of each algorithm is due to be replaced, under automatic rotation.
+    pub rotation_due: BTreeMap<Alg, UnixTime>,
+}
+
+impl KeySummary {
+    /// The summary of `records` under `policy`.
+    pub fn of(records: &[KeyRecord], policy: &Policy) -> Self {
+        let mut summary = Self::default();
+        for rec in records.iter().filter(|k| k.is_published()) {
+            *summary.published.entry((rec.alg, rec.state)).or_default() += 1;
+            if rec.state == KeyState::Active && policy.auto_rotate {
+                summary
+                    .rotation_due
+                    .insert(rec.alg, scheduled_rotation(rec, policy));
+            }
+        }
+        summary
+    }
+}
+
 /// The published key set.
 pub struct LiveKeys {
     jwks: ArcSwap<JwksDocument>,
     signers: ArcSwap<SignerSet>,
+    summary: ArcSwap<KeySummary>,
     opened: Mutex<HashMap<i64, Arc<SigningKey>>>,
     /// The latest `exp` of keys dropped from `opened` before it was recorded in the store.
     dropped: Mutex<Vec<(i64, UnixTime)>>,
@@ -86,6 +113,7 @@ impl Default for LiveKeys {
         Self {
             jwks: ArcSwap::from_pointee(JwksDocument::build(&[])),
             signers: ArcSwap::from_pointee(SignerSet::default()),
+            summary: ArcSwap::from_pointee(KeySummary::default()),
             opened: Mutex::default(),
             dropped: Mutex::default(),
             freshness: Freshness::default(),
@@ -132,6 +160,19 @@ impl LiveKeys {
         } else {
             Ok(())
         }
+    }
+
+    /// The signing lease, if the view's age is bounded (a store shared with other servers).
+    pub fn signing_lease(&self) -> Option<Duration> {
+        match self.freshness.signing_lease.load(Ordering::Relaxed) {
+            0 => None,
+            bound => Some(Duration::from_millis(bound)),
+        }
+    }
+
+    /// The key set at the last refresh, for the metrics.
+    pub fn summary(&self) -> Arc<KeySummary> {
+        self.summary.load_full()
     }
 
     /// Whether the view is recent enough to sign with.
@@ -267,6 +308,8 @@ impl LiveKeys {
             self.jwks.store(Arc::new(doc));
         }
         self.signers.store(Arc::new(set));
+        self.summary
+            .store(Arc::new(KeySummary::of(&records, service.policy())));
         Ok(())
     }
 }

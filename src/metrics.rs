@@ -3,12 +3,25 @@
 //! Counters only see what happened, never secrets: algorithms, kids (public), HTTP statuses and
 //! issuance states. A 401 from AIR Kit for a kid keyhost holds is counted per kid: it is the sign
 //! of a verifier that has not fetched the JWKS.
+//!
+//! Gauges show the state the alert rules of `deploy/prometheus/` watch: the key set as this
+//! server sees it ([`KeyViewMetrics`], read at every scrape), the backlog of unfinished issuances
+//! (measured every 30 s), row integrity, clock skew. Two are declared for features that do not
+//! feed them yet: `keyhost_activation_blocked{alg}` (0 for every enabled algorithm) and
+//! `keyhost_verifier_last_seen_seconds{verifier}` (no series).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
+
+use crate::keys::{Alg, KeyState};
+use crate::live::LiveKeys;
 
 /// Label: algorithm.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +51,22 @@ pub struct KidLabel {
 pub struct StateLabel {
     /// State entered.
     pub state: String,
+}
+
+/// Labels: algorithm and key state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyStateLabels {
+    /// `ES256` or `RS256`.
+    pub alg: String,
+    /// `pending`, `active` or `retired`.
+    pub state: String,
+}
+
+/// Label: a verifier of keyhost's tokens (a JWKS consumer).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerifierLabel {
+    /// The verifier's name.
+    pub verifier: String,
 }
 
 /// Label: webhook provider.
@@ -80,6 +109,17 @@ pub struct TlsReloadCounters {
     pub failed: Counter,
 }
 
+/// The JWKS requests answered, by outcome, resolved at start (no lock on the hot path).
+#[derive(Clone, Debug, Default)]
+pub struct JwksCounters {
+    /// Answered 200 with the key set.
+    pub ok: Counter,
+    /// Answered 304: the caller's copy is current.
+    pub not_modified: Counter,
+    /// Answered 503: this server's copy is past `KEYHOST_JWKS_STALE_LIMIT`.
+    pub stale: Counter,
+}
+
 /// The connection counters of one listener.
 #[derive(Clone, Debug)]
 pub struct ConnectionCounters {
@@ -118,6 +158,18 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabel, Counter>,
     /// Looks at the TLS certificate files, by outcome.
     pub tls_certificate_checks: Family<OutcomeLabel, Counter>,
+    /// JWKS requests by outcome.
+    pub jwks: JwksCounters,
+    /// 1 while a pending key's activation is postponed because the public JWKS URL does not
+    /// list it yet, per algorithm (0 otherwise). Nothing drives it yet: it stays 0.
+    pub activation_blocked: Family<AlgLabel, Gauge>,
+    /// Unix time of each known verifier's last JWKS fetch. Nothing feeds it yet: no series.
+    pub verifier_last_seen: Family<VerifierLabel, Gauge>,
+    /// Unfinished issuances (`queued`, `submitted`) in the store, at the last look.
+    pub issuances_unfinished: Family<StateLabel, Gauge>,
+    /// How long the next attempt or status poll of the most overdue unfinished issuance has been
+    /// due, in seconds, at the last look (0: none is overdue).
+    pub issuance_overdue: Gauge,
     /// Minute of the last rejection written to the audit trail, per provider.
     rejection_audited: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -200,6 +252,53 @@ impl Default for Metrics {
              failed: the current certificate stays)",
             tls_certificate_checks.clone(),
         );
+        let jwks_requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "jwks_requests",
+            "JWKS requests by outcome (ok: 200, not_modified: 304, stale: 503 from a server cut \
+             off from its shared database for too long)",
+            jwks_requests.clone(),
+        );
+        let jwks_outcome = |outcome: &str| {
+            jwks_requests
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        let jwks = JwksCounters {
+            ok: jwks_outcome("ok"),
+            not_modified: jwks_outcome("not_modified"),
+            stale: jwks_outcome("stale"),
+        };
+        let activation_blocked = Family::<AlgLabel, Gauge>::default();
+        registry.register(
+            "activation_blocked",
+            "1 while a pending key's activation is postponed because the public JWKS URL does not \
+             list it yet",
+            activation_blocked.clone(),
+        );
+        let verifier_last_seen = Family::<VerifierLabel, Gauge>::default();
+        registry.register(
+            "verifier_last_seen_seconds",
+            "Unix time of each known verifier's last fetch of the JWKS",
+            verifier_last_seen.clone(),
+        );
+        let issuances_unfinished = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "issuances_unfinished",
+            "Issuances still being worked (queued: not yet accepted by AIR Kit; submitted: \
+             accepted, not yet ONCHAIN), at the last look at the store",
+            issuances_unfinished.clone(),
+        );
+        let issuance_overdue = Gauge::default();
+        registry.register(
+            "issuance_overdue_seconds",
+            "How long the next attempt or status poll of the most overdue unfinished issuance has \
+             been due, at the last look at the store (0: none is overdue; growing: nothing works \
+             it)",
+            issuance_overdue.clone(),
+        );
         let label = |alg: &str| AlgLabel {
             alg: alg.to_owned(),
         };
@@ -212,6 +311,11 @@ impl Default for Metrics {
             connections_shed,
             connections_refused,
             tls_certificate_checks,
+            jwks,
+            activation_blocked,
+            verifier_last_seen,
+            issuances_unfinished,
+            issuance_overdue,
             minted_es256,
             minted_rs256,
             webhook_rejected,
@@ -280,6 +384,15 @@ impl Metrics {
         );
     }
 
+    /// Exports this server's view of the key set, read at every scrape (see [`KeyViewMetrics`]),
+    /// and starts `keyhost_activation_blocked` at 0 for each enabled algorithm.
+    pub fn register_key_view(&mut self, view: KeyViewMetrics) {
+        for alg in &view.algorithms {
+            let _ = self.activation_blocked.get_or_create(&alg_label(*alg));
+        }
+        self.registry.register_collector(Box::new(view));
+    }
+
     /// The connection counters of the listener `name`.
     pub fn connections(&self, name: &str) -> ConnectionCounters {
         let label = ListenerLabel {
@@ -316,5 +429,143 @@ impl Metrics {
             crate::keys::types::Alg::ES256 => self.minted_es256.inc(),
             crate::keys::types::Alg::RS256 => self.minted_rs256.inc(),
         };
+    }
+}
+
+/// This server's view of the key set, as gauges computed at every scrape:
+///
+/// - `keyhost_keys_published{alg,state}`: keys the JWKS publishes, per algorithm (each enabled one,
+///   and any other with a published key) and state (`pending`, `active`, `retired`);
+/// - `keyhost_key_rotation_timestamp_seconds{alg}`: when the active key is due to be replaced
+///   under automatic rotation (its successor is generated `publish_lead` before); absent without
+///   automatic rotation or an active key;
+/// - `keyhost_key_publish_lead_seconds`, `keyhost_jwks_max_age_seconds`: the policy, for rules
+///   to compare with;
+/// - `keyhost_signing_key{alg}`: 1 when this server holds an active key of the enabled algorithm
+///   (what `/readyz` asks), else 0;
+/// - `keyhost_signing_fresh`: 1 when this server's view of the key set is recent enough to sign
+///   with (within the signing lease; always on a store of its own), else 0;
+/// - `keyhost_key_view_age_seconds`: how old that view is, on a store shared with other servers
+///   only (on a store of its own the view cannot fall behind).
+#[derive(Debug)]
+pub struct KeyViewMetrics {
+    live: Arc<LiveKeys>,
+    algorithms: Vec<Alg>,
+    publish_lead: i64,
+    jwks_max_age: i64,
+}
+
+impl KeyViewMetrics {
+    /// The gauges of `live`, for the enabled `algorithms`, under the given policy (seconds).
+    pub fn new(
+        live: Arc<LiveKeys>,
+        algorithms: Vec<Alg>,
+        publish_lead: i64,
+        jwks_max_age: i64,
+    ) -> Self {
+        Self {
+            live,
+            algorithms,
+            publish_lead,
+            jwks_max_age,
+        }
+    }
+}
+
+/// The key states the JWKS publishes.
+const PUBLISHED_STATES: [KeyState; 3] = [KeyState::Pending, KeyState::Active, KeyState::Retired];
+
+fn alg_label(alg: Alg) -> AlgLabel {
+    AlgLabel {
+        alg: alg.as_str().to_owned(),
+    }
+}
+
+fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+impl Collector for KeyViewMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let summary = self.live.summary();
+        let mut algs: Vec<Alg> = self.algorithms.clone();
+        algs.extend(summary.published.keys().map(|(alg, _)| *alg));
+        algs.sort();
+        algs.dedup();
+
+        let mut family = encoder.encode_descriptor(
+            "keys_published",
+            "Keys the JWKS publishes, by algorithm and state (pending: published, not yet signing)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for &alg in &algs {
+            for state in PUBLISHED_STATES {
+                let count = summary.published.get(&(alg, state)).copied().unwrap_or(0);
+                let labels = KeyStateLabels {
+                    alg: alg.as_str().to_owned(),
+                    state: state.as_str().to_owned(),
+                };
+                ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "key_rotation_timestamp_seconds",
+            "Unix time at which the active key is due to be replaced under automatic rotation (its \
+             successor is published publish_lead before)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (&alg, &due) in &summary.rotation_due {
+            ConstGauge::new(due).encode(family.encode_family(&alg_label(alg))?)?;
+        }
+
+        gauge(
+            &mut encoder,
+            "key_publish_lead_seconds",
+            "How long a new key is published before it may sign (KEYHOST_PUBLISH_LEAD)",
+            self.publish_lead,
+        )?;
+        gauge(
+            &mut encoder,
+            "jwks_max_age_seconds",
+            "How long verifiers may cache the JWKS (KEYHOST_JWKS_MAX_AGE)",
+            self.jwks_max_age,
+        )?;
+
+        let signers = self.live.signers();
+        let mut family = encoder.encode_descriptor(
+            "signing_key",
+            "1 when this server holds an active key of the enabled algorithm, else 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        for &alg in &self.algorithms {
+            let held = i64::from(signers.active.contains_key(&alg));
+            ConstGauge::new(held).encode(family.encode_family(&alg_label(alg))?)?;
+        }
+
+        gauge(
+            &mut encoder,
+            "signing_fresh",
+            "1 when this server's view of the key set is recent enough to sign with (read within \
+             KEYHOST_SIGNING_LEASE), else 0: it signs nothing and is not ready",
+            i64::from(self.live.may_sign().is_ok()),
+        )?;
+        if self.live.signing_lease().is_some() {
+            gauge(
+                &mut encoder,
+                "key_view_age_seconds",
+                "Seconds since this server last read the key set from the shared store",
+                self.live.age().as_secs_f64(),
+            )?;
+        }
+        Ok(())
     }
 }

@@ -378,6 +378,13 @@ impl Application {
         ));
         metrics.register_integrity(&row_auth.failures);
         metrics.register_clock_skew(clock_skew.gauge());
+        let policy = config.policy();
+        metrics.register_key_view(crate::metrics::KeyViewMetrics::new(
+            live.clone(),
+            policy.algorithms,
+            policy.publish_lead,
+            config.keys.jwks_max_age.as_secs() as i64,
+        ));
         let metrics = Arc::new(metrics);
         let auth_throttle = http::throttle::AuthThrottle::new(config.http.auth_failure_limit);
         let jwks_cache_control = HeaderValue::from_str(&format!(
@@ -524,6 +531,7 @@ impl Application {
             stop_rx.clone(),
         ));
         let claims = tokio::spawn(self.state.issuance.clone().keep_claims(stop_rx.clone()));
+        let backlog = tokio::spawn(self.state.issuance.clone().watch_backlog(stop_rx.clone()));
         let resumed = self.state.issuance.resume_all().await?;
         if resumed > 0 {
             tracing::info!(resumed, "unfinished issuances resumed");
@@ -544,6 +552,7 @@ impl Application {
         lifecycle.await?;
         ledger.await?;
         claims.await?;
+        backlog.await?;
         let replicas = self.state.lifecycle.replicas().clone();
         let _ = tokio::task::spawn_blocking(move || replicas.leave()).await;
         Ok(())

@@ -64,6 +64,7 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
 )]
 async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(stale) = state.live.may_publish() {
+        state.metrics.jwks.stale.inc();
         return ApiError::unavailable(
             format!(
                 "this server has not reached the database for {} s (over its {} s limit), so \
@@ -89,8 +90,10 @@ async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .iter()
         .any(|v| matches(v, &doc.etag))
     {
+        state.metrics.jwks.not_modified.inc();
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
+    state.metrics.jwks.ok.inc();
     (
         common,
         [(

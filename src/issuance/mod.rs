@@ -27,9 +27,11 @@
 //! Layout: this file is the service's face; [`state`] holds the record and its enums,
 //! [`policy`] the pure rules (retry, backoff, poll schedule, AIR's answers and statuses),
 //! `worker` drives attempts and polls, `status` proxies status checks, `upstream` makes the
-//! calls to AIR Kit, `idempotency` hashes requests, and `records` is the only way to the store. Every wait goes through the injected
-//! [`Clock`], so tests drive retries and polls by advancing a manual clock.
+//! calls to AIR Kit, `idempotency` hashes requests, `backlog` measures the unfinished issuances
+//! for the metrics, and `records` is the only way to the store. Every wait of a worker goes
+//! through the injected [`Clock`], so tests drive retries and polls by advancing a manual clock.
 
+mod backlog;
 mod claims;
 mod idempotency;
 pub mod policy;
@@ -57,6 +59,7 @@ use crate::mint::Minter;
 use crate::store::issuances::IssuanceRow;
 use crate::store::{Store, StoreError};
 
+pub use self::backlog::{BACKLOG_EVERY, Backlog};
 pub use self::state::{
     Issuance, IssuanceSource, IssuanceState, IssuanceView, OnDuplicate, UnknownName, Webhook,
 };
@@ -202,6 +205,17 @@ impl IssuanceService {
         metrics: Arc<Metrics>,
         settings: IssuanceSettings,
     ) -> Arc<Self> {
+        // Every state's counter and the backlog's gauges from the start, so that the first
+        // issuance to stall is an increase a rule can see.
+        for state in IssuanceState::ALL {
+            let label = StateLabel {
+                state: state.as_str().into(),
+            };
+            let _ = metrics.issuances.get_or_create(&label);
+            if state.is_pending() {
+                let _ = metrics.issuances_unfinished.get_or_create(&label);
+            }
+        }
         Arc::new(Self {
             store,
             row_auth,

@@ -4,6 +4,7 @@
 mod admin;
 mod admins;
 mod airkit;
+mod alerts;
 mod audit;
 mod cli;
 mod clock;

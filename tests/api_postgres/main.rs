@@ -8,6 +8,8 @@ mod admin;
 mod admins;
 #[path = "../api/airkit.rs"]
 mod airkit;
+#[path = "../api/alerts.rs"]
+mod alerts;
 #[path = "../api/audit.rs"]
 mod audit;
 #[path = "../api/cli.rs"]

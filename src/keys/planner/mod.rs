@@ -133,6 +133,16 @@ pub fn new_key_signable_at(now: UnixTime, policy: &Policy, active_now: bool) -> 
     }
 }
 
+/// When the active key `active` is due to be replaced under automatic rotation: its
+/// `rotation_period` after it started signing. Its successor is generated `publish_lead` before.
+pub fn scheduled_rotation(active: &KeyRecord, policy: &Policy) -> UnixTime {
+    let since = active
+        .activated_at
+        .or(active.signable_at)
+        .unwrap_or(active.created_at);
+    since + policy.rotation_period
+}
+
 /// Decides which transitions are due at `now`. `ever_served` tells whether a server has ever
 /// served this store's JWKS (until then nobody can have cached it).
 pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: bool) -> Plan {
@@ -249,11 +259,7 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
                 },
             }),
             Some(active) if pending.is_empty() && policy.auto_rotate => {
-                let since = active
-                    .activated_at
-                    .or(active.signable_at)
-                    .unwrap_or(active.created_at);
-                let generate_at = since + policy.rotation_period - lead;
+                let generate_at = scheduled_rotation(active, policy) - lead;
                 if now >= generate_at {
                     plan.transitions.push(Transition::Generate {
                         alg,
