@@ -48,7 +48,8 @@ async fn openapi() -> Response {
 ///
 /// Tokens minted, AIR Kit answers, 401s per kid, issuance states, rejected webhooks, failed and
 /// throttled authentications, connections open/shed/refused per listener, rows failing their
-/// integrity check, clock skew, looks at the TLS certificate files.
+/// integrity check, clock skew, looks at the TLS certificate files, JWKS requests by outcome,
+/// the key set as this server sees it, the issuance backlog.
 #[utoipa::path(
     get,
     path = "/metrics",
