@@ -293,3 +293,161 @@ async fn concurrent_changes_never_fork_the_chain() {
     let (ok, report) = verify(&app, &[]);
     assert!(ok, "{report}");
 }
+
+#[tokio::test]
+async fn rows_cut_off_the_end_are_caught_even_with_the_head_record_rewritten_without_a_mac() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let all = ids(&db);
+    let keep = all[all.len() - 3];
+    db.execute("DELETE FROM audit WHERE id > ?1", &[Sql::Int(keep)]);
+    // Anyone can compute the head of what is left; only keyhost can MAC it.
+    let hash = db.query_bytes("SELECT hash FROM audit WHERE id = ?1", &[Sql::Int(keep)]);
+    db.execute(
+        "UPDATE settings SET value = ?1, mac = NULL WHERE name = 'audit_head'",
+        &[Sql::Text(keyhost::store::audit::head_value(keep, &hash))],
+    );
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok, "{report}");
+    let (row, what) = problem(&report);
+    assert_eq!(row, keep, "{what}");
+    assert!(what.contains("head") && what.contains("MAC"), "{what}");
+}
+
+#[tokio::test]
+async fn a_trail_whose_hashes_were_wiped_is_never_chained_again_as_from_before_the_chain() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let target = ids(&db)[3];
+    // Edit a row, then make the whole trail look like one from before the chain: no hashes, no
+    // MACs, no head record. Whatever opens the store next (a server, any CLI command, `audit
+    // verify` itself) must not chain it again and vouch for it.
+    db.execute(
+        "UPDATE audit SET actor = 'admin:somebody-else' WHERE id = ?1",
+        &[Sql::Int(target)],
+    );
+    db.execute(
+        "UPDATE audit SET prev_hash = NULL, hash = NULL, mac = NULL",
+        &[],
+    );
+    db.execute("DELETE FROM settings WHERE name = 'audit_head'", &[]);
+    for _ in 0..2 {
+        let (ok, report) = verify(&app, &[]);
+        assert!(!ok, "{report}");
+        assert_eq!(report["fromBeforeTheChain"], 0, "{report}");
+        let (row, what) = problem(&report);
+        assert_eq!(row, ids(&db)[0], "{what}");
+        assert!(what.contains("no hash"), "{what}");
+        // The server goes on recording changes meanwhile.
+        app.create_client(&["issue"]).await;
+    }
+}
+
+/// Recomputes every row's link from the first, as anyone can (SHA-256 is public), leaving the
+/// MACs out; the hash of the last row.
+fn rehash_without_macs(db: &RawDb) -> (i64, Vec<u8>) {
+    let text = |v: &Sql| match v {
+        Sql::Text(t) => t.clone(),
+        other => panic!("{other:?}"),
+    };
+    let int = |v: &Sql| match v {
+        Sql::Int(i) => *i,
+        other => panic!("{other:?}"),
+    };
+    db.execute(
+        "UPDATE audit SET prev_hash = NULL, hash = NULL, mac = NULL",
+        &[],
+    );
+    let mut prev = keyhost::store::audit::GENESIS.to_vec();
+    let mut last = 0;
+    for row in db.query_rows(
+        "SELECT id, at, actor, action, subject, detail FROM audit ORDER BY id",
+        &[],
+    ) {
+        let id = int(&row[0]);
+        let hash = keyhost::store::audit::link_hash(
+            &prev,
+            id,
+            int(&row[1]),
+            &text(&row[2]),
+            &text(&row[3]),
+            &text(&row[4]),
+            &text(&row[5]),
+        );
+        db.execute(
+            "UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE id = ?1",
+            &[Sql::Int(id), Sql::Blob(prev), Sql::Blob(hash.to_vec())],
+        );
+        (prev, last) = (hash.to_vec(), id);
+    }
+    (last, prev)
+}
+
+#[tokio::test]
+async fn a_trail_rehashed_without_macs_from_its_first_row_is_caught_by_the_head_record() {
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let target = ids(&db)[3];
+    db.execute(
+        "UPDATE audit SET actor = 'admin:somebody-else' WHERE id = ?1",
+        &[Sql::Int(target)],
+    );
+    // Without MACs the rows pass for rows from before the chain; the signed heads would not.
+    db.execute("DELETE FROM audit WHERE action = 'audit.head'", &[]);
+    let (last, hash) = rehash_without_macs(&db);
+    db.execute(
+        "UPDATE settings SET value = ?1, mac = NULL WHERE name = 'audit_head'",
+        &[Sql::Text(keyhost::store::audit::head_value(last, &hash))],
+    );
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok, "{report}");
+    let (row, what) = problem(&report);
+    assert_eq!(row, last, "{what}");
+    assert!(what.contains("carries no MAC"), "{what}");
+    // Kept, the signed heads give the rewrite away before the end is reached.
+    let app = busy_app().await;
+    let db = RawDb::open(app.dir.path());
+    let first_head = db.query_i64("SELECT MIN(id) FROM audit WHERE action = 'audit.head'", &[]);
+    rehash_without_macs(&db);
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok, "{report}");
+    let (row, what) = problem(&report);
+    assert_eq!(row, first_head, "{what}");
+    assert!(what.contains("signed head without a MAC"), "{what}");
+}
+
+#[tokio::test]
+async fn a_trail_from_before_the_chain_is_chained_once_as_found_and_reported_as_such() {
+    let app = spawn_app().await;
+    app.create_client(&["issue"]).await;
+    app.create_client(&["issue"]).await;
+    // What an earlier keyhost left: rows without hashes, no signed heads, no head record.
+    let db = RawDb::open(app.dir.path());
+    db.execute("DELETE FROM audit WHERE action = 'audit.head'", &[]);
+    db.execute(
+        "UPDATE audit SET prev_hash = NULL, hash = NULL, mac = NULL",
+        &[],
+    );
+    db.execute("DELETE FROM settings WHERE name = 'audit_head'", &[]);
+    let legacy = ids(&db).len() as i64;
+    assert!(legacy >= 2, "{legacy}");
+    let (dir, clock) = app.stop().await;
+    let app = crate::helpers::start(dir.clone(), clock, crate::helpers::test_config(dir.path()))
+        .await
+        .expect("restarts");
+    app.create_client(&["issue"]).await;
+    let (ok, report) = verify(&app, &[]);
+    assert!(ok, "{report}");
+    assert_eq!(report["fromBeforeTheChain"], legacy, "{report}");
+    assert!(report["rows"].as_i64().unwrap() > legacy, "{report}");
+    // Chained as found: from now on an edit of one of them shows.
+    db.execute(
+        "UPDATE audit SET subject = 'another' WHERE id = ?1",
+        &[Sql::Int(ids(&db)[1])],
+    );
+    let (ok, report) = verify(&app, &[]);
+    assert!(!ok);
+    let (row, what) = problem(&report);
+    assert_eq!(row, ids(&db)[1], "{what}");
+    assert!(what.contains("edited"), "{what}");
+}
