@@ -14,7 +14,7 @@ use crate::helpers::{
 /// Two servers on one store: two replicas on PostgreSQL; on SQLite, which has one server per
 /// store, the same server twice. The periodic re-read is slow: what a replica learns, it learns
 /// from a notification or from the store itself.
-async fn two_servers() -> (Arc<TestApp>, Arc<TestApp>) {
+pub(crate) async fn two_servers() -> (Arc<TestApp>, Arc<TestApp>) {
     if !on_postgres() {
         let app = Arc::new(spawn_app().await);
         return (app.clone(), app);

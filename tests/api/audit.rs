@@ -451,3 +451,133 @@ async fn a_trail_from_before_the_chain_is_chained_once_as_found_and_reported_as_
     assert_eq!(row, ids(&db)[1], "{what}");
     assert!(what.contains("edited"), "{what}");
 }
+
+#[tokio::test]
+async fn a_head_that_is_not_a_signed_audit_head_is_refused_and_one_beyond_the_end_is_named() {
+    let app = busy_app().await;
+    let (_, api_key) = app.create_client(&["issue"]).await;
+    // A Partner JWT, signed by the very key that signs heads, is not a head.
+    let jwt = app
+        .mint_ok(&api_key, json!({"email": "u@example.com"}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for garbage in [jwt.as_str(), "", "a.b.c", "not a jws", "..", "a.b.c.d"] {
+        let out = keyhost(app.dir.path(), &["audit", "verify", "--head", garbage]);
+        assert!(!out.status.success(), "{garbage:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--head"), "{garbage:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let missing = app.dir.path().join("no-such-head.jws");
+    let out = keyhost(
+        app.dir.path(),
+        &["audit", "verify", "--head-file", missing.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    // A genuine head, and the trail cut back to before the row it covers.
+    let entries = app.admin_json("/admin/audit?limit=1000").await;
+    let head = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "audit.head")
+        .unwrap()["detail"]
+        .clone();
+    let (seq, jws) = (head["seq"].as_i64().unwrap(), head["jws"].as_str().unwrap());
+    assert!(verify(&app, &["--head", jws]).0);
+    let db = RawDb::open(app.dir.path());
+    db.execute("DELETE FROM audit WHERE id >= ?1", &[Sql::Int(seq)]);
+    let (ok, report) = verify(&app, &["--head", jws]);
+    assert!(!ok);
+    let (row, what) = problem(&report);
+    assert_eq!(row, seq - 1, "{what}");
+    assert!(what.contains(&format!("has no row {seq}")), "{what}");
+}
+
+#[tokio::test]
+async fn export_never_overwrites_a_file_and_refuses_a_time_it_cannot_read() {
+    let app = busy_app().await;
+    let file = app.dir.path().join("kept.jsonl");
+    std::fs::write(&file, "evidence kept earlier\n").unwrap();
+    let out = keyhost(
+        app.dir.path(),
+        &["audit", "export", "--output", file.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "evidence kept earlier\n"
+    );
+    for bad in ["yesterday", "2026-13-01T00:00:00Z", "1e9", ""] {
+        let out = keyhost(app.dir.path(), &["audit", "export", "--since", bad]);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
+    let future = (app.now() + 3600).to_string();
+    let out = keyhost(app.dir.path(), &["audit", "export", "--since", &future]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty(), "nothing after the last row");
+    let rfc = keyhost(
+        app.dir.path(),
+        &["audit", "export", "--since", "2000-01-01T00:00:00Z"],
+    );
+    let all = keyhost(app.dir.path(), &["audit", "export"]);
+    assert!(rfc.status.success() && all.status.success());
+    assert_eq!(rfc.stdout, all.stdout);
+}
+
+#[tokio::test]
+async fn changes_through_two_servers_at_once_extend_one_chain_and_each_is_recorded_once() {
+    let (a, b) = crate::admins::two_servers().await;
+    let (_, api_key) = a.create_client(&["issue"]).await;
+    let rounds = 12;
+    let changes = (0..rounds).map(|i| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let app = if i % 2 == 0 { a } else { b };
+            app.create_client(&["issue"]).await;
+        }
+    });
+    let mints = (0..rounds).map(|i| {
+        let (a, b, key) = (a.clone(), b.clone(), api_key.clone());
+        async move {
+            let app = if i % 2 == 0 { a } else { b };
+            app.mint_ok(&key, json!({"email": "u@example.com"})).await;
+        }
+    });
+    futures_util::future::join(
+        futures_util::future::join_all(changes),
+        futures_util::future::join_all(mints),
+    )
+    .await;
+    // The minted tokens' minute is over: both servers' ledgers flush while an admin rotates.
+    a.clock.advance(120);
+    let flushes = [a.clone(), b.clone()].map(|app| {
+        tokio::task::spawn_blocking(move || app.state.ledger.flush_all(&app.state.store))
+    });
+    let (rotated, flushed) = tokio::join!(
+        a.rotate("ES256", false),
+        futures_util::future::join_all(flushes)
+    );
+    assert!(rotated["key"]["kid"].is_string());
+    for f in flushed {
+        f.unwrap().unwrap();
+    }
+    let (ok, report) = verify(&a, &[]);
+    assert!(ok, "{report}");
+    let rows = a.admin_json("/admin/audit?limit=1000").await;
+    let entries = rows["entries"].as_array().unwrap();
+    let created = entries
+        .iter()
+        .filter(|e| e["action"] == "client.create")
+        .count();
+    assert_eq!(created, rounds + 1);
+    let minted: i64 = entries
+        .iter()
+        .filter(|e| e["action"] == "token.mint")
+        .map(|e| e["detail"]["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(minted, rounds as i64);
+}
