@@ -522,6 +522,30 @@ impl AdminService {
         self.list().await
     }
 
+    /// Whether `who` still holds its credential as the store says now: enabled, its row as
+    /// keyhost wrote it, its role unchanged. Checked before every change, so that a credential
+    /// disabled through another replica changes nothing in the moment before this one hears of
+    /// it; a credential the store no longer vouches for is withdrawn here at once.
+    pub async fn confirm(&self, who: &AdminIdentity) -> Result<bool, AdminError> {
+        let (auth, name, role) = (self.auth.clone(), who.name.clone(), who.role);
+        let confirmed = self
+            .store
+            .read(move |tx| {
+                if name == BOOTSTRAP {
+                    return Ok::<_, StoreError>(bootstrap_disabled_at(tx, &auth)?.is_none());
+                }
+                Ok(store::admins::by_name(tx, &name)?.is_some_and(|r| {
+                    r.disabled_at.is_none() && r.role == role.as_str() && auth.admin_ok(&r)
+                }))
+            })
+            .await?;
+        if !confirmed && let Some(registry) = self.registry.clone() {
+            let name = who.name.clone();
+            let _ = tokio::task::spawn_blocking(move || registry.withdraw(&name)).await;
+        }
+        Ok(confirmed)
+    }
+
     /// Rebuilds the server's registry from the store (nothing in the CLI).
     pub async fn reload(&self) -> Result<(), AdminError> {
         if let Some(registry) = self.registry.clone() {

@@ -29,11 +29,10 @@ use crate::canonical::Field;
 use crate::clock::{UnixTime, rfc3339};
 use crate::integrity::RowAuth;
 use crate::signer::SigningKey;
+pub use crate::store::audit::HEAD_ACTION;
 use crate::store::audit::{ChainRow, GENESIS, HEAD_SETTING, MAC_DOMAIN};
 use crate::store::{self, Store, StoreError, Tx};
 
-/// The action of a signed chain head.
-pub const HEAD_ACTION: &str = "audit.head";
 /// The `typ` of a signed chain head.
 pub const HEAD_TYP: &str = "keyhost-audit-head";
 /// How often the chain's head is signed while the trail grows (and at every key transition).
@@ -329,6 +328,16 @@ pub fn verify(
                         }
                         v.signed_heads += 1;
                     }
+                } else if row.action == HEAD_ACTION {
+                    // Signed heads exist only since the chain: one among rows from before it
+                    // means the chain's MACs were wiped.
+                    v.problem = Some(Break {
+                        row: row.id,
+                        what: "is a signed head without a MAC: the chain's MACs were removed, \
+                               and the rows up to here can no longer be vouched for"
+                            .into(),
+                    });
+                    return Ok(v);
                 } else {
                     v.from_before_the_chain += 1;
                 }
@@ -509,10 +518,21 @@ fn check_recorded_head(
         &[Field::Text(HEAD_SETTING), Field::Text(&value)],
         mac.as_deref(),
     );
-    if mac.is_some() && !at_rest {
+    // keyhost records every head with a MAC (rows from before the chain are chained once the
+    // master key is known): without one, anybody could record a head after rows cut off the
+    // end, or after a trail rehashed from its first row without MACs.
+    if !at_rest {
         return Ok(Some(Break {
             row: last,
-            what: "the record of the chain's head fails its MAC (not written by keyhost)".into(),
+            what: format!(
+                "the record of the chain's head {} (not written by keyhost): rows may have been \
+                 removed from the end",
+                if mac.is_some() {
+                    "fails its MAC"
+                } else {
+                    "carries no MAC"
+                }
+            ),
         }));
     }
     if value != store::audit::head_value(last, last_hash) {

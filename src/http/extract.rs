@@ -461,7 +461,8 @@ fn authenticate<T>(
 }
 
 /// Proof that the request carries an admin credential, and whose. A `reader` credential passes
-/// only on `GET` (and `HEAD`) requests: any change answers 403 `PERMISSIONS_ERROR`.
+/// only on `GET` (and `HEAD`) requests: any change answers 403 `PERMISSIONS_ERROR`. For a change,
+/// the credential is confirmed against the store itself (see [`crate::admins::AdminService::confirm`]).
 #[derive(Debug, Clone)]
 pub struct AdminAuth(pub AdminIdentity);
 
@@ -488,6 +489,12 @@ impl FromRequestParts<AppState> for AdminAuth {
                 "admin {:?} has the role reader: it may only read (GET); ask an operator",
                 who.name
             )));
+        }
+        // A change goes by the store, not by this server's view of it: a credential disabled
+        // through another replica a moment ago changes nothing here.
+        if !reads && !state.admin_service.confirm(&who).await? {
+            state.metrics.auth_failed(Credential::Admin.name());
+            return Err(ApiError::unauthorized(AuthError::Disabled.to_string()));
         }
         Ok(AdminAuth(who))
     }

@@ -21,6 +21,8 @@ pub const GENESIS: [u8; 32] = [0; 32];
 pub const HEAD_SETTING: &str = "audit_head";
 /// MAC domain of a row's hash.
 pub const MAC_DOMAIN: &str = "audit";
+/// The action of a signed chain head, a row only the chain writes.
+pub const HEAD_ACTION: &str = "audit.head";
 
 /// One audit row.
 #[derive(Debug, Clone, Serialize)]
@@ -175,15 +177,17 @@ fn tip(tx: &Tx<'_>) -> Result<(i64, Vec<u8>), StoreError> {
 }
 
 /// Chains the rows of a trail from before the chain, as found, in id order (without MACs:
-/// keyhost vouches only for the rows it writes from now on); how many. Only while no row is
-/// chained and the chain never had a head: a trail whose hashes were wiped is reported by
-/// `keyhost audit verify`, never chained again.
+/// keyhost vouches only for the rows it writes from now on); how many. Only while nothing shows
+/// that the chain ever began: no row carries a hash, a predecessor's hash or a MAC, no row is a
+/// signed head (only the chain writes them), and the chain never had a head. A trail whose
+/// hashes were wiped is reported by `keyhost audit verify`, never chained again.
 #[tracing::instrument(skip_all)]
 pub fn chain_legacy(tx: &Tx<'_>) -> Result<usize, StoreError> {
     let started = tx
         .query_opt(
-            "SELECT 1 FROM audit WHERE hash IS NOT NULL LIMIT 1",
-            &args![],
+            "SELECT 1 FROM audit WHERE hash IS NOT NULL OR prev_hash IS NOT NULL
+             OR mac IS NOT NULL OR action = ?1 LIMIT 1",
+            &args![HEAD_ACTION],
             |r| r.get::<i64>(0),
         )?
         .is_some()
@@ -195,6 +199,18 @@ pub fn chain_legacy(tx: &Tx<'_>) -> Result<usize, StoreError> {
             )?
             .is_some();
     if started {
+        let unchained = tx.query_opt(
+            "SELECT id FROM audit WHERE hash IS NULL ORDER BY id LIMIT 1",
+            &args![],
+            |r| r.get::<i64>(0),
+        )?;
+        if let Some(row) = unchained {
+            tracing::error!(
+                row,
+                "audit rows without a hash in a trail that was chained (removed behind keyhost's \
+                 back?): they are not chained again; run `keyhost audit verify`"
+            );
+        }
         return Ok(0);
     }
     let rows = tx.query_map(
