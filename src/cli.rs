@@ -381,6 +381,9 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         };
     }
     let opened = startup::open(&config, clock.clone(), false)?;
+    if !matches!(command, Command::Audit { .. }) {
+        opened.store.blocking_write(store::audit::chain_legacy)?;
+    }
     let (store, keys, legacy, partner_id) =
         (opened.store, opened.keys, opened.legacy, opened.partner_id);
     if let Command::Integrity {
@@ -425,12 +428,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Keys { command } => match command {
             KeysCommand::List => {
-                let list = keys.inventory()?;
-                let views: Vec<KeyView> = list
-                    .iter()
-                    .map(|(k, ok)| KeyView::checked(k, *ok))
-                    .collect();
-                print(&json!({ "keys": views }))?;
+                print(&json!({ "keys": keys.views()? }))?;
             }
             KeysCommand::Rotate { alg, emergency } => {
                 let r = keys.rotate(alg.unwrap_or(config.tokens.default_alg), emergency, &actor)?;

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod mint;
 pub mod partner_jwt;
 pub mod privacy;
+pub mod public_jwks;
 pub mod replicas;
 pub mod scope;
 pub mod signer;

@@ -190,6 +190,12 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Every key as the admin API shows it.
+    pub async fn views(&self) -> Result<Vec<crate::keys::KeyView>, KeyError> {
+        let keys = self.keys.clone();
+        off_thread(move || keys.views()).await
+    }
+
     /// Every key with whether its row passed its integrity check.
     pub async fn inventory(&self) -> Result<Vec<(KeyRecord, bool)>, KeyError> {
         let keys = self.keys.clone();

@@ -6,9 +6,9 @@
 //!
 //! Gauges show the state the alert rules of `deploy/prometheus/` watch: the key set as this
 //! server sees it ([`KeyViewMetrics`], read at every scrape), the backlog of unfinished issuances
-//! (measured every 30 s), row integrity, clock skew. Two are declared for features that do not
-//! feed them yet: `keyhost_activation_blocked{alg}` (0 for every enabled algorithm) and
-//! `keyhost_verifier_last_seen_seconds{verifier}` (no series).
+//! (measured every 30 s), row integrity, clock skew, `keyhost_activation_blocked{alg}` (set by
+//! the planning server's rounds when `KEYHOST_PUBLIC_JWKS_URL` is set). One is declared for a
+//! feature that does not feed it yet: `keyhost_verifier_last_seen_seconds{verifier}` (no series).
 
 use std::sync::Arc;
 

@@ -139,18 +139,33 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
         master.row_auth(),
         serving && legacy.is_none(),
     )?;
-    let keys = Arc::new(KeyService::new(
-        store.clone(),
-        Arc::new(master),
-        clock,
-        agreed.policy,
-        serving,
-    ));
+    let evidence: Option<Arc<dyn crate::keys::service::evidence::EvidenceSource>> =
+        match (&config.keys.public_jwks_url, serving) {
+            (Some(url), true) => Some(Arc::new(crate::public_jwks::PublicJwks::new(
+                url,
+                config.keys.public_jwks_ca_file.as_deref(),
+            )?)),
+            _ => None,
+        };
+    let keys = Arc::new(
+        KeyService::new(
+            store.clone(),
+            Arc::new(master),
+            clock,
+            agreed.policy,
+            serving,
+        )
+        .with_evidence(evidence),
+    );
     let opened = keys.verify_all().context(
         "opening the stored private keys failed; refusing to start (nothing was changed)",
     )?;
     tracing::debug!(opened, "stored private keys verified");
-    store.blocking_write(store::audit::chain_legacy)?;
+    // An audit trail from before the chain is chained as found by whatever writes to it next,
+    // never by a command that only reads it (`keyhost audit verify` must report what it finds).
+    if serving {
+        store.blocking_write(store::audit::chain_legacy)?;
+    }
     Ok(Opened {
         store,
         keys,
@@ -385,6 +400,14 @@ impl Application {
             policy.publish_lead,
             config.keys.jwks_max_age.as_secs() as i64,
         ));
+        let blocked = metrics.activation_blocked.clone();
+        opened.keys.report_blocked_with(Arc::new(move |alg, n| {
+            blocked
+                .get_or_create(&crate::metrics::AlgLabel {
+                    alg: alg.as_str().to_owned(),
+                })
+                .set(n);
+        }));
         let metrics = Arc::new(metrics);
         let auth_throttle = http::throttle::AuthThrottle::new(config.http.auth_failure_limit);
         let jwks_cache_control = HeaderValue::from_str(&format!(

@@ -116,6 +116,8 @@ pub const SETTINGS: &[Setting] = &[
     parsed("auto_rotate", "keys.auto_rotate"),
     parsed("retire_grace", "keys.retire_grace"),
     parsed("jwks_max_age", "keys.jwks_max_age"),
+    parsed("public_jwks_url", "keys.public_jwks_url"),
+    parsed("public_jwks_ca_file", "keys.public_jwks_ca_file"),
     // [tokens]
     Setting {
         name: "partner_id",

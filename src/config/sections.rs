@@ -119,6 +119,11 @@ pub struct KeySettings {
     /// `Cache-Control: max-age` of the JWKS.
     #[serde(with = "humantime_serde")]
     pub jwks_max_age: Duration,
+    /// The JWKS URL registered with AIR Kit (through any CDN or proxy): when set, a pending key
+    /// activates only once this URL lists it, besides having served its publish lead.
+    pub public_jwks_url: Option<String>,
+    /// PEM file of extra certificate authorities for `public_jwks_url` (a private CA).
+    pub public_jwks_ca_file: Option<PathBuf>,
 }
 
 impl Default for KeySettings {
@@ -131,6 +136,8 @@ impl Default for KeySettings {
             auto_rotate: true,
             retire_grace: Duration::from_secs(3600),
             jwks_max_age: Duration::from_secs(300),
+            public_jwks_url: None,
+            public_jwks_ca_file: None,
         }
     }
 }

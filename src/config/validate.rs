@@ -88,6 +88,18 @@ impl Config {
 
     fn check_keys(&self) -> Checked {
         let keys = &self.keys;
+        if let Some(url) = &keys.public_jwks_url {
+            let parsed = reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some());
+            if parsed.is_none() {
+                return invalid(format!(
+                    "KEYHOST_PUBLIC_JWKS_URL {url:?} is not an http(s) URL; give the JWKS URL \
+                     registered in the AIR Kit dashboard, e.g. \
+                     https://partner.example.com/.well-known/jwks.json"
+                ));
+            }
+        }
         if keys.algorithms.is_empty() {
             return invalid("KEYHOST_ALGORITHMS names no algorithm; use ES256, RS256 or both");
         }

@@ -58,6 +58,10 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, pattern = "^failed$")]
     integrity: Option<&'static str>,
+    /// Pending, lead served: why it does not sign yet (`KEYHOST_PUBLIC_JWKS_URL` does not list
+    /// it), since when, and when keyhost looks again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activation_blocked: Option<super::service::evidence::BlockedView>,
 }
 
 impl KeyView {
@@ -67,6 +71,12 @@ impl KeyView {
             integrity: (!trusted).then_some("failed"),
             ..Self::from(k)
         }
+    }
+
+    /// With why its activation waits, if it does.
+    pub fn blocked(mut self, why: Option<super::service::evidence::BlockedView>) -> Self {
+        self.activation_blocked = why;
+        self
     }
 }
 
@@ -91,6 +101,7 @@ impl From<&KeyRecord> for KeyView {
             last_token_expires_at: k.last_exp.map(rfc3339),
             public_jwk: k.public_jwk.clone(),
             integrity: None,
+            activation_blocked: None,
         }
     }
 }

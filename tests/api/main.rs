@@ -1,6 +1,7 @@
 //! keyhost's API specification, as tests: each starts the real server on random loopback ports
 //! with a temporary store and a manual clock, and talks HTTP to it.
 
+mod activation;
 mod admin;
 mod admins;
 mod airkit;

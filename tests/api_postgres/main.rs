@@ -2,6 +2,8 @@
 //! of its own in the test database (see `tests/api/pg.rs`). Tests that only mean something on
 //! SQLite (its file, its lock, its migrations) say so and end early.
 
+#[path = "../api/activation.rs"]
+mod activation;
 #[path = "../api/admin.rs"]
 mod admin;
 #[path = "../api/admins.rs"]

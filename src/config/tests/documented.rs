@@ -54,6 +54,11 @@ const SAMPLES: &[(&str, &str)] = &[
     ("auto_rotate", "false"),
     ("retire_grace", "2h"),
     ("jwks_max_age", "600s"),
+    (
+        "public_jwks_url",
+        "https://partner.example.com/.well-known/jwks.json",
+    ),
+    ("public_jwks_ca_file", "/etc/keyhost/cdn-ca.pem"),
     ("partner_id", "partner-1"),
     ("default_alg", "RS256"),
     ("client_rate_limit", "0"),

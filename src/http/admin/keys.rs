@@ -41,11 +41,7 @@ pub(super) async fn list(
     _: AdminAuth,
     State(state): State<AppState>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let list = state.lifecycle.inventory().await?;
-    let keys = list
-        .iter()
-        .map(|(k, ok)| KeyView::checked(k, *ok))
-        .collect();
+    let keys = state.lifecycle.views().await?;
     Ok(Json(KeyList { keys }))
 }
 

@@ -115,6 +115,67 @@ pub struct Plan {
     pub transitions: Vec<Transition>,
     /// The earliest future time at which something else falls due, if any.
     pub next_due: Option<UnixTime>,
+    /// Signable pending keys whose activation waits for evidence (the current key keeps
+    /// signing).
+    pub blocked: Vec<Blocked>,
+}
+
+/// A signable pending key that may not activate yet, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// Row id.
+    pub id: i64,
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: Alg,
+    /// Why.
+    pub reason: String,
+}
+
+/// How often a blocked activation looks for its evidence again.
+pub const EVIDENCE_RETRY: UnixTime = 15;
+
+/// What verifiers are known to see, when activation waits for evidence
+/// (`KEYHOST_PUBLIC_JWKS_URL`): a pending key activates once its lead has been served *and*
+/// the public URL lists it. The lead stays a floor: evidence never activates a key early.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Evidence {
+    /// Activation waits for the lead only.
+    #[default]
+    NotRequired,
+    /// Activation needs evidence, and nobody has looked yet: the round looks before it
+    /// activates anything.
+    NotLooked,
+    /// The kids the public JWKS URL listed, fetched just now.
+    Listed {
+        /// The URL.
+        url: String,
+        /// Its kids.
+        kids: std::collections::BTreeSet<String>,
+    },
+    /// The public JWKS URL could not be read.
+    Unavailable {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl Evidence {
+    /// Why `kid` may not activate yet, if it may not.
+    pub fn refuses(&self, kid: &str) -> Option<String> {
+        match self {
+            Evidence::NotRequired => None,
+            Evidence::NotLooked => Some("the public JWKS URL has not been read yet".into()),
+            Evidence::Listed { kids, .. } if kids.contains(kid) => None,
+            Evidence::Listed { url, .. } => Some(format!(
+                "{url} does not list it yet (a cache in front of the JWKS serving an old copy?)"
+            )),
+            Evidence::Unavailable { url, why } => Some(format!("{url} could not be read: {why}")),
+        }
+    }
 }
 
 impl Plan {
@@ -146,6 +207,17 @@ pub fn scheduled_rotation(active: &KeyRecord, policy: &Policy) -> UnixTime {
 /// Decides which transitions are due at `now`. `ever_served` tells whether a server has ever
 /// served this store's JWKS (until then nobody can have cached it).
 pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: bool) -> Plan {
+    plan_with(now, keys, policy, ever_served, &Evidence::NotRequired)
+}
+
+/// [`plan`], with a signable pending key activating only once `evidence` allows it.
+pub fn plan_with(
+    now: UnixTime,
+    keys: &[KeyRecord],
+    policy: &Policy,
+    ever_served: bool,
+    evidence: &Evidence,
+) -> Plan {
     let mut plan = Plan::default();
     let lead = policy.publish_lead;
 
@@ -154,6 +226,9 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
             continue;
         };
         match key.state {
+            // A key whose lead is served and whose time has come is only waiting (for its
+            // round, or for evidence): nothing to move.
+            KeyState::Pending if key.lead_remaining <= 0 && signable_at <= now => {}
             KeyState::Pending if key.published_at.is_some() => {
                 let served_at = now + key.lead_remaining;
                 if (signable_at - served_at).abs() > RESCHEDULE_TOLERANCE {
@@ -227,6 +302,21 @@ pub fn plan(now: UnixTime, keys: &[KeyRecord], policy: &Policy, ever_served: boo
             .max_by_key(|k| (k.signable_at, k.id));
 
         if let Some(successor) = ready {
+            // Only while a current key can sign meanwhile: without one, waiting helps nobody.
+            if let Some(reason) = evidence
+                .refuses(&successor.kid)
+                .filter(|_| active.is_some())
+            {
+                // The current key keeps signing; look again soon.
+                plan.blocked.push(Blocked {
+                    id: successor.id,
+                    kid: successor.kid.clone(),
+                    alg,
+                    reason,
+                });
+                plan.due(now + EVIDENCE_RETRY);
+                continue;
+            }
             if let Some(active) = active {
                 plan.transitions.push(Transition::Retire {
                     id: active.id,

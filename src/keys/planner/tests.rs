@@ -609,3 +609,92 @@ fn a_year_of_irregular_ticks_keeps_every_invariant() {
     }
     assert!(rotations > 50, "only {rotations} rotations in a year");
 }
+
+fn listed(kids: &[&str]) -> Evidence {
+    Evidence::Listed {
+        url: "https://partner.example/.well-known/jwks.json".into(),
+        kids: kids.iter().map(|k| (*k).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn a_signable_successor_the_public_url_does_not_list_waits_and_the_current_key_keeps_signing() {
+    let p = es256_only();
+    let mut sim = started(&p);
+    let old = sim.active(Alg::ES256).unwrap().kid.clone();
+    sim.settle(T0 + 29 * D, &p);
+    let successor = sim
+        .keys
+        .iter()
+        .find(|k| k.state == KeyState::Pending)
+        .unwrap()
+        .kid
+        .clone();
+    sim.accrue(T0 + 30 * D);
+    let now = T0 + 30 * D;
+    let plan = plan_with(now, &sim.keys, &p, true, &listed(&[&old]));
+    assert!(plan.transitions.is_empty(), "{:?}", plan.transitions);
+    assert_eq!(plan.blocked.len(), 1);
+    assert_eq!(plan.blocked[0].kid, successor);
+    assert!(plan.blocked[0].reason.contains("does not list it"));
+    assert_eq!(plan.next_due, Some(now + EVIDENCE_RETRY));
+    // Unreadable is no evidence either.
+    let unreadable = Evidence::Unavailable {
+        url: "u".into(),
+        why: "timed out".into(),
+    };
+    assert_eq!(
+        plan_with(now, &sim.keys, &p, true, &unreadable)
+            .blocked
+            .len(),
+        1
+    );
+    // Listed: it activates at once.
+    let plan = plan_with(now, &sim.keys, &p, true, &listed(&[&old, &successor]));
+    assert!(plan.blocked.is_empty());
+    assert!(
+        plan.transitions
+            .iter()
+            .any(|t| matches!(t, Transition::Activate { .. }))
+    );
+}
+
+#[test]
+fn evidence_never_shortens_the_lead_and_never_holds_back_an_algorithm_without_a_signing_key() {
+    let p = es256_only();
+    let mut sim = started(&p);
+    sim.settle(T0 + 29 * D, &p);
+    let successor = sim
+        .keys
+        .iter()
+        .find(|k| k.state == KeyState::Pending)
+        .unwrap()
+        .clone();
+    // Listed a minute before its lead is served: nothing happens.
+    sim.accrue(T0 + 30 * D - 60);
+    let plan = plan_with(
+        T0 + 30 * D - 60,
+        &sim.keys,
+        &p,
+        true,
+        &listed(&[&successor.kid]),
+    );
+    assert!(
+        plan.transitions.is_empty() && plan.blocked.is_empty(),
+        "{plan:?}"
+    );
+    // No current key (revoked meanwhile): waiting would leave the algorithm without a signer.
+    sim.accrue(T0 + 30 * D);
+    for k in &mut sim.keys {
+        if k.state == KeyState::Active {
+            k.state = KeyState::Revoked;
+        }
+    }
+    let plan = plan_with(T0 + 30 * D, &sim.keys, &p, true, &listed(&[]));
+    assert!(plan.blocked.is_empty());
+    assert!(
+        plan.transitions
+            .iter()
+            .any(|t| matches!(t, Transition::Activate { id } if *id == successor.id))
+    );
+}

@@ -11,6 +11,7 @@
 //! it has served each pending key's lead and each retired key's grace (on its monotonic clock).
 
 mod admin;
+pub mod evidence;
 mod rounds;
 mod served;
 
@@ -86,7 +87,14 @@ pub struct KeyService {
     /// Whether this server counts served time: the one server of an SQLite store, the planner
     /// of a shared one (two counting at once would credit the same seconds twice).
     counting: std::sync::atomic::AtomicBool,
+    /// Where activation looks for evidence (`KEYHOST_PUBLIC_JWKS_URL`), if anywhere.
+    evidence: Option<Arc<dyn evidence::EvidenceSource>>,
+    /// Sets `keyhost_activation_blocked{alg}`.
+    blocked_gauge: std::sync::OnceLock<BlockedGauge>,
 }
+
+/// Sets the number of blocked activations of an algorithm (a metric).
+pub type BlockedGauge = Arc<dyn Fn(Alg, i64) + Send + Sync>;
 
 impl std::fmt::Debug for KeyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,7 +160,20 @@ impl KeyService {
             served: std::sync::atomic::AtomicBool::new(false),
             counted_to: Mutex::new(None),
             counting: std::sync::atomic::AtomicBool::new(true),
+            evidence: None,
+            blocked_gauge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Activation waits, beyond the lead, until `source` shows the key.
+    pub fn with_evidence(mut self, source: Option<Arc<dyn evidence::EvidenceSource>>) -> Self {
+        self.evidence = source;
+        self
+    }
+
+    /// From now on `gauge` reports the activations blocked per algorithm.
+    pub fn report_blocked_with(&self, gauge: BlockedGauge) {
+        let _ = self.blocked_gauge.set(gauge);
     }
 
     /// The row authenticator (keyed from the master key).
@@ -213,6 +234,27 @@ impl KeyService {
             .map(|r| {
                 let ok = auth.stored_key_ok(&r);
                 (r.record, ok)
+            })
+            .collect())
+    }
+
+    /// Every key as the admin API and the CLI show it: its row's integrity, and why a pending
+    /// key's activation waits, if it does.
+    pub fn views(&self) -> Result<Vec<crate::keys::KeyView>, KeyError> {
+        let (rows, blocked) = self.store.blocking_read(|tx| {
+            Ok::<_, KeyError>((store::keys::list(tx)?, evidence::recorded(tx)?))
+        })?;
+        let auth = self.row_auth();
+        let now = self.clock.now();
+        Ok(rows
+            .rows
+            .iter()
+            .map(|r| {
+                let k = &r.record;
+                let why = (k.state == KeyState::Pending)
+                    .then(|| blocked.get(&k.kid).map(|b| b.view(now)))
+                    .flatten();
+                crate::keys::KeyView::checked(k, auth.stored_key_ok(r)).blocked(why)
             })
             .collect())
     }

@@ -17,12 +17,21 @@ impl KeyService {
     pub fn tick(&self, actor: &str) -> Result<TickReport, KeyError> {
         let mut report = TickReport::default();
         let mut spare: HashMap<Alg, KeyMaterial> = HashMap::new();
+        // What the public JWKS URL shows, read outside any transaction: before the round if a
+        // key may be due, else when the round finds one to activate.
+        let mut evidence = {
+            let now = self.clock.now();
+            let keys = self
+                .store
+                .blocking_read(|tx| Ok::<_, KeyError>(self.trusted(store::keys::list(tx)?)))?;
+            self.evidence(now, &keys)
+        };
         for _ in 0..16 {
             let now = self.clock.now();
             let missing: Vec<Alg> = self.store.blocking_read(|tx| {
                 let keys = self.trusted(store::keys::list(tx)?);
                 let served = ever_served(tx, &keys)?;
-                let plan = planner::plan(now, &keys, &self.policy, served);
+                let plan = planner::plan_with(now, &keys, &self.policy, served, &evidence);
                 Ok::<_, KeyError>(
                     plan.transitions
                         .iter()
@@ -38,15 +47,23 @@ impl KeyService {
             for alg in missing {
                 spare.insert(alg, material::generate(alg, self.policy.rsa_bits)?);
             }
+            let mut look = false;
             let done = self.store.blocking_write(|tx| {
                 // Read the time again: key generation above may have taken a while.
                 let now = self.clock.now();
                 self.count_served(tx, &self.trusted(store::keys::list(tx)?))?;
                 let keys = self.trusted(store::keys::list(tx)?);
                 let served = ever_served(tx, &keys)?;
-                let plan = planner::plan(now, &keys, &self.policy, served);
+                let plan = planner::plan_with(now, &keys, &self.policy, served, &evidence);
+                if evidence == planner::Evidence::NotLooked && !plan.blocked.is_empty() {
+                    look = true;
+                    return Ok(false);
+                }
                 if plan.transitions.is_empty() {
                     report.next_due = plan.next_due;
+                    if self.evidence.is_some() {
+                        self.record_blocked(tx, now, &plan.blocked, actor)?;
+                    }
                     return Ok::<_, KeyError>(true);
                 }
                 for t in &plan.transitions {
@@ -77,6 +94,10 @@ impl KeyService {
                 }
                 Ok(false)
             })?;
+            if look {
+                evidence = self.evidence_at(self.clock.now(), true);
+                continue;
+            }
             if done {
                 if report
                     .applied
