@@ -52,7 +52,17 @@ pub struct DoctorArgs {
     /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Wait until the URL lists this kid (a key just rotated in, seen through a CDN), looking
+    /// every 5 s; fails after --watch-timeout.
+    #[arg(long, value_name = "KID")]
+    pub watch: Option<String>,
+    /// How long --watch waits, e.g. `10m`.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub watch_timeout: Duration,
 }
+
+/// How often `--watch` looks.
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -148,8 +158,50 @@ fn untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Runs every check; returns the findings.
+/// Runs every check; returns the findings. With `--watch KID`, first waits (looking every few
+/// seconds, at most `--watch-timeout`) until the URL lists the kid: the findings are those of the
+/// last look, with a `watch` finding that says whether and after how long it appeared.
 pub async fn run(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
+    let Some(kid) = &args.watch else {
+        return run_once(args).await;
+    };
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut report = Report::default();
+        let jwks = check_jwks(args, &mut report).await?;
+        let waited = started.elapsed();
+        if jwks.as_ref().is_some_and(|k| k.get(kid).is_some()) {
+            report.pass(
+                "watch",
+                format!("{kid} is listed (after {} s)", waited.as_secs()),
+            );
+            if let (Some(token), Some(jwks)) = (&args.token, &jwks) {
+                check_token(args, token.trim(), jwks, &mut report);
+            }
+            return Ok(report.0);
+        }
+        if waited + WATCH_INTERVAL > args.watch_timeout {
+            report.fail(
+                "watch",
+                format!(
+                    "{kid} is still not listed after {} s",
+                    args.watch_timeout.as_secs()
+                ),
+                FIX_WATCH,
+            );
+            return Ok(report.0);
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+const FIX_WATCH: &str = "something between keyhost and AIR Kit serves an old key set: a CDN or \
+    proxy caching the JWKS longer than its Cache-Control max-age, a route to another server, or \
+    DNS pointing elsewhere; keyhost's own JWKS (its public listener) should list the kid already \
+    (GET /admin/keys), and with KEYHOST_PUBLIC_JWKS_URL set keyhost postpones the activation \
+    until this URL lists it";
+
+async fn run_once(args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     let mut report = Report::default();
     let jwks = check_jwks(args, &mut report).await?;
     if let (Some(token), Some(jwks)) = (&args.token, &jwks) {

@@ -267,6 +267,8 @@ pub fn doctor_jwt(data: &[u8]) {
             scope: SCOPE.into(),
             ca_file: None,
             json: true,
+            watch: None,
+            watch_timeout: std::time::Duration::from_secs(600),
         };
         let findings = crate::doctor::check_offline(&args, jwks);
         let _ = serde_json::to_string(&findings);

@@ -108,6 +108,8 @@ async fn doctor_says_when_this_machines_clock_differs_from_the_jwks_servers() {
             scope: "issue".into(),
             ca_file: None,
             json: false,
+            watch: None,
+            watch_timeout: std::time::Duration::from_secs(600),
         })
         .await
         .unwrap();

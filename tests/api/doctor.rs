@@ -22,6 +22,8 @@ fn args(app: &TestApp, token: Option<String>) -> DoctorArgs {
         scope: "issue".into(),
         ca_file: None,
         json: false,
+        watch: None,
+        watch_timeout: std::time::Duration::from_secs(600),
     }
 }
 
@@ -137,6 +139,8 @@ async fn a_jwks_that_publishes_private_key_material_fails_loudly() {
         scope: "issue".into(),
         ca_file: None,
         json: false,
+        watch: None,
+        watch_timeout: std::time::Duration::from_secs(600),
     })
     .await
     .unwrap();
@@ -157,6 +161,8 @@ async fn an_unreachable_jwks_is_reported_not_crashed_on() {
         scope: "issue".into(),
         ca_file: None,
         json: false,
+        watch: None,
+        watch_timeout: std::time::Duration::from_secs(600),
     })
     .await
     .unwrap();
@@ -229,6 +235,8 @@ fn url_args(jwks_url: String) -> DoctorArgs {
         scope: "issue".into(),
         ca_file: None,
         json: false,
+        watch: None,
+        watch_timeout: std::time::Duration::from_secs(600),
     }
 }
 
@@ -423,4 +431,34 @@ async fn a_jwks_of_exactly_the_cap_is_still_read() {
     assert_eq!(verdict(&findings, "jwks.json"), Verdict::Pass);
     assert_eq!(verdict(&findings, "jwks.key[k1]"), Verdict::Pass);
     assert!(!findings.iter().any(|f| f.check == "jwks.size"));
+}
+
+#[tokio::test]
+async fn watch_passes_once_the_url_lists_the_kid_and_fails_naming_the_cache_when_it_does_not() {
+    let app = realtime_app().await;
+    let pending = app.rotate("ES256", false).await["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let findings = doctor::run(&DoctorArgs {
+        watch: Some(pending.clone()),
+        ..args(&app, None)
+    })
+    .await
+    .unwrap();
+    let watch = finding(&findings, "watch");
+    assert_eq!(watch.verdict, Verdict::Pass, "{watch:?}");
+    assert!(watch.detail.contains(&pending), "{watch:?}");
+
+    let findings = doctor::run(&DoctorArgs {
+        watch: Some("a-kid-nobody-published".into()),
+        watch_timeout: Duration::from_secs(1),
+        ..args(&app, None)
+    })
+    .await
+    .unwrap();
+    let watch = finding(&findings, "watch");
+    assert_eq!(watch.verdict, Verdict::Fail, "{watch:?}");
+    assert!(watch.fix.unwrap().contains("CDN"), "{watch:?}");
+    assert!(!doctor::passed(&findings));
 }

@@ -134,6 +134,8 @@ async fn a_key_row_inserted_behind_keyhosts_back_is_never_published_and_is_repor
         scope: "issue".into(),
         ca_file: None,
         json: false,
+        watch: None,
+        watch_timeout: std::time::Duration::from_secs(600),
     })
     .await
     .unwrap();

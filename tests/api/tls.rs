@@ -252,6 +252,8 @@ async fn the_doctor_names_an_untrusted_certificate_and_points_to_ca_file() {
         scope: "issue".into(),
         ca_file: None,
         json: false,
+        watch: None,
+        watch_timeout: std::time::Duration::from_secs(600),
     };
     let findings = keyhost::doctor::run(&args).await.unwrap();
     let finding = findings
