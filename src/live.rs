@@ -33,6 +33,10 @@ pub struct KeySummary {
     pub published: HashMap<(Alg, KeyState), i64>,
     /// When the active key of each algorithm is due to be replaced, under automatic rotation.
     pub rotation_due: BTreeMap<Alg, UnixTime>,
+    /// When the next key will be published, as far as the schedule says: the earliest
+    /// successor generation (its algorithm's rotation less the publish lead) of an algorithm
+    /// that has no pending key yet.
+    pub next_publication: Option<UnixTime>,
 }
 
 impl KeySummary {
@@ -47,6 +51,12 @@ impl KeySummary {
                     .insert(rec.alg, scheduled_rotation(rec, policy));
             }
         }
+        summary.next_publication = summary
+            .rotation_due
+            .iter()
+            .filter(|(alg, _)| !summary.published.contains_key(&(**alg, KeyState::Pending)))
+            .map(|(_, due)| due - policy.publish_lead)
+            .min();
         summary
     }
 }
@@ -56,6 +66,8 @@ pub struct LiveKeys {
     jwks: ArcSwap<JwksDocument>,
     signers: ArcSwap<SignerSet>,
     summary: ArcSwap<KeySummary>,
+    /// [`KeySummary::next_publication`], for the JWKS's `Cache-Control` (`i64::MAX`: none).
+    next_publication: std::sync::atomic::AtomicI64,
     opened: Mutex<HashMap<i64, Arc<SigningKey>>>,
     /// The latest `exp` of keys dropped from `opened` before it was recorded in the store.
     dropped: Mutex<Vec<(i64, UnixTime)>>,
@@ -114,6 +126,7 @@ impl Default for LiveKeys {
             jwks: ArcSwap::from_pointee(JwksDocument::build(&[])),
             signers: ArcSwap::from_pointee(SignerSet::default()),
             summary: ArcSwap::from_pointee(KeySummary::default()),
+            next_publication: std::sync::atomic::AtomicI64::new(i64::MAX),
             opened: Mutex::default(),
             dropped: Mutex::default(),
             freshness: Freshness::default(),
@@ -167,6 +180,15 @@ impl LiveKeys {
         match self.freshness.signing_lease.load(Ordering::Relaxed) {
             0 => None,
             bound => Some(Duration::from_millis(bound)),
+        }
+    }
+
+    /// When the next key will be published by the schedule, if it says (one atomic load: the
+    /// JWKS path reads it).
+    pub fn next_publication(&self) -> Option<UnixTime> {
+        match self.next_publication.load(Ordering::Relaxed) {
+            i64::MAX => None,
+            at => Some(at),
         }
     }
 
@@ -308,8 +330,12 @@ impl LiveKeys {
             self.jwks.store(Arc::new(doc));
         }
         self.signers.store(Arc::new(set));
-        self.summary
-            .store(Arc::new(KeySummary::of(&records, service.policy())));
+        let summary = KeySummary::of(&records, service.policy());
+        self.next_publication.store(
+            summary.next_publication.unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        self.summary.store(Arc::new(summary));
         Ok(())
     }
 }

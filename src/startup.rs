@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use aws_lc_rs::rand::SystemRandom;
-use axum::http::HeaderValue;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -410,11 +409,10 @@ impl Application {
         }));
         let metrics = Arc::new(metrics);
         let auth_throttle = http::throttle::AuthThrottle::new(config.http.auth_failure_limit);
-        let jwks_cache_control = HeaderValue::from_str(&format!(
-            "public, max-age={}",
-            config.keys.jwks_max_age.as_secs()
-        ))
-        .expect("ASCII");
+        let jwks_caching = http::jwks::JwksCaching::new(
+            config.keys.jwks_max_age.as_secs() as i64,
+            config.keys.publish_lead.as_secs() as i64,
+        );
         let rate_limit = http::client_rate_limiter(config.tokens.client_rate_limit);
         let airkit: Option<Arc<dyn AirKit>> = match config.airkit.url() {
             Some(url) => {
@@ -494,7 +492,7 @@ impl Application {
             admin: admins,
             admin_service,
             rng: Arc::new(SystemRandom::new()),
-            jwks_cache_control,
+            jwks_caching,
             auth_throttle,
             row_auth,
             clock_skew,

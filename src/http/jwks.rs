@@ -45,7 +45,7 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
             description = "the key set",
             body = crate::jwks::JwksBody,
             headers(
-                ("Cache-Control" = String, description = "public, max-age=<KEYHOST_JWKS_MAX_AGE>"),
+                ("Cache-Control" = String, description = "public, max-age=<KEYHOST_JWKS_MAX_AGE, less near a scheduled key publication>, stale-if-error=<KEYHOST_PUBLISH_LEAD - max-age, at most a day>"),
                 ("ETag" = String, description = "strong validator of these bytes"),
                 ("Access-Control-Allow-Origin" = String, description = "*"),
             )
@@ -54,7 +54,7 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
             status = 304,
             description = "not modified: the caller's copy is current",
             headers(
-                ("Cache-Control" = String, description = "public, max-age=<KEYHOST_JWKS_MAX_AGE>"),
+                ("Cache-Control" = String, description = "public, max-age=<KEYHOST_JWKS_MAX_AGE, less near a scheduled key publication>, stale-if-error=<KEYHOST_PUBLISH_LEAD - max-age, at most a day>"),
                 ("ETag" = String, description = "strong validator of the current key set"),
                 ("Access-Control-Allow-Origin" = String, description = "*"),
             )
@@ -77,8 +77,11 @@ async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .into_response();
     }
     let doc = state.live.jwks_now();
+    let cache_control = state
+        .jwks_caching
+        .header(state.clock.now(), state.live.next_publication());
     let common = [
-        (header::CACHE_CONTROL, state.jwks_cache_control.clone()),
+        (header::CACHE_CONTROL, cache_control),
         (header::ETAG, doc.etag_header.clone()),
         (
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -105,9 +108,72 @@ async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// The JWKS's `Cache-Control`: `max-age` is `KEYHOST_JWKS_MAX_AGE`, but never reaches past the
+/// moment the schedule publishes the next key (so caches pick it up at once), and
+/// `stale-if-error` lets a verifier keep its copy through an outage, for at most the publish lead
+/// less `max-age` (no key published after the copy was fetched can sign within that time).
+#[derive(Debug, Clone)]
+pub struct JwksCaching {
+    max_age: i64,
+    stale_if_error: i64,
+    usual: HeaderValue,
+}
+
+impl JwksCaching {
+    /// `max_age` and `publish_lead` in seconds (the lead exceeds `max_age`: the configuration
+    /// refuses anything else).
+    pub fn new(max_age: i64, publish_lead: i64) -> Self {
+        let stale_if_error = (publish_lead - max_age).clamp(0, 24 * 3600);
+        Self {
+            max_age,
+            stale_if_error,
+            usual: Self::value(max_age, stale_if_error),
+        }
+    }
+
+    fn value(max_age: i64, stale_if_error: i64) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "public, max-age={max_age}, stale-if-error={stale_if_error}"
+        ))
+        .expect("ASCII")
+    }
+
+    /// The header at `now`, when the next key is published at `next_publication`.
+    pub fn header(&self, now: i64, next_publication: Option<i64>) -> HeaderValue {
+        match next_publication.map(|at| at - now) {
+            Some(left) if left < self.max_age => Self::value(left.max(0), self.stale_if_error),
+            _ => self.usual.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_age_never_reaches_past_the_next_publication_and_stale_if_error_stays_within_the_lead() {
+        let c = JwksCaching::new(300, 86_400);
+        let text = |h: HeaderValue| h.to_str().unwrap().to_owned();
+        assert_eq!(
+            text(c.header(1_000, None)),
+            "public, max-age=300, stale-if-error=86100"
+        );
+        assert_eq!(
+            text(c.header(1_000, Some(1_000 + 3_600))),
+            "public, max-age=300, stale-if-error=86100"
+        );
+        assert_eq!(
+            text(c.header(1_000, Some(1_120))),
+            "public, max-age=120, stale-if-error=86100"
+        );
+        assert_eq!(
+            text(c.header(1_000, Some(900))),
+            "public, max-age=0, stale-if-error=86100",
+            "overdue: caches look again at once"
+        );
+        assert!(text(JwksCaching::new(300, 600).header(0, None)).ends_with("stale-if-error=300"));
+    }
 
     #[test]
     fn if_none_match_accepts_lists_weak_tags_and_star() {

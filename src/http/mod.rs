@@ -89,8 +89,8 @@ pub struct AppStateInner {
     pub admin_service: Arc<crate::admins::AdminService>,
     /// Randomness for signatures and token ids.
     pub rng: Arc<SystemRandom>,
-    /// `Cache-Control` of the JWKS, built once.
-    pub jwks_cache_control: HeaderValue,
+    /// `Cache-Control` of the JWKS (the usual value built once).
+    pub jwks_caching: jwks::JwksCaching,
     /// Per-client limit on token requests; `None` when unlimited.
     pub rate_limit: Option<Arc<ClientRateLimiter>>,
     /// The issuance proxy.

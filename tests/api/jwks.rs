@@ -3,7 +3,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use crate::helpers::{assert_public_only, spawn_app};
+use crate::helpers::{TestApp, assert_public_only, spawn_app};
 
 #[tokio::test]
 async fn jwks_publishes_one_key_per_algorithm_with_cache_and_cors_headers() {
@@ -17,7 +17,10 @@ async fn jwks_publishes_one_key_per_algorithm_with_cache_and_cors_headers() {
     assert_eq!(res.status(), 200);
     let h = res.headers().clone();
     assert_eq!(h["content-type"], "application/json");
-    assert_eq!(h["cache-control"], "public, max-age=300");
+    assert_eq!(
+        h["cache-control"],
+        "public, max-age=300, stale-if-error=86100"
+    );
     assert_eq!(h["access-control-allow-origin"], "*");
     let etag = h["etag"].to_str().unwrap();
     assert!(etag.starts_with('"') && etag.ends_with('"') && !etag.starts_with("W/"));
@@ -45,7 +48,10 @@ async fn jwks_answers_not_modified_for_a_matching_etag_and_changes_its_etag_with
         .unwrap();
     assert_eq!(cached.status(), 304);
     assert_eq!(cached.headers()["etag"].to_str().unwrap(), etag);
-    assert_eq!(cached.headers()["cache-control"], "public, max-age=300");
+    assert_eq!(
+        cached.headers()["cache-control"],
+        "public, max-age=300, stale-if-error=86100"
+    );
     assert!(cached.bytes().await.unwrap().is_empty());
 
     let res = app
@@ -128,4 +134,42 @@ async fn public_listener_serves_only_the_jwks_and_health() {
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["identifier"], "NOT_FOUND");
     }
+}
+
+#[tokio::test]
+async fn max_age_never_reaches_past_the_scheduled_publication_of_the_next_key() {
+    let app = spawn_app().await;
+    let cache_control = |app: &TestApp| {
+        let (http, url) = (
+            app.http.clone(),
+            format!("{}/.well-known/jwks.json", app.public),
+        );
+        async move {
+            http.get(url).send().await.unwrap().headers()[header_name()]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        cache_control(&app).await,
+        "public, max-age=300, stale-if-error=86100"
+    );
+    // The successors are generated a lead (1 day) before the 30-day period ends.
+    app.advance(29 * 24 * 3600 - 120).await;
+    assert_eq!(
+        cache_control(&app).await,
+        "public, max-age=120, stale-if-error=86100",
+        "a copy cached now expires when the next key appears"
+    );
+    app.advance(120).await;
+    assert_eq!(app.kids_in("pending").await.len(), 2);
+    assert_eq!(
+        cache_control(&app).await,
+        "public, max-age=300, stale-if-error=86100"
+    );
+}
+
+fn header_name() -> reqwest::header::HeaderName {
+    reqwest::header::CACHE_CONTROL
 }

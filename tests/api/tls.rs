@@ -86,7 +86,10 @@ async fn the_jwks_is_served_over_https_and_the_emulator_verifies_through_it() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["cache-control"], "public, max-age=300");
+    assert_eq!(
+        res.headers()["cache-control"],
+        "public, max-age=300, stale-if-error=86100"
+    );
     let jwks: Value = res.json().await.unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     let metrics = app.metrics().await;
