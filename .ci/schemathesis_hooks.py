@@ -12,7 +12,9 @@
   what the description cannot classify.
 - The API client the run authenticates with (KEYHOST_API_KEY, khc_<id>_<secret>) is never
   disabled by the run (the stateful phase finds its id in GET /admin/clients): disabling it is
-  asked of a client that does not exist instead.
+  asked of a client that does not exist instead. Nor is the bootstrap admin token the run
+  authenticates with (POST /admin/admins/bootstrap/disable, once the run has created a named
+  operator): that is asked of an admin that does not exist.
 """
 
 import hashlib
@@ -29,6 +31,7 @@ IDENFY_PATH = "/webhooks/idenfy"
 KYC_HEADER = re.compile(r"^t=[0-9]{1,12},sha256=[0-9a-fA-F]{64}$")
 IDENFY_HEADER = re.compile(r"^[0-9a-fA-F]{64}$")
 DISABLE_PATH = "/admin/clients/{id}/disable"
+ADMIN_DISABLE_PATH = "/admin/admins/{name}/disable"
 OWN_CLIENT_ID = os.environ["KEYHOST_API_KEY"].split("_")[1]
 
 
@@ -87,6 +90,9 @@ def before_call(context, case, kwargs):
     elif path == DISABLE_PATH:
         if (case.path_parameters or {}).get("id") == OWN_CLIENT_ID:
             case.path_parameters["id"] = "not-the-run-s-own-client"
+    elif path == ADMIN_DISABLE_PATH:
+        if (case.path_parameters or {}).get("name") == "bootstrap":
+            case.path_parameters["name"] = "not-the-run-s-bootstrap"
     elif path == IDENFY_PATH:
         key, value = _header(case, "Idenfy-Signature")
         if key is None or not isinstance(value, str) or not IDENFY_HEADER.match(value):
