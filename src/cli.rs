@@ -88,6 +88,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         to_file: Option<PathBuf>,
     },
+    /// Write the whole store, encrypted under the master key, to a new file; the servers may
+    /// keep running.
+    Backup {
+        /// The file to create (0600; an existing file is never replaced).
+        file: PathBuf,
+    },
+    /// Put a backup into the configured store, which must be empty (SQLite or PostgreSQL,
+    /// whichever the backup came from), then check it opens as a server would. On SQLite the
+    /// server must be stopped.
+    Restore {
+        /// A file written by `keyhost backup`.
+        file: PathBuf,
+    },
     /// The MACs that authenticate the rows keyhost trusts.
     Integrity {
         /// Integrity command.
@@ -380,6 +393,17 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
             Some(url) => migrate_to(&config, clock, url),
         };
     }
+    match &command {
+        Command::Backup { file } => {
+            let report = crate::backup::backup(&config, clock, file, &actor())?;
+            return print(&serde_json::to_value(&report)?);
+        }
+        Command::Restore { file } => {
+            let report = crate::backup::restore(&config, clock, file, &actor())?;
+            return print(&serde_json::to_value(&report)?);
+        }
+        _ => {}
+    }
     let opened = startup::open(&config, clock.clone(), false)?;
     if !matches!(command, Command::Audit { .. }) {
         opened.store.blocking_write(store::audit::chain_legacy)?;
@@ -422,6 +446,8 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Serve
         | Command::Migrate { .. }
         | Command::Integrity { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::AirkitEmulator(_)
         | Command::Doctor(_) => {
             unreachable!("handled above")

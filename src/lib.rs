@@ -9,6 +9,7 @@ pub mod admins;
 pub mod airkit;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod canonical;
 pub mod cli;
 pub mod clients;

@@ -7,6 +7,7 @@ mod admins;
 mod airkit;
 mod alerts;
 mod audit;
+mod backup;
 mod cli;
 mod clock;
 mod crash;

@@ -14,6 +14,8 @@ mod airkit;
 mod alerts;
 #[path = "../api/audit.rs"]
 mod audit;
+#[path = "../api/backup.rs"]
+mod backup;
 #[path = "../api/cli.rs"]
 mod cli;
 #[path = "../api/clock.rs"]
