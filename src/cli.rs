@@ -63,6 +63,8 @@ pub enum Command {
         #[command(subcommand)]
         command: IssuancesCommand,
     },
+    /// Verifiers seen fetching the JWKS, and whether each has been served the pending keys.
+    Verifiers,
     /// Check the audit trail's hash chain, or export it for a SIEM.
     Audit {
         /// Audit command.
@@ -516,6 +518,16 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
             );
             let erased = privacy.erase_email(email, &actor)?;
             print(&serde_json::to_value(&erased)?)?;
+        }
+        Command::Verifiers => {
+            let pending: Vec<String> = keys
+                .list()?
+                .into_iter()
+                .filter(|k| k.state == crate::keys::KeyState::Pending)
+                .map(|k| k.kid)
+                .collect();
+            let verifiers = crate::sightings::report(&store, &pending)?;
+            print(&json!({ "verifiers": verifiers }))?;
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify { head, head_file } => {

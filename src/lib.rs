@@ -38,6 +38,7 @@ pub mod privacy;
 pub mod public_jwks;
 pub mod replicas;
 pub mod scope;
+pub mod sightings;
 pub mod signer;
 pub mod startup;
 pub mod store;

@@ -30,6 +30,7 @@ use crate::keys::{Alg, KeyError, KeyRecord, KeyService};
 use crate::live::LiveKeys;
 use crate::privacy::Privacy;
 use crate::replicas::Replicas;
+use crate::sightings::Sightings;
 use crate::store::{Store, off_thread};
 
 /// Longest sleep between looks at the store for changes made by other processes.
@@ -55,6 +56,7 @@ pub struct Lifecycle {
     wake: Notify,
     heads: Arc<HeadSchedule>,
     privacy: std::sync::OnceLock<Arc<Privacy>>,
+    sightings: std::sync::OnceLock<Arc<Sightings>>,
 }
 
 impl Lifecycle {
@@ -81,12 +83,18 @@ impl Lifecycle {
             wake: Notify::new(),
             heads: Arc::default(),
             privacy: std::sync::OnceLock::new(),
+            sightings: std::sync::OnceLock::new(),
         }
     }
 
     /// From now on the planning server's rounds also erase personal data past its retention.
     pub fn purge_with(&self, privacy: Arc<Privacy>) {
         let _ = self.privacy.set(privacy);
+    }
+
+    /// From now on every round writes the JWKS sightings noted since the last one to the store.
+    pub fn flush_sightings_with(&self, sightings: Arc<Sightings>) {
+        let _ = self.sightings.set(sightings);
     }
 
     /// This server among those sharing its store.
@@ -108,6 +116,7 @@ impl Lifecycle {
             self.heads.clone(),
         );
         let privacy = self.privacy.get().cloned();
+        let sightings = self.sightings.get().cloned();
         let actor = actor.to_owned();
         off_thread(move || {
             // Reads first: the views follow the store, and the signing lease is renewed, even
@@ -126,6 +135,12 @@ impl Lifecycle {
             }
             // Only one server sharing the store plans (and counts served time); the others
             // follow what it wrote. A server that cannot renew its lease does not plan.
+            // This server's sightings join the others' before anyone plans with them.
+            if let Some(sightings) = &sightings
+                && let Err(e) = sightings.flush(&store)
+            {
+                tracing::warn!(error = %e, "recording JWKS sightings failed; kept for the next round");
+            }
             let plans = replicas.round();
             keys.set_counting(matches!(plans, Ok(true)));
             // What the signers signed since the last round, before any of them retires.
@@ -188,6 +203,29 @@ impl Lifecycle {
         .await?;
         self.wake();
         Ok(())
+    }
+
+    /// Every verifier seen fetching the JWKS (this server's latest sightings included), and
+    /// whether each has been served each pending key.
+    pub async fn verifiers(&self) -> Result<Vec<crate::sightings::VerifierView>, KeyError> {
+        let (keys, store, sightings) = (
+            self.keys.clone(),
+            self.store.clone(),
+            self.sightings.get().cloned(),
+        );
+        off_thread(move || {
+            if let Some(sightings) = sightings {
+                sightings.flush(&store)?;
+            }
+            let pending: Vec<String> = keys
+                .list()?
+                .into_iter()
+                .filter(|k| k.state == crate::keys::KeyState::Pending)
+                .map(|k| k.kid)
+                .collect();
+            Ok(crate::sightings::report(&store, &pending)?)
+        })
+        .await
     }
 
     /// Every key as the admin API shows it.

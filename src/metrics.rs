@@ -7,8 +7,9 @@
 //! Gauges show the state the alert rules of `deploy/prometheus/` watch: the key set as this
 //! server sees it ([`KeyViewMetrics`], read at every scrape), the backlog of unfinished issuances
 //! (measured every 30 s), row integrity, clock skew, `keyhost_activation_blocked{alg}` (set by
-//! the planning server's rounds when `KEYHOST_PUBLIC_JWKS_URL` is set). One is declared for a
-//! feature that does not feed it yet: `keyhost_verifier_last_seen_seconds{verifier}` (no series).
+//! the planning server's rounds when `KEYHOST_PUBLIC_JWKS_URL` is set),
+//! `keyhost_verifier_last_seen_seconds{verifier}` (each verifier's last JWKS fetch this server
+//! saw, by user agent, set when its sightings are recorded).
 
 use std::sync::Arc;
 

@@ -154,7 +154,18 @@ pub fn open(config: &Config, clock: Arc<dyn Clock>, serving: bool) -> anyhow::Re
             agreed.policy,
             serving,
         )
-        .with_evidence(evidence),
+        .with_evidence(
+            evidence,
+            config
+                .keys
+                .activation_requires_sighting
+                .clone()
+                .filter(|_| serving)
+                .map(|agent| crate::keys::service::evidence::SightingPolicy {
+                    agent,
+                    cap: config.keys.activation_sighting_cap.as_secs() as i64,
+                }),
+        ),
     );
     let opened = keys.verify_all().context(
         "opening the stored private keys failed; refusing to start (nothing was changed)",
@@ -399,6 +410,7 @@ impl Application {
             policy.publish_lead,
             config.keys.jwks_max_age.as_secs() as i64,
         ));
+        let state_metrics_verifiers = metrics.verifier_last_seen.clone();
         let blocked = metrics.activation_blocked.clone();
         opened.keys.report_blocked_with(Arc::new(move |alg, n| {
             blocked
@@ -473,7 +485,12 @@ impl Application {
             Some(admins.clone()),
         ));
 
+        let sightings = Arc::new(crate::sightings::Sightings::reporting_to(
+            state_metrics_verifiers.clone(),
+        ));
+        lifecycle.flush_sightings_with(sightings.clone());
         let state = AppState::new(AppStateInner {
+            sightings,
             client_admin,
             audit,
             minter,
@@ -497,8 +514,10 @@ impl Application {
             row_auth,
             clock_skew,
         });
+        // The JWKS path records who fetched it, from where (verifier sightings).
         let public =
-            http::serve::Server::new("public", public, tls, public_bounds, state.metrics.clone());
+            http::serve::Server::new("public", public, tls, public_bounds, state.metrics.clone())
+                .with_peer_address();
         let internal = http::serve::Server::new(
             "internal",
             internal,

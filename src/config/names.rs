@@ -118,6 +118,11 @@ pub const SETTINGS: &[Setting] = &[
     parsed("jwks_max_age", "keys.jwks_max_age"),
     parsed("public_jwks_url", "keys.public_jwks_url"),
     parsed("public_jwks_ca_file", "keys.public_jwks_ca_file"),
+    parsed(
+        "activation_requires_sighting",
+        "keys.activation_requires_sighting",
+    ),
+    parsed("activation_sighting_cap", "keys.activation_sighting_cap"),
     // [tokens]
     Setting {
         name: "partner_id",

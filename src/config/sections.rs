@@ -124,6 +124,14 @@ pub struct KeySettings {
     pub public_jwks_url: Option<String>,
     /// PEM file of extra certificate authorities for `public_jwks_url` (a private CA).
     pub public_jwks_ca_file: Option<PathBuf>,
+    /// A user-agent substring (e.g. AIR Kit's fetcher): a pending key activates only once a
+    /// verifier whose user agent contains it has been served a key set listing the key, or
+    /// `activation_sighting_cap` after it could have.
+    pub activation_requires_sighting: Option<String>,
+    /// How long an activation waits for that sighting at most (then it goes ahead, with a
+    /// warning).
+    #[serde(with = "humantime_serde")]
+    pub activation_sighting_cap: Duration,
 }
 
 impl Default for KeySettings {
@@ -138,6 +146,8 @@ impl Default for KeySettings {
             jwks_max_age: Duration::from_secs(300),
             public_jwks_url: None,
             public_jwks_ca_file: None,
+            activation_requires_sighting: None,
+            activation_sighting_cap: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `GET /.well-known/jwks.json`: pre-serialised bytes, a strong ETag, `304` on a match.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::routes;
 
@@ -62,7 +62,8 @@ fn matches(if_none_match: &HeaderValue, etag: &str) -> bool {
         Unavailable,
     )
 )]
-async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn jwks(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let headers = request.headers();
     if let Err(stale) = state.live.may_publish() {
         state.metrics.jwks.stale.inc();
         return ApiError::unavailable(
@@ -77,9 +78,27 @@ async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .into_response();
     }
     let doc = state.live.jwks_now();
+    let now = state.clock.now();
     let cache_control = state
         .jwks_caching
-        .header(state.clock.now(), state.live.next_publication());
+        .header(now, state.live.next_publication());
+    let revalidated = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|v| matches(v, &doc.etag));
+    state.sightings.note(
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        super::throttle::source_addr(
+            request.extensions(),
+            headers,
+            &state.config.http.trusted_proxies,
+        ),
+        now,
+        &doc,
+        revalidated,
+    );
     let common = [
         (header::CACHE_CONTROL, cache_control),
         (header::ETAG, doc.etag_header.clone()),
@@ -88,11 +107,7 @@ async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
             HeaderValue::from_static("*"),
         ),
     ];
-    if headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .any(|v| matches(v, &doc.etag))
-    {
+    if revalidated {
         state.metrics.jwks.not_modified.inc();
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }

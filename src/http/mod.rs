@@ -89,6 +89,8 @@ pub struct AppStateInner {
     pub admin_service: Arc<crate::admins::AdminService>,
     /// Randomness for signatures and token ids.
     pub rng: Arc<SystemRandom>,
+    /// Who fetched the JWKS, and which key set it got.
+    pub sightings: Arc<crate::sightings::Sightings>,
     /// `Cache-Control` of the JWKS (the usual value built once).
     pub jwks_caching: jwks::JwksCaching,
     /// Per-client limit on token requests; `None` when unlimited.

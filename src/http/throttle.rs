@@ -121,11 +121,19 @@ impl AuthThrottle {
 /// The client's address: the peer, or what a trusted proxy says the client was (see the module
 /// documentation). `None` when the connection's address is unknown (a router called directly).
 pub fn client_addr(parts: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = parts
-        .extensions
+    source_addr(&parts.extensions, &parts.headers, trusted)
+}
+
+/// [`client_addr`] of a request given by its extensions and headers.
+pub fn source_addr(
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_canonical())?;
-    Some(forwarded_for(peer, &parts.headers, trusted))
+    Some(forwarded_for(peer, headers, trusted))
 }
 
 fn forwarded_for(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {

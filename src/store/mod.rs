@@ -31,6 +31,7 @@ pub mod replicas;
 pub mod settings;
 pub mod sql;
 mod sqlite;
+pub mod verifiers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

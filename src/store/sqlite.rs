@@ -26,6 +26,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0008_admins.sql")),
     M::up(include_str!("../../migrations/0009_audit_chain.sql")),
     M::up(include_str!("../../migrations/0010_personal_data.sql")),
+    M::up(include_str!("../../migrations/0011_verifiers.sql")),
 ];
 
 #[cfg(test)]

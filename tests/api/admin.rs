@@ -31,7 +31,7 @@ async fn every_admin_route_requires_the_admin_token() {
             }
         }
     }
-    assert_eq!(routes.len(), 18, "{routes:?}");
+    assert_eq!(routes.len(), 19, "{routes:?}");
     for (method, path) in &routes {
         for token in [
             None,

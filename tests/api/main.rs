@@ -31,6 +31,7 @@ mod replicas;
 mod storage;
 mod tls;
 mod tokens;
+mod verifiers;
 mod webhooks;
 
 /// The engine of this binary's servers (`tests/api_postgres` runs the same tests on PostgreSQL).

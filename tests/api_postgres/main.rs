@@ -62,6 +62,8 @@ mod storage;
 mod tls;
 #[path = "../api/tokens.rs"]
 mod tokens;
+#[path = "../api/verifiers.rs"]
+mod verifiers;
 #[path = "../api/webhooks.rs"]
 mod webhooks;
 

@@ -59,6 +59,8 @@ const SAMPLES: &[(&str, &str)] = &[
         "https://partner.example.com/.well-known/jwks.json",
     ),
     ("public_jwks_ca_file", "/etc/keyhost/cdn-ca.pem"),
+    ("activation_requires_sighting", "AIR-Kit-JWKS-Fetcher"),
+    ("activation_sighting_cap", "6h"),
     ("partner_id", "partner-1"),
     ("default_alg", "RS256"),
     ("client_rate_limit", "0"),

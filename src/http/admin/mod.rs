@@ -10,6 +10,7 @@ mod clients;
 mod issuances;
 mod keys;
 mod kyc;
+mod verifiers;
 
 use serde::Deserialize;
 use utoipa_axum::routes;
@@ -39,6 +40,7 @@ pub fn routes() -> Routes {
         .route(routes!(issuances::resume))
         .route(routes!(kyc::subjects, kyc::put_subject))
         .route(routes!(kyc::events))
+        .route(routes!(verifiers::list))
 }
 
 /// The query of the issuance and KYC-event listings.

@@ -76,8 +76,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     bounds: Bounds,
     metrics: Arc<Metrics>,
-    /// Whether requests carry the peer's address (`ConnectInfo`); the public listener's routes
-    /// need none, and it saves them an allocation each.
+    /// Whether requests carry the peer's address (`ConnectInfo`: per-address throttling, the
+    /// JWKS's verifier sightings).
     peer_address: bool,
 }
 

@@ -133,6 +133,9 @@ pub struct Blocked {
     pub reason: String,
 }
 
+/// Why a key waits whose evidence nobody has looked at yet (the round looks, then plans again).
+pub const NOT_LOOKED: &str = "its evidence has not been looked at yet";
+
 /// How often a blocked activation looks for its evidence again.
 pub const EVIDENCE_RETRY: UnixTime = 15;
 
@@ -154,6 +157,14 @@ pub enum Evidence {
         /// Its kids.
         kids: std::collections::BTreeSet<String>,
     },
+    /// Looked at for the kids `checked`: why some may not activate yet (a kid not checked has
+    /// not been looked at: it waits for a look).
+    Refused {
+        /// The kids looked at.
+        checked: std::collections::BTreeSet<String>,
+        /// Why some of them may not activate yet.
+        reasons: std::collections::BTreeMap<String, String>,
+    },
     /// The public JWKS URL could not be read.
     Unavailable {
         /// The URL.
@@ -168,12 +179,17 @@ impl Evidence {
     pub fn refuses(&self, kid: &str) -> Option<String> {
         match self {
             Evidence::NotRequired => None,
-            Evidence::NotLooked => Some("the public JWKS URL has not been read yet".into()),
+            Evidence::NotLooked => Some(NOT_LOOKED.into()),
             Evidence::Listed { kids, .. } if kids.contains(kid) => None,
             Evidence::Listed { url, .. } => Some(format!(
                 "{url} does not list it yet (a cache in front of the JWKS serving an old copy?)"
             )),
             Evidence::Unavailable { url, why } => Some(format!("{url} could not be read: {why}")),
+            Evidence::Refused { checked, reasons } => match reasons.get(kid) {
+                Some(why) => Some(why.clone()),
+                None if !checked.contains(kid) => Some(NOT_LOOKED.into()),
+                None => None,
+            },
         }
     }
 }

@@ -22,6 +22,17 @@ pub trait EvidenceSource: Send + Sync {
     fn look(&self, now: UnixTime) -> Evidence;
 }
 
+/// `KEYHOST_ACTIVATION_REQUIRES_SIGHTING`: an activation also waits until a verifier whose user
+/// agent contains `agent` has been served a key set listing the key, for at most `cap` seconds
+/// after the key could have signed.
+#[derive(Debug, Clone)]
+pub struct SightingPolicy {
+    /// User-agent substring.
+    pub agent: String,
+    /// Longest wait, in seconds.
+    pub cap: UnixTime,
+}
+
 /// Setting: the activations waiting for evidence (JSON: kid → [`BlockedSince`]).
 pub const BLOCKED_SETTING: &str = "activation_blocked";
 
@@ -70,24 +81,69 @@ impl KeyService {
     /// What activation needs to know now: nothing unless a public URL is configured; the URL is
     /// read only when some pending key may sign by the wall clock (else the round reads it if
     /// it finds a key to activate after all: the clock may have moved meanwhile).
-    pub(super) fn evidence(&self, now: UnixTime, keys: &[KeyRecord]) -> Evidence {
-        self.evidence_at(
-            now,
-            keys.iter()
-                .any(|k| k.state == KeyState::Pending && k.signable_at.is_some_and(|t| t <= now)),
-        )
+    pub(super) fn evidence(&self, now: UnixTime, keys: &[KeyRecord], look: bool) -> Evidence {
+        if self.evidence.is_none() && self.sighting.is_none() {
+            return Evidence::NotRequired;
+        }
+        let due: Vec<&KeyRecord> = keys
+            .iter()
+            .filter(|k| k.state == KeyState::Pending && k.signable_at.is_some_and(|t| t <= now))
+            .collect();
+        if due.is_empty() && !look {
+            // The round looks if it finds a key to activate after all.
+            return Evidence::NotLooked;
+        }
+        let url = match &self.evidence {
+            Some(source) => source.look(now),
+            None => Evidence::NotRequired,
+        };
+        let Some(policy) = &self.sighting else {
+            return url;
+        };
+        let mut reasons = BTreeMap::new();
+        let checked = due.iter().map(|k| k.kid.clone()).collect();
+        for key in due {
+            if let Some(why) = url.refuses(&key.kid) {
+                reasons.insert(key.kid.clone(), why);
+            } else if let Some(why) = self.unsighted(key, policy, now) {
+                reasons.insert(key.kid.clone(), why);
+            }
+        }
+        Evidence::Refused { checked, reasons }
     }
 
-    /// What the public URL shows now, if `due`.
-    pub(super) fn evidence_at(&self, now: UnixTime, due: bool) -> Evidence {
-        let Some(source) = &self.evidence else {
-            return Evidence::NotRequired;
-        };
-        if due {
-            source.look(now)
-        } else {
-            Evidence::NotLooked
+    /// Why `key` still waits for the sighting `policy` asks for, if it does. Past the cap it
+    /// goes ahead, with a warning.
+    fn unsighted(&self, key: &KeyRecord, policy: &SightingPolicy, now: UnixTime) -> Option<String> {
+        let seen = self
+            .store
+            .blocking_read(|tx| store::verifiers::seen_kid(tx, &key.kid))
+            .map(|v| v.iter().any(|(ua, _)| ua.contains(&policy.agent)))
+            .unwrap_or(false);
+        if seen {
+            return None;
         }
+        let deadline = key.signable_at.unwrap_or(now) + policy.cap;
+        if now < deadline {
+            return Some(format!(
+                "no verifier whose user agent contains {:?} has been served a key set listing it \
+                 yet (KEYHOST_ACTIVATION_REQUIRES_SIGHTING); it activates anyway at {}",
+                policy.agent,
+                rfc3339(deadline)
+            ));
+        }
+        static LATE: crate::log_limit::LogLimiter =
+            crate::log_limit::LogLimiter::new(std::time::Duration::from_secs(60));
+        if let Some(suppressed) = LATE.allow() {
+            tracing::warn!(
+                kid = %key.kid,
+                agent = %policy.agent,
+                suppressed,
+                "activating without a sighting: that verifier has not been served this key, and \
+                 KEYHOST_ACTIVATION_SIGHTING_CAP has passed"
+            );
+        }
+        None
     }
 
     /// Records the activations `blocked` now (inside the round's transaction), audits and logs
@@ -115,8 +171,8 @@ impl KeyService {
                     kid = %b.kid,
                     alg = %b.alg,
                     reason = %b.reason,
-                    "activation postponed: the current key keeps signing until the public JWKS \
-                     URL lists the new one"
+                    "activation postponed: the current key keeps signing until the evidence is in \
+                     (see the reason)"
                 );
                 store::audit::record(
                     tx,

@@ -89,6 +89,8 @@ pub struct KeyService {
     counting: std::sync::atomic::AtomicBool,
     /// Where activation looks for evidence (`KEYHOST_PUBLIC_JWKS_URL`), if anywhere.
     evidence: Option<Arc<dyn evidence::EvidenceSource>>,
+    /// The verifier an activation waits to have been served the key, and for how long at most.
+    sighting: Option<evidence::SightingPolicy>,
     /// Sets `keyhost_activation_blocked{alg}`.
     blocked_gauge: std::sync::OnceLock<BlockedGauge>,
 }
@@ -161,13 +163,20 @@ impl KeyService {
             counted_to: Mutex::new(None),
             counting: std::sync::atomic::AtomicBool::new(true),
             evidence: None,
+            sighting: None,
             blocked_gauge: std::sync::OnceLock::new(),
         }
     }
 
-    /// Activation waits, beyond the lead, until `source` shows the key.
-    pub fn with_evidence(mut self, source: Option<Arc<dyn evidence::EvidenceSource>>) -> Self {
+    /// Activation waits, beyond the lead, until `source` shows the key and `sighting`'s verifier
+    /// has been served it.
+    pub fn with_evidence(
+        mut self,
+        source: Option<Arc<dyn evidence::EvidenceSource>>,
+        sighting: Option<evidence::SightingPolicy>,
+    ) -> Self {
         self.evidence = source;
+        self.sighting = sighting;
         self
     }
 

@@ -24,7 +24,7 @@ impl KeyService {
             let keys = self
                 .store
                 .blocking_read(|tx| Ok::<_, KeyError>(self.trusted(store::keys::list(tx)?)))?;
-            self.evidence(now, &keys)
+            self.evidence(now, &keys, false)
         };
         for _ in 0..16 {
             let now = self.clock.now();
@@ -55,13 +55,13 @@ impl KeyService {
                 let keys = self.trusted(store::keys::list(tx)?);
                 let served = ever_served(tx, &keys)?;
                 let plan = planner::plan_with(now, &keys, &self.policy, served, &evidence);
-                if evidence == planner::Evidence::NotLooked && !plan.blocked.is_empty() {
+                if plan.blocked.iter().any(|b| b.reason == planner::NOT_LOOKED) {
                     look = true;
                     return Ok(false);
                 }
                 if plan.transitions.is_empty() {
                     report.next_due = plan.next_due;
-                    if self.evidence.is_some() {
+                    if self.evidence.is_some() || self.sighting.is_some() {
                         self.record_blocked(tx, now, &plan.blocked, actor)?;
                     }
                     return Ok::<_, KeyError>(true);
@@ -95,7 +95,11 @@ impl KeyService {
                 Ok(false)
             })?;
             if look {
-                evidence = self.evidence_at(self.clock.now(), true);
+                let now = self.clock.now();
+                let keys = self
+                    .store
+                    .blocking_read(|tx| Ok::<_, KeyError>(self.trusted(store::keys::list(tx)?)))?;
+                evidence = self.evidence(now, &keys, true);
                 continue;
             }
             if done {

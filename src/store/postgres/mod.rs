@@ -54,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_personal_data",
         include_str!("../../../migrations/postgres/0004_personal_data.sql"),
     ),
+    (
+        "0005_verifiers",
+        include_str!("../../../migrations/postgres/0005_verifiers.sql"),
+    ),
 ];
 
 /// The channel every replica listens on; payloads are `<schema>:<topic>`.
