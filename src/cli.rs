@@ -520,13 +520,7 @@ fn run_offline(command: Command, config: Config) -> anyhow::Result<()> {
             print(&serde_json::to_value(&erased)?)?;
         }
         Command::Verifiers => {
-            let pending: Vec<String> = keys
-                .list()?
-                .into_iter()
-                .filter(|k| k.state == crate::keys::KeyState::Pending)
-                .map(|k| k.kid)
-                .collect();
-            let verifiers = crate::sightings::report(&store, &pending)?;
+            let verifiers = crate::sightings::report(&store, &keys.pending_kids()?)?;
             print(&json!({ "verifiers": verifiers }))?;
         }
         Command::Audit { command } => match command {

@@ -217,13 +217,7 @@ impl Lifecycle {
             if let Some(sightings) = sightings {
                 sightings.flush(&store)?;
             }
-            let pending: Vec<String> = keys
-                .list()?
-                .into_iter()
-                .filter(|k| k.state == crate::keys::KeyState::Pending)
-                .map(|k| k.kid)
-                .collect();
-            Ok(crate::sightings::report(&store, &pending)?)
+            Ok(crate::sightings::report(&store, &keys.pending_kids()?)?)
         })
         .await
     }

@@ -247,6 +247,16 @@ impl KeyService {
             .collect())
     }
 
+    /// The kids of the pending keys whose rows pass their integrity check.
+    pub fn pending_kids(&self) -> Result<Vec<String>, KeyError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|k| k.state == KeyState::Pending)
+            .map(|k| k.kid)
+            .collect())
+    }
+
     /// Every key as the admin API and the CLI show it: its row's integrity, and why a pending
     /// key's activation waits, if it does.
     pub fn views(&self) -> Result<Vec<crate::keys::KeyView>, KeyError> {
