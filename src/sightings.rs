@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::clock::UnixTime;
 use crate::jwks::JwksDocument;
 use crate::metrics::VerifierLabel;
+use crate::store::verifiers::{RECENT, Sighting};
 use crate::store::{self, Store, StoreError};
 
 /// Verifiers told apart at most (beyond, they share one summary: a flood of made-up user
@@ -28,23 +29,6 @@ const MAX_VERIFIERS: usize = 256;
 const OTHERS: &str = "(other user agents)";
 /// Longest user agent kept (characters).
 const MAX_AGENT: usize = 120;
-/// Sightings kept per verifier.
-pub const RECENT: usize = 8;
-
-/// One JWKS request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Sighting {
-    /// When (Unix seconds).
-    pub at: UnixTime,
-    /// Source address (the client's, behind trusted proxies).
-    pub address: Option<String>,
-    /// The ETag of the key set it received or revalidated.
-    pub etag: String,
-    /// Whether it revalidated (`If-None-Match` answered `304`) rather than downloaded.
-    pub revalidated: bool,
-}
-
 #[derive(Debug, Default)]
 struct Pending {
     requests: u64,

@@ -1,9 +1,27 @@
 //! Verifier sightings, as the background rounds of every server flush them.
 
+use serde::{Deserialize, Serialize};
+
 use super::sql::{ReadError, Row, args};
 use super::{StoreError, Tx};
 use crate::clock::UnixTime;
-use crate::sightings::{RECENT, Sighting};
+
+/// Sightings kept per verifier.
+pub const RECENT: usize = 8;
+
+/// One JWKS request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sighting {
+    /// When (Unix seconds).
+    pub at: UnixTime,
+    /// Source address (the client's, behind trusted proxies).
+    pub address: Option<String>,
+    /// The ETag of the key set it received or revalidated.
+    pub etag: String,
+    /// Whether it revalidated (`If-None-Match` answered `304`) rather than downloaded.
+    pub revalidated: bool,
+}
 
 /// What one server saw of a verifier since its last flush.
 #[derive(Debug)]
