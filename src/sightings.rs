@@ -34,9 +34,20 @@ struct Pending {
     requests: u64,
     first: UnixTime,
     last: UnixTime,
-    recent: Vec<Sighting>,
+    /// The latest requests (at most [`RECENT`]; nothing allocated per request once full).
+    recent: std::collections::VecDeque<Noted>,
     /// Each key set served, with when it was first served.
     served: Vec<(Arc<JwksDocument>, UnixTime)>,
+}
+
+/// A request as the JWKS path notes it: plain values, turned into a [`Sighting`] at the flush.
+#[derive(Debug, Clone, Copy)]
+struct Noted {
+    at: UnixTime,
+    address: Option<IpAddr>,
+    /// Index into `Pending::served`.
+    served: usize,
+    revalidated: bool,
 }
 
 /// Sightings since the last flush, per verifier.
@@ -98,16 +109,20 @@ impl Sightings {
         };
         entry.requests += 1;
         entry.last = now;
-        if !entry.served.iter().any(|(d, _)| Arc::ptr_eq(d, doc)) {
-            entry.served.push((doc.clone(), now));
-        }
+        let served = match entry.served.iter().position(|(d, _)| Arc::ptr_eq(d, doc)) {
+            Some(i) => i,
+            None => {
+                entry.served.push((doc.clone(), now));
+                entry.served.len() - 1
+            }
+        };
         if entry.recent.len() == RECENT {
-            entry.recent.remove(0);
+            entry.recent.pop_front();
         }
-        entry.recent.push(Sighting {
+        entry.recent.push_back(Noted {
             at: now,
-            address: address.map(|a| a.to_string()),
-            etag: doc.etag.clone(),
+            address,
+            served,
             revalidated,
         });
     }
@@ -142,6 +157,16 @@ impl Sightings {
                         })
                         .set(p.last);
                 }
+                let recent: Vec<Sighting> = p
+                    .recent
+                    .iter()
+                    .map(|n| Sighting {
+                        at: n.at,
+                        address: n.address.map(|a| a.to_string()),
+                        etag: p.served[n.served].0.etag.clone(),
+                        revalidated: n.revalidated,
+                    })
+                    .collect();
                 store::verifiers::record(
                     tx,
                     &store::verifiers::Seen {
@@ -149,7 +174,7 @@ impl Sightings {
                         first: p.first,
                         last: p.last,
                         requests: p.requests as i64,
-                        recent: &p.recent,
+                        recent: &recent,
                     },
                 )?;
                 for (doc, at) in &p.served {
