@@ -70,6 +70,20 @@ fn size(bytes: usize) -> String {
     }
 }
 
+/// `builder` trusting, beyond the system's roots, the CA certificates of the PEM file `path`
+/// (`what` names the setting in errors, e.g. `--ca-file`).
+pub fn trusting_ca_file(
+    builder: reqwest::ClientBuilder,
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let pem = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| anyhow::anyhow!("parsing {what} {}: {e}", path.display()))?;
+    Ok(builder.tls_certs_merge(certs))
+}
+
 /// Reads the body of `response`, failing as soon as it would exceed `cap` bytes (at once when
 /// `Content-Length` already does). See the module documentation for the guarantees.
 pub async fn read_capped(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::clock::UnixTime;
 
-use crate::http_client::{MIB, describe, read_capped};
+use crate::http_client::{MIB, describe, read_capped, trusting_ca_file};
 use crate::keys::planner::Evidence;
 use crate::keys::service::evidence::EvidenceSource;
 
@@ -44,19 +44,7 @@ impl PublicJwks {
                 " (activation check)"
             ));
         if let Some(path) = ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "reading KEYHOST_PUBLIC_JWKS_CA_FILE {}: {e}",
-                    path.display()
-                )
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                anyhow::anyhow!(
-                    "parsing KEYHOST_PUBLIC_JWKS_CA_FILE {}: {e}",
-                    path.display()
-                )
-            })?;
-            builder = builder.tls_certs_merge(certs);
+            builder = trusting_ca_file(builder, path, "KEYHOST_PUBLIC_JWKS_CA_FILE")?;
         }
         Ok(Self {
             url: url.to_owned(),

@@ -40,6 +40,35 @@ struct Pending {
     served: Vec<(Arc<JwksDocument>, UnixTime)>,
 }
 
+impl Pending {
+    fn note(
+        &mut self,
+        now: UnixTime,
+        address: Option<IpAddr>,
+        doc: &Arc<JwksDocument>,
+        revalidated: bool,
+    ) {
+        self.requests += 1;
+        self.last = now;
+        let served = match self.served.iter().position(|(d, _)| Arc::ptr_eq(d, doc)) {
+            Some(i) => i,
+            None => {
+                self.served.push((doc.clone(), now));
+                self.served.len() - 1
+            }
+        };
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Noted {
+            at: now,
+            address,
+            served,
+            revalidated,
+        });
+    }
+}
+
 /// A request as the JWKS path notes it: plain values, turned into a [`Sighting`] at the flush.
 #[derive(Debug, Clone, Copy)]
 struct Noted {
@@ -91,40 +120,25 @@ impl Sightings {
     ) {
         let ua = user_agent.unwrap_or("");
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let known = pending.contains_key(ua);
-        let entry = if known {
-            pending.get_mut(ua).expect("present")
+        // One lookup for a verifier already noted since the last flush (the usual case).
+        if let Some(entry) = pending.get_mut(ua) {
+            entry.note(now, address, doc, revalidated);
+            return;
+        }
+        let name = if pending.len() >= MAX_VERIFIERS {
+            OTHERS.to_owned()
         } else {
-            let name = if pending.len() >= MAX_VERIFIERS {
-                OTHERS.to_owned()
-            } else {
-                agent_name(user_agent)
-            };
-            // Keyed by the header as sent, so that the next request finds it without a copy.
-            let key = if name == OTHERS { name } else { ua.to_owned() };
-            pending.entry(key).or_insert_with(|| Pending {
+            agent_name(user_agent)
+        };
+        // Keyed by the header as sent, so that the next request finds it without a copy.
+        let key = if name == OTHERS { name } else { ua.to_owned() };
+        pending
+            .entry(key)
+            .or_insert_with(|| Pending {
                 first: now,
                 ..Pending::default()
             })
-        };
-        entry.requests += 1;
-        entry.last = now;
-        let served = match entry.served.iter().position(|(d, _)| Arc::ptr_eq(d, doc)) {
-            Some(i) => i,
-            None => {
-                entry.served.push((doc.clone(), now));
-                entry.served.len() - 1
-            }
-        };
-        if entry.recent.len() == RECENT {
-            entry.recent.pop_front();
-        }
-        entry.recent.push_back(Noted {
-            at: now,
-            address,
-            served,
-            revalidated,
-        });
+            .note(now, address, doc, revalidated);
     }
 
     /// Writes what was noted since the last flush to the store (one transaction) and starts

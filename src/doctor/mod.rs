@@ -242,11 +242,7 @@ async fn check_jwks(args: &DoctorArgs, report: &mut Report) -> anyhow::Result<Op
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10));
     if let Some(path) = &args.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("reading --ca-file {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| anyhow::anyhow!("parsing --ca-file {}: {e}", path.display()))?;
-        builder = builder.tls_certs_merge(certs);
+        builder = http_client::trusting_ca_file(builder, path, "--ca-file")?;
     }
     let client = builder.build()?;
     let res = match client.get(url.clone()).send().await {

@@ -285,21 +285,22 @@ pub fn append(
 /// The newest rows first, at most `limit`, with ids below `before` when given.
 #[tracing::instrument(skip_all)]
 pub fn list(tx: &Tx<'_>, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
-    tx.query_map(
-        "SELECT id, at, actor, action, subject, detail FROM audit
-         WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+    let rows = tx.query_map(
+        &format!("SELECT {CHAIN_COLUMNS} FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2"),
         &args![before.unwrap_or(i64::MAX), limit],
-        |r| {
-            Ok(AuditEntry {
-                id: r.get(0)?,
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                subject: r.get(4)?,
-                detail: serde_json::from_str(&r.get::<String>(5)?).unwrap_or_default(),
-            })
-        },
-    )
+        chain_row,
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AuditEntry {
+            detail: serde_json::from_str(&r.detail).unwrap_or_default(),
+            id: r.id,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            subject: r.subject,
+        })
+        .collect())
 }
 
 /// Rows in chain order with ids above `after`, at most `limit`.
